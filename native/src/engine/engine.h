@@ -1,0 +1,114 @@
+// The engine's public C++ surface: the only header the Node binding includes.
+//
+// An Engine owns one model on one device and runs a scheduler thread that
+// continuously batches requests (they join and leave between decode steps).
+// Callers submit requests and receive tokens through a RequestSink, whose
+// methods are called on the engine's thread; they must not block.
+//
+// Nothing here throws or aborts: every failure is a Status with a message.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace spx {
+
+struct Status {
+  bool ok = true;
+  std::string message;
+  static Status Ok() { return {}; }
+  static Status Error(std::string msg) { return {false, std::move(msg)}; }
+};
+
+struct EngineOptions {
+  std::string model_dir;
+  std::string device = "cpu";   // "cpu" | "cuda:N"
+  int threads = 0;              // 0: all cores
+  int max_batch = 8;            // concurrent requests in the decode batch
+  int max_context = 0;          // 0: the model's max_position_embeddings
+  int prefill_chunk = 512;      // tokens per prefill chunk
+  // SpeContext (see native/src/retrieval). Empty dlm_dir and dlm_layers == 0
+  // means the product's recommended default head for the model.
+  std::string dlm_dir;
+  int dlm_layers = 0;
+};
+
+struct SamplingParams {
+  float temperature = 0.0f;     // 0: greedy
+  int top_k = 0;                // 0: off
+  float top_p = 1.0f;           // 1: off
+  uint64_t seed = 0;
+};
+
+struct GenerateRequest {
+  std::vector<int32_t> prompt;            // token ids
+  int max_new_tokens = 128;               // > 0
+  SamplingParams sampling;
+  std::vector<int32_t> stop_token_ids;    // generation ends after emitting one
+  int budget = 0;                         // sparse KV budget B; 0: full attention
+};
+
+struct RequestStats {
+  int prompt_tokens = 0;
+  int generated_tokens = 0;
+  double prefill_ms = 0;
+  double decode_ms = 0;
+  double prefill_tokens_per_s = 0;
+  double decode_tokens_per_s = 0;
+  std::string finish_reason;              // "stop" | "length" | "cancelled" | "error"
+};
+
+class RequestSink {
+ public:
+  virtual ~RequestSink() = default;
+  virtual void on_token(int32_t token) = 0;
+  // Exactly one of on_done / on_error is called, once, last.
+  virtual void on_done(const RequestStats& stats) = 0;
+  virtual void on_error(const std::string& message) = 0;
+};
+
+struct ModelInfo {
+  std::string architecture;
+  int vocab_size = 0;
+  int hidden_size = 0;
+  int num_layers = 0;
+  int num_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  int max_context = 0;
+  std::vector<int32_t> eos_token_ids;
+};
+
+struct EngineStats {
+  int active_requests = 0;      // in the batch now
+  int queued_requests = 0;      // waiting to join
+  uint64_t completed_requests = 0;
+  uint64_t cancelled_requests = 0;
+  uint64_t kv_bytes_in_use = 0;
+  uint64_t prefill_tokens = 0;  // totals since open
+  uint64_t decode_tokens = 0;
+  int threads = 0;
+  std::string device;
+};
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  // On failure returns nullptr and sets *status.
+  static std::unique_ptr<Engine> open(const EngineOptions& options, Status* status);
+  // Validates the request (ids in range, prompt fits the context, max_new_tokens > 0);
+  // on success enqueues it and returns its id (> 0) with status ok.
+  virtual uint64_t submit(GenerateRequest request, std::shared_ptr<RequestSink> sink,
+                          Status* status) = 0;
+  // Cancels a queued or running request; its sink gets on_done with
+  // finish_reason "cancelled" and its KV is freed. Unknown ids are ignored.
+  virtual void cancel(uint64_t id) = 0;
+  virtual EngineStats stats() const = 0;
+  virtual ModelInfo info() const = 0;
+  // Cancels everything, joins the scheduler thread, frees the model. Idempotent.
+  virtual void close() = 0;
+};
+
+}  // namespace spx
