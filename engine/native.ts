@@ -1,0 +1,131 @@
+// The whole native surface of specontext_native.node, declared once.
+// Everything else reaches the addon through engine/index.ts; nothing outside
+// engine/ imports this file.
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import * as path from 'node:path';
+import { AddonMissingError } from './errors';
+
+/** Opaque: only the addon can make or read one. */
+export interface NativeHandle {
+  readonly __brand: 'spx.EngineHandle';
+}
+
+export interface NativeOpenOptions {
+  modelDir: string;
+  device?: string;
+  threads?: number;
+  maxBatch?: number;
+  maxContext?: number;
+  prefillChunk?: number;
+  dlmDir?: string;
+  dlmLayers?: number;
+}
+
+export interface NativeRequest {
+  prompt: number[] | Int32Array;
+  maxNewTokens: number;
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  seed?: number;
+  stopTokenIds?: number[];
+  budget?: number;
+}
+
+export interface NativeRequestStats {
+  promptTokens: number;
+  generatedTokens: number;
+  prefillMs: number;
+  decodeMs: number;
+  prefillTokensPerS: number;
+  decodeTokensPerS: number;
+  finishReason: 'stop' | 'length' | 'cancelled' | 'error';
+}
+
+export interface NativeEngineStats {
+  activeRequests: number;
+  queuedRequests: number;
+  completedRequests: number;
+  cancelledRequests: number;
+  kvBytesInUse: number;
+  prefillTokens: number;
+  decodeTokens: number;
+  threads: number;
+  device: string;
+}
+
+export interface NativeModelInfo {
+  architecture: string;
+  vocabSize: number;
+  hiddenSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  maxContext: number;
+  eosTokenIds: number[];
+}
+
+/** Called on the JS thread for every token, then once with 'done' or 'error'. */
+export type NativeEventCallback = {
+  (kind: 'token', token: number): void;
+  (kind: 'done', stats: NativeRequestStats): void;
+  (kind: 'error', error: Error): void;
+};
+
+/** Errors thrown or rejected by the addon carry one of these codes. */
+export type NativeErrorCode =
+  | 'SPX_OPEN'
+  | 'SPX_INVALID_REQUEST'
+  | 'SPX_CLOSED'
+  | 'SPX_GENERATION'
+  | 'SPX_INTERNAL';
+
+export interface NativeAddon {
+  /** Loads the model on a worker thread. */
+  open(options: NativeOpenOptions): Promise<NativeHandle>;
+  /** Validates and enqueues; throws on a bad request; returns the request id. */
+  submit(handle: NativeHandle, request: NativeRequest, onEvent: NativeEventCallback): number;
+  /** No-op for unknown ids and closed engines. */
+  cancel(handle: NativeHandle, id: number): void;
+  /** Idempotent; resolves once the scheduler thread has stopped. */
+  close(handle: NativeHandle): Promise<void>;
+  stats(handle: NativeHandle): NativeEngineStats;
+  info(handle: NativeHandle): NativeModelInfo;
+  /** Compiled backends: 'cpu', plus 'cuda' when built with it. */
+  backends(): string[];
+}
+
+const ADDON_FILE = path.join('build', 'Release', 'specontext_native.node');
+
+/** engine/ runs from the sources (tests) and from dist/engine (built): look upwards. */
+function addonPath(): string {
+  const override = process.env.SPX_NATIVE_ADDON;
+  if (override) return override;
+  const candidates = [
+    path.resolve(__dirname, '..', ADDON_FILE),
+    path.resolve(__dirname, '..', '..', ADDON_FILE),
+  ];
+  return candidates.find((p) => existsSync(p)) ?? (candidates[0] as string);
+}
+
+let addon: NativeAddon | undefined;
+
+export function loadNative(): NativeAddon {
+  if (addon) return addon;
+  const file = addonPath();
+  if (!existsSync(file)) {
+    throw new AddonMissingError(
+      `native addon not found at ${file}: run \`npm run build:native\` first`,
+    );
+  }
+  try {
+    addon = createRequire(__filename)(file) as NativeAddon;
+  } catch (err) {
+    throw new AddonMissingError(
+      `native addon at ${file} failed to load (${(err as Error).message}): rebuild it with \`npm run build:native\``,
+    );
+  }
+  return addon;
+}
