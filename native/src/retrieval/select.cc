@@ -1,0 +1,109 @@
+#include "retrieval/select.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace spx::retrieval {
+
+void softmax_row(const float* x, int n, float* out) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int i = 0; i < n; ++i) mx = std::max(mx, x[i]);
+  double sum = 0;
+  for (int i = 0; i < n; ++i) {
+    out[i] = std::exp(x[i] - mx);
+    sum += out[i];
+  }
+  const float inv = sum > 0 ? static_cast<float>(1.0 / sum) : 0.0f;
+  for (int i = 0; i < n; ++i) out[i] *= inv;
+}
+
+SelectResult Selector::select(const float* logits, int q_heads, int kv_heads, int T,
+                              int64_t stride, const SelectOptions& opt, int32_t* out) {
+  const int B = opt.budget;
+  SelectResult res;
+  if (T <= B || B <= 0) {
+    // Full attention: every position, in order.
+    res.count = T;
+    res.full = true;
+    if (B > 0) {
+      for (int h = 0; h < kv_heads; ++h) {
+        int32_t* o = out + static_cast<int64_t>(h) * B;
+        for (int i = 0; i < B; ++i) o[i] = i < T ? i : -1;
+      }
+    }
+    return res;
+  }
+  res.count = B;
+  const int group = q_heads / kv_heads;
+  probs_.resize(static_cast<size_t>(q_heads) * T);
+  group_.resize(T);
+  order_.resize(T);
+  for (int q = 0; q < q_heads; ++q) softmax_row(logits + q * stride, T, &probs_[static_cast<size_t>(q) * T]);
+
+  // Forced tokens outrank any probability (<= 1): sinks first, then the newest.
+  const int n_sink = std::min(std::max(opt.n_sink, 0), T);
+  const int recent_from = std::max(T - std::max(opt.n_recent, 0), 0);
+  double mass_sum = 0;
+  res.min_mass = 1.0f;
+  for (int h = 0; h < kv_heads; ++h) {
+    const float* p0 = &probs_[static_cast<size_t>(h) * group * T];
+    for (int t = 0; t < T; ++t) {
+      float m = p0[t];
+      for (int g = 1; g < group; ++g) m = std::max(m, p0[static_cast<size_t>(g) * T + t]);
+      group_[t] = m;
+    }
+    for (int t = recent_from; t < T; ++t) group_[t] = 2.0f;
+    for (int t = 0; t < n_sink; ++t) group_[t] = 3.0f;
+    for (int t = 0; t < T; ++t) order_[t] = t;
+    auto better = [&](int32_t a, int32_t b) {
+      return group_[a] != group_[b] ? group_[a] > group_[b] : a < b;
+    };
+    std::nth_element(order_.begin(), order_.begin() + (B - 1), order_.end(), better);
+    int32_t* o = out + static_cast<int64_t>(h) * B;
+    std::copy(order_.begin(), order_.begin() + B, o);
+    std::sort(o, o + B);
+    double mass = 0;
+    for (int g = 0; g < group; ++g) {
+      const float* p = p0 + static_cast<size_t>(g) * T;
+      for (int i = 0; i < B; ++i) mass += p[o[i]];
+    }
+    const float m = static_cast<float>(mass / group);
+    res.min_mass = std::min(res.min_mass, m);
+    mass_sum += m;
+  }
+  res.mean_mass = static_cast<float>(mass_sum / kv_heads);
+  if (opt.fallback_mass > 0 && res.min_mass < opt.fallback_mass) {
+    res.full = true;
+    res.fallback = true;
+  }
+  return res;
+}
+
+void Selector::select_batch(const float* logits, int R, int q_heads, int kv_heads,
+                            const int* lengths, int64_t stride, const SelectOptions& opt,
+                            const int* budgets, int32_t* out, std::vector<SelectResult>* results) {
+  results->resize(R);
+  const int B = opt.budget;
+  for (int r = 0; r < R; ++r) {
+    SelectOptions o = opt;
+    o.budget = budgets ? std::min(budgets[r], B) : B;
+    int32_t* dst = out + static_cast<int64_t>(r) * kv_heads * B;
+    std::vector<int32_t> tmp;
+    int32_t* sel = dst;
+    if (o.budget != B) {
+      tmp.resize(static_cast<size_t>(kv_heads) * std::max(o.budget, 0));
+      sel = tmp.data();
+    }
+    (*results)[r] = select(logits + static_cast<int64_t>(r) * q_heads * stride, q_heads, kv_heads,
+                           lengths[r], stride, o, sel);
+    if (o.budget != B) {
+      // Re-lay a smaller budget into the batch's B-wide rows, -1 padded.
+      for (int h = 0; h < kv_heads; ++h)
+        for (int i = 0; i < B; ++i)
+          dst[static_cast<int64_t>(h) * B + i] = i < o.budget ? tmp[static_cast<size_t>(h) * o.budget + i] : -1;
+    }
+  }
+}
+
+}  // namespace spx::retrieval
