@@ -1,3 +1,216 @@
-import type { Command } from 'commander';
+// SpeContext commands:
+//   `specontext plan`           the memory planner's thresholds S_i and, for a
+//                               length, which layers live in host memory;
+//   `specontext eval fidelity`  sparse vs full attention on real text.
+// The planner arithmetic is the native one (native/src/planner) through the
+// addon's plan(), so the CLI and the engine cannot drift apart.
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import * as path from 'node:path';
+import { type Command, InvalidArgumentError } from 'commander';
+import { loadNative, type NativePlanResult } from '../engine/native';
 
-export function registerSparseCommands(_program: Command): void {}
+const GB = 1e9; // decimal gigabytes, as GPU memory is sold (80 GB, 141 GB)
+
+function intArg(min: number) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!/^\d+$/.test(value.trim()) || n < min) {
+      throw new InvalidArgumentError(`expected an integer >= ${min}`);
+    }
+    return n;
+  };
+}
+
+function numArg(min: number) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (value.trim() === '' || !Number.isFinite(n) || n < min) {
+      throw new InvalidArgumentError(`expected a number >= ${min}`);
+    }
+    return n;
+  };
+}
+
+/** The fields of a Hugging Face config.json that the planner needs. */
+export interface ModelShape {
+  layers: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  hidden: number;
+  intermediate: number;
+  vocab: number;
+  tied: boolean;
+}
+
+export function readModelShape(dir: string): ModelShape {
+  const file = path.join(dir, 'config.json');
+  if (!existsSync(file)) throw new Error(`no config.json in model directory ${dir}`);
+  let cfg: Record<string, unknown>;
+  try {
+    cfg = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
+  } catch (err) {
+    throw new Error(`${file} is not valid JSON: ${(err as Error).message}`);
+  }
+  const num = (key: string, fallback?: number): number => {
+    const v = cfg[key];
+    if (typeof v === 'number' && Number.isFinite(v) && v > 0) return v;
+    if (fallback !== undefined) return fallback;
+    throw new Error(`${file}: ${key} is missing or not a positive number`);
+  };
+  const hidden = num('hidden_size');
+  const heads = num('num_attention_heads');
+  return {
+    layers: num('num_hidden_layers'),
+    heads,
+    kvHeads: num('num_key_value_heads', heads),
+    headDim: num('head_dim', hidden / heads),
+    hidden,
+    intermediate: num('intermediate_size'),
+    vocab: num('vocab_size'),
+    tied: cfg.tie_word_embeddings === true,
+  };
+}
+
+/** Parameters of a Llama-family decoder, from its shape (norms included). */
+export function parameterCount(s: ModelShape): number {
+  const attn = s.hidden * s.heads * s.headDim * 2 + s.hidden * s.kvHeads * s.headDim * 2;
+  const mlp = 3 * s.hidden * s.intermediate;
+  const perLayer = attn + mlp + 2 * s.hidden;
+  return s.layers * perLayer + s.vocab * s.hidden * (s.tied ? 1 : 2) + s.hidden;
+}
+
+function safetensorsBytes(dir: string): number {
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new Error(`not a directory: ${dir}`);
+  const files = readdirSync(dir).filter((f) => f.endsWith('.safetensors'));
+  if (files.length === 0) throw new Error(`no *.safetensors in ${dir}`);
+  return files.reduce((sum, f) => sum + statSync(path.join(dir, f)).size, 0);
+}
+
+export interface PlanFlags {
+  model: string;
+  requests: number;
+  budget: number;
+  gpuMemory: number;
+  length?: number[];
+  weightBytes?: number;
+  bytesPerParam: number;
+  dlm?: string;
+  dlmBytes?: number;
+  alpha?: number;
+  overheadGb?: number;
+  json?: boolean;
+}
+
+export interface PlanReport extends NativePlanResult {
+  model: string;
+  layers: number;
+  kvHeads: number;
+  headDim: number;
+  alpha: number;
+  targetWeightBytes: number;
+  dlmWeightBytes: number;
+  requests: number;
+  budget: number;
+  gpuBytes: number;
+  overhead: 'measured' | '30% of weights';
+}
+
+export function computePlan(flags: PlanFlags): PlanReport {
+  const shape = readModelShape(flags.model);
+  const targetWeightBytes = flags.weightBytes ?? parameterCount(shape) * flags.bytesPerParam;
+  // The self-derived head reuses the target's weights: no extra M_D.
+  const dlmWeightBytes = flags.dlmBytes ?? (flags.dlm ? safetensorsBytes(flags.dlm) : 0);
+  const alpha = flags.alpha ?? shape.heads / shape.kvHeads;
+  const input = {
+    layers: shape.layers,
+    kvHeads: shape.kvHeads,
+    headDim: shape.headDim,
+    alpha,
+    targetWeightBytes,
+    dlmWeightBytes,
+    requests: flags.requests,
+    budget: flags.budget,
+    gpuBytes: Math.round(flags.gpuMemory * GB),
+    measuredOverheadBytes:
+      flags.overheadGb === undefined ? undefined : Math.round(flags.overheadGb * GB),
+    lengths: flags.length ?? [],
+  };
+  const result = loadNative().plan(input);
+  return {
+    model: flags.model,
+    ...input,
+    overhead: flags.overheadGb === undefined ? '30% of weights' : 'measured',
+    ...result,
+  };
+}
+
+function printPlan(r: PlanReport): void {
+  const gb = (b: number) => `${(b / GB).toFixed(2)} GB`;
+  const out: string[] = [];
+  out.push(
+    `model ${r.model}: L=${r.layers} H=${r.kvHeads} D=${r.headDim} alpha=${r.alpha}, ` +
+      `weights ${gb(r.targetWeightBytes)} + head ${gb(r.dlmWeightBytes)}`,
+  );
+  out.push(
+    `R=${r.requests} B=${r.budget} GPU ${gb(r.gpuBytes)}; fixed ${gb(r.fixedBytes)} (${r.overhead}); ` +
+      `K+V ${r.kvTokenBytes} B per token, layer and request`,
+  );
+  out.push('host layers  longest sequence S_i');
+  r.thresholds.forEach((s, i) => {
+    out.push(`${String(i).padStart(11)}  ${s < 0 ? 'does not fit' : s}`);
+  });
+  for (const p of r.placements) {
+    const where =
+      p.hostLayers === 0
+        ? 'all layers on the GPU'
+        : `layers ${p.hostLayerIds[0]}..${p.hostLayerIds[p.hostLayerIds.length - 1]} in host memory`;
+    out.push(
+      `S=${p.length}: ${p.fits ? '' : 'DOES NOT FIT even with every layer offloaded; '}` +
+        `${p.hostLayers} host layers (${where}), ${gb(p.bytes)}`,
+    );
+  }
+  process.stdout.write(`${out.join('\n')}\n`);
+}
+
+function collectInts(value: string, previous: number[] | undefined): number[] {
+  const list = value.split(',').map((v) => intArg(0)(v));
+  return [...(previous ?? []), ...list];
+}
+
+export function registerSparseCommands(program: Command): void {
+  program
+    .command('plan')
+    .description(
+      'SpeContext memory planner (paper Eq. 6-8): thresholds S_i and host-resident layers for a length',
+    )
+    .requiredOption('--model <dir>', 'model directory (reads config.json)')
+    .requiredOption('--requests <r>', 'requests in the batch', intArg(1))
+    .requiredOption('--budget <b>', 'sparse KV budget B (tokens per KV head)', intArg(1))
+    .requiredOption('--gpu-memory <gb>', 'GPU memory in decimal GB (1e9 bytes)', numArg(0))
+    .option('--length <s>', 'sequence length(s) to place, comma-separated', collectInts)
+    .option(
+      '--weight-bytes <n>',
+      'target weight bytes (default: parameters x bytes/param)',
+      numArg(1),
+    )
+    .option('--bytes-per-param <n>', 'weight bytes per parameter', numArg(0.1), 2)
+    .option('--dlm <dir>', 'separate retrieval-head model (its safetensors size is M_D)')
+    .option(
+      '--dlm-bytes <n>',
+      'retrieval-head weight bytes M_D (default 0: self-derived head)',
+      numArg(0),
+    )
+    .option('--alpha <a>', 'repeat_kv buffer factor (default: heads / kv_heads)', numArg(0))
+    .option(
+      '--overhead-gb <gb>',
+      'measured runtime overhead, replaces 30% of the weights',
+      numArg(0),
+    )
+    .option('--json', 'print one JSON object')
+    .action((flags: PlanFlags) => {
+      const report = computePlan(flags);
+      if (flags.json) process.stdout.write(`${JSON.stringify(report)}\n`);
+      else printPlan(report);
+    });
+}

@@ -95,6 +95,43 @@ export interface NativeAddon {
   info(handle: NativeHandle): NativeModelInfo;
   /** Compiled backends: 'cpu', plus 'cuda' when built with it. */
   backends(): string[];
+  /** SpeContext memory planner (native/src/planner); throws SPX_INVALID_REQUEST on bad input. */
+  plan(input: NativePlanInput): NativePlanResult;
+}
+
+/** Model shape and resources for the memory planner (paper Eq. 6-8). */
+export interface NativePlanInput {
+  layers: number;
+  kvHeads: number;
+  headDim: number;
+  /** GQA group factor (the repeat_kv buffer); 0 when not materialised. */
+  alpha: number;
+  targetWeightBytes: number;
+  dlmWeightBytes?: number;
+  kvElemBytes?: number;
+  requests: number;
+  budget: number;
+  gpuBytes: number;
+  /** Measured runtime overhead; omitted: 30% of the weights. */
+  measuredOverheadBytes?: number;
+  /** Sequence lengths to place. */
+  lengths?: number[];
+}
+
+export interface NativePlacement {
+  length: number;
+  hostLayers: number;
+  fits: boolean;
+  bytes: number;
+  hostLayerIds: number[];
+}
+
+export interface NativePlanResult {
+  fixedBytes: number;
+  kvTokenBytes: number;
+  /** thresholds[i] = S_i, the longest length that fits with i host layers (-1: none). */
+  thresholds: number[];
+  placements: NativePlacement[];
 }
 
 const ADDON_FILE = path.join('build', 'Release', 'specontext_native.node');

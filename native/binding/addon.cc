@@ -12,6 +12,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("stats", Napi::Function::New(env, Stats, "stats"));
   exports.Set("info", Napi::Function::New(env, Info, "info"));
   exports.Set("backends", Napi::Function::New(env, Backends, "backends"));
+  exports.Set("plan", Napi::Function::New(env, Plan, "plan"));
   return exports;
 }
 

@@ -53,5 +53,6 @@ Napi::Value Close(const Napi::CallbackInfo& info);      // close.cc
 Napi::Value Stats(const Napi::CallbackInfo& info);      // inspect.cc
 Napi::Value Info(const Napi::CallbackInfo& info);       // inspect.cc
 Napi::Value Backends(const Napi::CallbackInfo& info);   // inspect.cc
+Napi::Value Plan(const Napi::CallbackInfo& info);       // plan.cc (SpeContext memory planner)
 
 }  // namespace spx_binding
