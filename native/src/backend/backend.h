@@ -1,0 +1,70 @@
+// The backend interface: tensor storage plus the handful of kernels a
+// Llama-family forward needs. The model code (model/transformer.cc) only talks
+// to this interface; the CPU backend (cpu_backend.cc, f32, OpenMP) is the
+// reference and a CUDA backend implements the same calls.
+//
+// Interface (all tensors row-major, shapes as commented):
+//   storage   alloc, upload (host f32 -> tensor), download (tensor -> host f32)
+//   embedding out[n, hidden] = table[ids[i]]
+//   matmul    y[n, m] = x[n, k] * w[m, k]^T (+ bias[m])
+//   rmsnorm   y[r, d] = x[r, d] / rms(x) * w[d]      (also per head for q/k norm)
+//   add       x += y (residual)
+//   rope      x[n, heads, hd] rotated in place with cos/sin[n, hd/2] (rotate-half)
+//   swiglu    out[n, f] = silu(gate[n, f]) * up[n, f]
+//   kv_write  caches[kv_heads, capacity, hd] rows start..start+n-1 = k/v[n, kv_heads, hd]
+//   attention out[n, heads, hd] for a list of sequence segments, causal, GQA
+//   gather_rows out[r, d] = x[rows[i], d]
+// Host pointers (ids, positions tables, segment lists) are small and per step;
+// a device backend copies them itself.
+//
+// Sparse hook (SpeContext, issue 4): AttentionSegment::selection, when set,
+// holds the token indices [kv_heads, budget] a decode token attends to, computed
+// once per step by the retrieval head and shared by all layers.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/tensor.h"
+#include "engine/engine.h"
+
+namespace spx {
+
+struct AttentionSegment {
+  int q_begin = 0;           // first row of this segment in q / out
+  int n_q = 0;               // query tokens (1 for decode)
+  int start_pos = 0;         // position of the first query; keys 0..start_pos+n_q-1
+  const Tensor* k_cache = nullptr;  // [kv_heads, capacity, hd]
+  const Tensor* v_cache = nullptr;  // [kv_heads, capacity, hd]
+  const int32_t* selection = nullptr;  // host [kv_heads, budget] or nullptr: full
+  int budget = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  virtual Status alloc(const std::vector<int64_t>& shape, DType dtype, Tensor* out) = 0;
+  virtual Status upload(const float* host, Tensor* dst) = 0;
+  virtual Status download(const Tensor& src, float* host) = 0;
+
+  virtual void embedding(const Tensor& table, const int32_t* ids, int n, Tensor* out) = 0;
+  virtual void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor* y) = 0;
+  virtual void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor* y) = 0;
+  virtual void add(Tensor* x, const Tensor& y) = 0;
+  virtual void rope(Tensor* x, const Tensor& cos, const Tensor& sin) = 0;
+  virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor* out) = 0;
+  virtual void kv_write(const Tensor& k, const Tensor& v, int start_pos, Tensor* k_cache,
+                        Tensor* v_cache) = 0;
+  virtual void attention(const Tensor& q, const std::vector<AttentionSegment>& segments,
+                         float scale, Tensor* out) = 0;
+  virtual void gather_rows(const Tensor& x, const std::vector<int32_t>& rows, Tensor* out) = 0;
+};
+
+// threads: OpenMP threads for kernels (0: all cores).
+std::unique_ptr<Backend> make_cpu_backend(int threads);
+
+}  // namespace spx

@@ -1,0 +1,131 @@
+// The CPU backend: f32 tensors in host memory, kernels from kernels/cpu/.
+// Each call binds the backend's own thread pool (util/thread_pool.h) so the
+// kernels run on `threads` threads.
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <thread>
+
+#include "backend/backend.h"
+#include "kernels/cpu/activation.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/norm.h"
+#include "kernels/cpu/rope.h"
+#include "util/thread_pool.h"
+
+namespace spx {
+
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads)
+      : pool_(threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency())) {}
+
+  std::string name() const override { return "cpu"; }
+
+  Status alloc(const std::vector<int64_t>& shape, DType dtype, Tensor* out) override {
+    if (dtype != DType::F32) return Status::Error("the CPU backend stores f32 tensors only");
+    int64_t n = 1;
+    for (int64_t d : shape) {
+      if (d < 0) return Status::Error("negative tensor dimension");
+      if (__builtin_mul_overflow(n, d, &n)) return Status::Error("tensor too large");
+    }
+    const size_t bytes = std::max<size_t>(64, (static_cast<size_t>(n) * 4 + 63) / 64 * 64);
+    void* p = std::aligned_alloc(64, bytes);
+    if (p == nullptr)
+      return Status::Error("out of host memory allocating " + std::to_string(bytes) + " bytes");
+    out->data = p;
+    out->dtype = dtype;
+    out->shape = shape;
+    out->owner = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+    return Status::Ok();
+  }
+
+  Status upload(const float* host, Tensor* dst) override {
+    std::memcpy(dst->data, host, dst->nbytes());
+    return Status::Ok();
+  }
+
+  Status download(const Tensor& src, float* host) override {
+    std::memcpy(host, src.data, src.nbytes());
+    return Status::Ok();
+  }
+
+  void embedding(const Tensor& table, const int32_t* ids, int n, Tensor* out) override {
+    const int64_t d = table.dim(1);
+    for (int i = 0; i < n; ++i)
+      std::memcpy(out->f32() + i * d, table.f32() + static_cast<int64_t>(ids[i]) * d, d * 4);
+  }
+
+  void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor* y) override {
+    ThreadPool::Bind bind(&pool_);
+    matmul_forward(y->f32(), x.f32(), w.f32(), bias ? bias->f32() : nullptr, x.dim(0), x.dim(1),
+                   w.dim(0));
+  }
+
+  void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor* y) override {
+    ThreadPool::Bind bind(&pool_);
+    const int64_t d = w.dim(0);
+    rmsnorm_forward(y->f32(), x.f32(), w.f32(), x.numel() / d, d, eps);
+  }
+
+  void add(Tensor* x, const Tensor& y) override {
+    float* a = x->f32();
+    const float* b = y.f32();
+    const int64_t n = x->numel();
+    for (int64_t i = 0; i < n; ++i) a[i] += b[i];
+  }
+
+  void rope(Tensor* x, const Tensor& cos, const Tensor& sin) override {
+    ThreadPool::Bind bind(&pool_);
+    rope_forward(x->f32(), cos.f32(), sin.f32(), x->dim(0), x->dim(1), x->dim(2));
+  }
+
+  void swiglu(const Tensor& gate, const Tensor& up, Tensor* out) override {
+    ThreadPool::Bind bind(&pool_);
+    swiglu_forward(out->f32(), gate.f32(), up.f32(), gate.numel());
+  }
+
+  void kv_write(const Tensor& k, const Tensor& v, int start_pos, Tensor* k_cache,
+                Tensor* v_cache) override {
+    const int64_t n = k.dim(0), kvh = k.dim(1), hd = k.dim(2), cap = k_cache->dim(1);
+    for (int64_t t = 0; t < n; ++t) {
+      for (int64_t g = 0; g < kvh; ++g) {
+        const int64_t dst = (g * cap + start_pos + t) * hd;
+        std::memcpy(k_cache->f32() + dst, k.f32() + (t * kvh + g) * hd, hd * 4);
+        std::memcpy(v_cache->f32() + dst, v.f32() + (t * kvh + g) * hd, hd * 4);
+      }
+    }
+  }
+
+  void attention(const Tensor& q, const std::vector<AttentionSegment>& segments, float scale,
+                 Tensor* out) override {
+    ThreadPool::Bind bind(&pool_);
+    const int64_t heads = q.dim(1), hd = q.dim(2);
+    for (const auto& s : segments) {
+      const int64_t kvh = s.k_cache->dim(0), cap = s.k_cache->dim(1);
+      const int64_t off = static_cast<int64_t>(s.q_begin) * heads * hd;
+      attention_forward(out->f32() + off, q.f32() + off, s.k_cache->f32(), s.v_cache->f32(), s.n_q,
+                        s.start_pos, heads, kvh, hd, cap, scale, s.selection, s.budget);
+    }
+  }
+
+  void gather_rows(const Tensor& x, const std::vector<int32_t>& rows, Tensor* out) override {
+    const int64_t d = x.row_elems();
+    for (size_t i = 0; i < rows.size(); ++i)
+      std::memcpy(out->f32() + i * d, x.f32() + rows[i] * d, d * 4);
+  }
+
+ private:
+  ThreadPool pool_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int threads) {
+  return std::make_unique<CpuBackend>(threads);
+}
+
+}  // namespace spx

@@ -1,0 +1,314 @@
+#include "engine/engine_impl.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "backend/registry.h"
+
+namespace spx {
+
+namespace {
+double ms_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+}  // namespace
+
+std::unique_ptr<Engine> Engine::open(const EngineOptions& options, Status* status) {
+  return EngineImpl::create(options, status);
+}
+
+std::unique_ptr<Engine> EngineImpl::create(const EngineOptions& o, Status* status) {
+  *status = Status::Ok();
+  if (o.model_dir.empty()) {
+    *status = Status::Error("model_dir is empty");
+    return nullptr;
+  }
+  if (o.threads < 0 || o.max_batch <= 0 || o.prefill_chunk <= 0 || o.max_context < 0 ||
+      o.dlm_layers < 0) {
+    *status = Status::Error(
+        "invalid engine options: threads and max_context must be >= 0, max_batch and "
+        "prefill_chunk > 0, dlm_layers >= 0");
+    return nullptr;
+  }
+  std::unique_ptr<EngineImpl> e(new EngineImpl());
+  e->options_ = o;
+  e->options_.threads = o.threads > 0 ? o.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  e->backend_ = make_backend(o.device, e->options_.threads, status);
+  if (!e->backend_) return nullptr;
+  *status = Transformer::load(o.model_dir, e->backend_.get(), &e->model_);
+  if (!status->ok) return nullptr;
+
+  const ModelConfig& c = e->model_->config();
+  int max_context = o.max_context > 0 ? o.max_context : c.max_position;
+  if (max_context > c.max_position) {
+    *status = Status::Error("max_context " + std::to_string(max_context) +
+                            " exceeds the model's max_position_embeddings " +
+                            std::to_string(c.max_position));
+    return nullptr;
+  }
+  e->options_.max_context = max_context;
+  ModelInfo& info = e->info_;
+  info.architecture = c.architecture;
+  info.vocab_size = c.vocab_size;
+  info.hidden_size = c.hidden_size;
+  info.num_layers = c.num_layers;
+  info.num_heads = c.num_heads;
+  info.num_kv_heads = c.num_kv_heads;
+  info.head_dim = c.head_dim;
+  info.max_context = max_context;
+  info.eos_token_ids = c.eos_token_ids;
+
+  e->kv_ = std::make_unique<KvStore>(e->backend_.get(), c.num_layers, c.num_kv_heads, c.head_dim);
+  e->sched_ = std::make_unique<Scheduler>(o.max_batch, o.prefill_chunk);
+  e->stats_.threads = e->options_.threads;
+  e->stats_.device = e->backend_->name();
+  e->thread_ = std::thread([p = e.get()] { p->run(); });
+  return e;
+}
+
+EngineImpl::~EngineImpl() { close(); }
+
+Status EngineImpl::validate(const GenerateRequest& r, const RequestSink* sink) const {
+  if (sink == nullptr) return Status::Error("submit: sink is null");
+  if (r.prompt.empty()) return Status::Error("prompt is empty");
+  if (static_cast<int64_t>(r.prompt.size()) > info_.max_context)
+    return Status::Error("prompt of " + std::to_string(r.prompt.size()) +
+                         " tokens is longer than the context of " +
+                         std::to_string(info_.max_context) + " tokens");
+  for (size_t i = 0; i < r.prompt.size(); ++i) {
+    if (r.prompt[i] < 0 || r.prompt[i] >= info_.vocab_size)
+      return Status::Error("prompt token id " + std::to_string(r.prompt[i]) + " at index " +
+                           std::to_string(i) + " is out of range [0, " +
+                           std::to_string(info_.vocab_size) + ")");
+  }
+  if (r.max_new_tokens <= 0)
+    return Status::Error("max_new_tokens must be > 0 (got " + std::to_string(r.max_new_tokens) + ")");
+  for (int32_t s : r.stop_token_ids)
+    if (s < 0 || s >= info_.vocab_size)
+      return Status::Error("stop token id " + std::to_string(s) + " is out of range");
+  const SamplingParams& p = r.sampling;
+  if (!std::isfinite(p.temperature) || p.temperature < 0)
+    return Status::Error("temperature must be a finite number >= 0");
+  if (p.top_k < 0) return Status::Error("top_k must be >= 0");
+  if (!(p.top_p > 0 && p.top_p <= 1)) return Status::Error("top_p must be in (0, 1]");
+  if (r.budget < 0) return Status::Error("budget must be >= 0");
+  return Status::Ok();
+}
+
+uint64_t EngineImpl::submit(GenerateRequest request, std::shared_ptr<RequestSink> sink,
+                            Status* status) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (closed_ || stopping_) {
+    *status = Status::Error("engine is closed");
+    return 0;
+  }
+  *status = validate(request, sink.get());
+  if (!status->ok) return 0;
+  const uint64_t id = next_id_++;
+  incoming_.push_back(std::make_unique<RequestState>(id, std::move(request), std::move(sink)));
+  stats_.queued_requests++;
+  cv_.notify_one();
+  return id;
+}
+
+void EngineImpl::cancel(uint64_t id) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (closed_ || stopping_) return;
+  cancels_.push_back(id);
+  cv_.notify_one();
+}
+
+EngineStats EngineImpl::stats() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return stats_;
+}
+
+ModelInfo EngineImpl::info() const { return info_; }
+
+void EngineImpl::close() {
+  std::lock_guard<std::mutex> guard(close_mu_);
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (closed_) return;
+    stopping_ = true;
+    cv_.notify_all();
+  }
+  if (thread_.joinable()) {
+    // A sink that closes the engine from inside a callback must not join itself.
+    if (thread_.get_id() == std::this_thread::get_id()) return;
+    thread_.join();
+  }
+  requests_.clear();
+  kv_.reset();
+  model_.reset();
+  backend_.reset();
+  std::lock_guard<std::mutex> lk(mu_);
+  closed_ = true;
+}
+
+void EngineImpl::publish_stats() {
+  std::lock_guard<std::mutex> lk(mu_);
+  stats_.active_requests = sched_->running();
+  stats_.queued_requests = sched_->queued() + static_cast<int>(incoming_.size());
+  stats_.kv_bytes_in_use = kv_->bytes_in_use();
+}
+
+void EngineImpl::finish(RequestState* r, const std::string& reason, const std::string& error) {
+  kv_->free(r->id);
+  sched_->remove(r->id);
+  RequestStats s = r->stats;
+  s.prompt_tokens = static_cast<int>(r->req.prompt.size());
+  s.generated_tokens = static_cast<int>(r->generated.size());
+  const Clock::time_point now = Clock::now();
+  if (r->prefill_started) {
+    const bool has_first = !r->generated.empty();
+    s.prefill_ms = ms_between(r->prefill_start, has_first ? r->first_token : now);
+    if (has_first) s.decode_ms = ms_between(r->first_token, now);
+    if (has_first && s.prefill_ms > 0) s.prefill_tokens_per_s = s.prompt_tokens / s.prefill_ms * 1e3;
+    if (s.decode_ms > 0) s.decode_tokens_per_s = (s.generated_tokens - 1) / s.decode_ms * 1e3;
+  }
+  s.finish_reason = reason;
+  std::shared_ptr<RequestSink> sink = r->sink;
+  requests_.erase(r->id);  // r is gone after this line
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (reason == "cancelled") stats_.cancelled_requests++;
+    else if (reason != "error") stats_.completed_requests++;
+  }
+  publish_stats();
+  if (error.empty()) sink->on_done(s);
+  else sink->on_error(error);
+}
+
+bool EngineImpl::admit(uint64_t id) {
+  RequestState* r = requests_.at(id).get();
+  const int prompt = static_cast<int>(r->req.prompt.size());
+  // The last sampled token is never fed back, so it needs no KV slot.
+  const int64_t want = static_cast<int64_t>(prompt) + r->req.max_new_tokens - 1;
+  const int capacity = static_cast<int>(std::min<int64_t>(std::max<int64_t>(want, prompt),
+                                                          info_.max_context));
+  Status st = kv_->allocate(id, capacity, &r->kv);
+  if (!st.ok) {
+    r->kv = nullptr;
+    return false;
+  }
+  r->kv_capacity = capacity;
+  return true;
+}
+
+void EngineImpl::run() {
+  while (true) {
+    std::vector<std::unique_ptr<RequestState>> incoming;
+    std::vector<uint64_t> cancels;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_.wait(lk, [&] {
+        return stopping_ || !incoming_.empty() || !cancels_.empty() || !sched_->idle();
+      });
+      if (stopping_) break;
+      incoming.swap(incoming_);
+      cancels.swap(cancels_);
+    }
+    for (auto& r : incoming) {
+      sched_->enqueue(r->id, static_cast<int>(r->req.prompt.size()));
+      requests_[r->id] = std::move(r);
+    }
+    for (uint64_t id : cancels) {
+      auto it = requests_.find(id);
+      if (it != requests_.end()) finish(it->second.get(), "cancelled");
+    }
+    publish_stats();
+    step();
+  }
+  // Stopping: everything still known ends as cancelled.
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (auto& r : incoming_) requests_[r->id] = std::move(r);
+    incoming_.clear();
+  }
+  while (!requests_.empty()) finish(requests_.begin()->second.get(), "cancelled");
+}
+
+void EngineImpl::step() {
+  std::vector<uint64_t> failed;
+  StepPlan plan = sched_->plan([&](uint64_t id) {
+    if (admit(id)) return true;
+    failed.push_back(id);
+    return false;
+  });
+  for (uint64_t id : failed) {
+    auto it = requests_.find(id);
+    if (it != requests_.end())
+      finish(it->second.get(), "error", "cannot allocate the KV cache for this request");
+  }
+  if (plan.work.empty()) return;
+
+  ForwardBatch batch;
+  std::vector<RequestState*> samplers;  // one per logits row, in order
+  uint64_t prefill_tokens = 0, decode_tokens = 0;
+  const Clock::time_point now = Clock::now();
+  for (const ScheduledWork& w : plan.work) {
+    RequestState* r = requests_.at(w.id).get();
+    ForwardChunk ch;
+    ch.kv = r->kv;
+    if (w.prefill) {
+      if (!r->prefill_started) {
+        r->prefill_started = true;
+        r->prefill_start = now;
+      }
+      batch.tokens.insert(batch.tokens.end(), r->req.prompt.begin() + w.begin,
+                          r->req.prompt.begin() + w.begin + w.count);
+      ch.start_pos = w.begin;
+      ch.n_tokens = w.count;
+      ch.logits = w.completes_prompt ? LogitsMode::Last : LogitsMode::None;
+      prefill_tokens += static_cast<uint64_t>(w.count);
+    } else {
+      batch.tokens.push_back(r->generated.back());
+      ch.start_pos = static_cast<int>(r->req.prompt.size() + r->generated.size()) - 1;
+      ch.n_tokens = 1;
+      ch.logits = LogitsMode::Last;
+      decode_tokens++;
+    }
+    // Sparse decoding (issue 4) sets ch.selection / ch.budget here from the
+    // retrieval head's [requests, kv_heads, B] output when r->req.budget > 0.
+    if (ch.logits != LogitsMode::None) samplers.push_back(r);
+    batch.chunks.push_back(ch);
+  }
+
+  std::vector<float> logits;
+  Status st = model_->forward(batch, &logits);
+  if (!st.ok) {
+    for (const ScheduledWork& w : plan.work) {
+      auto it = requests_.find(w.id);
+      if (it != requests_.end()) finish(it->second.get(), "error", "forward failed: " + st.message);
+    }
+    return;
+  }
+  sched_->complete(plan);
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stats_.prefill_tokens += prefill_tokens;
+    stats_.decode_tokens += decode_tokens;
+  }
+
+  const int V = info_.vocab_size;
+  const Clock::time_point sampled_at = Clock::now();
+  for (size_t i = 0; i < samplers.size(); ++i) {
+    RequestState* r = samplers[i];
+    const int32_t tok = r->sampler.sample(logits.data() + i * static_cast<size_t>(V), V);
+    if (r->generated.empty()) r->first_token = sampled_at;
+    r->generated.push_back(tok);
+    r->sink->on_token(tok);
+    const auto& stops = r->req.stop_token_ids;
+    const int fed = static_cast<int>(r->req.prompt.size() + r->generated.size()) - 1;
+    if (std::find(stops.begin(), stops.end(), tok) != stops.end()) {
+      finish(r, "stop");
+    } else if (static_cast<int>(r->generated.size()) >= r->req.max_new_tokens ||
+               fed >= r->kv_capacity) {
+      finish(r, "length");
+    }
+  }
+  publish_stats();
+}
+
+}  // namespace spx

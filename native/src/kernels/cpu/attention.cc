@@ -1,0 +1,79 @@
+#include "kernels/cpu/attention.h"
+
+#include <cmath>
+#include <vector>
+
+#include "util/thread_pool.h"
+
+namespace spx {
+
+namespace {
+
+// One query row against its keys. keys == nullptr means positions 0..last.
+void attend_one(float* out, const float* q, const float* k, const float* v, int64_t hd,
+                int64_t last, const int32_t* keys, int64_t n_keys, float scale,
+                std::vector<float>* scratch) {
+  std::vector<float>& s = *scratch;
+  int64_t count = keys ? n_keys : last + 1;
+  s.resize(static_cast<size_t>(count));
+  float mx = -INFINITY;
+  int64_t used = 0;
+  std::vector<int32_t> idx;
+  for (int64_t j = 0; j < count; ++j) {
+    int64_t pos = keys ? keys[j] : j;
+    if (pos < 0 || pos > last) continue;  // selection may name future tokens for prefill rows
+    const float* kr = k + pos * hd;
+    float dot = 0;
+    for (int64_t d = 0; d < hd; ++d) dot += q[d] * kr[d];
+    dot *= scale;
+    s[used] = dot;
+    if (keys) idx.push_back(static_cast<int32_t>(pos));
+    ++used;
+    if (dot > mx) mx = dot;
+  }
+  for (int64_t d = 0; d < hd; ++d) out[d] = 0;
+  if (used == 0) return;
+  float sum = 0;
+  for (int64_t j = 0; j < used; ++j) {
+    s[j] = std::exp(s[j] - mx);
+    sum += s[j];
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t j = 0; j < used; ++j) {
+    const float p = s[j] * inv;
+    const float* vr = v + (keys ? idx[j] : j) * hd;
+    for (int64_t d = 0; d < hd; ++d) out[d] += p * vr[d];
+  }
+}
+
+}  // namespace
+
+void attention_forward(float* out, const float* q, const float* k_cache, const float* v_cache,
+                       int64_t n_q, int64_t start_pos, int64_t heads, int64_t kv_heads, int64_t hd,
+                       int64_t capacity, float scale, const int32_t* selection, int64_t budget) {
+  const int64_t group = heads / kv_heads;
+  parallel_for(n_q * heads, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> scratch;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t t = i / heads, h = i % heads;
+      {
+        const int64_t g = h / group;
+        const float* kh = k_cache + g * capacity * hd;
+        const float* vh = v_cache + g * capacity * hd;
+        const int32_t* keys = selection ? selection + g * budget : nullptr;
+        attend_one(out + (t * heads + h) * hd, q + (t * heads + h) * hd, kh, vh, hd,
+                   start_pos + t, keys, budget, scale, &scratch);
+      }
+    }
+  });
+}
+
+void attention_decode_forward(float* out, const float* q, const float* k_cache,
+                              const float* v_cache, int64_t pos, int64_t heads, int64_t kv_heads,
+                              int64_t hd, int64_t capacity, float scale, const int32_t* selection,
+                              int64_t budget) {
+  attention_forward(out, q, k_cache, v_cache, 1, pos, heads, kv_heads, hd, capacity, scale,
+                    selection, budget);
+}
+
+}  // namespace spx

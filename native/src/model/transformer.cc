@@ -1,0 +1,167 @@
+#include "model/transformer.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/cpu/rope.h"
+#include "model/checkpoint.h"
+
+namespace spx {
+
+Status Transformer::load(const std::string& dir, Backend* backend,
+                         std::unique_ptr<Transformer>* out) {
+  auto t = std::unique_ptr<Transformer>(new Transformer());
+  t->backend_ = backend;
+  Checkpoint ckpt;
+  Status st = ckpt.open(dir);  // checks the directory exists first
+  if (!st.ok) return st;
+  st = load_model_config(dir, &t->cfg_);
+  if (!st.ok) return st;
+  st = load_weights(ckpt, t->cfg_, backend, &t->w_);
+  if (!st.ok) return st;
+  t->inv_freq_ = spx::rope_inv_freq(t->cfg_.rope, t->cfg_.head_dim);
+  auto add = [&](const Tensor& x) { t->weight_bytes_ += x.empty() ? 0 : x.nbytes(); };
+  add(t->w_.embed);
+  add(t->w_.norm);
+  if (!t->cfg_.tie_word_embeddings) add(t->w_.lm_head);
+  for (const auto& l : t->w_.layers) {
+    for (const Tensor* x : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.bq, &l.bk, &l.bv, &l.bo,
+                            &l.q_norm, &l.k_norm, &l.mlp_norm, &l.w_gate, &l.w_up, &l.w_down,
+                            &l.b_gate, &l.b_up, &l.b_down})
+      add(*x);
+  }
+  *out = std::move(t);
+  return Status::Ok();
+}
+
+Status Transformer::ensure_workspace(int n) {
+  if (n <= ws_.capacity) return Status::Ok();
+  const int64_t N = n, H = cfg_.hidden_size, D = cfg_.head_dim, I = cfg_.intermediate_size;
+  const int64_t qd = cfg_.num_heads * D, kvd = cfg_.num_kv_heads * D;
+  Workspace w;
+  Status st;
+  for (auto [t, shape] : std::vector<std::pair<Tensor*, std::vector<int64_t>>>{
+           {&w.x, {N, H}},     {&w.h, {N, H}},      {&w.q, {N, qd}},    {&w.k, {N, kvd}},
+           {&w.v, {N, kvd}},   {&w.attn, {N, qd}},  {&w.tmp, {N, H}},   {&w.gate, {N, I}},
+           {&w.up, {N, I}},    {&w.cos, {N, D / 2}}, {&w.sin, {N, D / 2}}}) {
+    if (!(st = backend_->alloc(shape, DType::F32, t)).ok) return st;
+  }
+  w.capacity = n;
+  ws_ = std::move(w);
+  return Status::Ok();
+}
+
+Status Transformer::forward(const ForwardBatch& batch, std::vector<float>* logits) {
+  const ModelConfig& c = cfg_;
+  const int n = static_cast<int>(batch.tokens.size());
+  int total = 0;
+  std::vector<int32_t> positions;
+  std::vector<int32_t> logit_rows;
+  positions.reserve(static_cast<size_t>(n));
+  for (const auto& ch : batch.chunks) {
+    if (ch.kv == nullptr || ch.n_tokens <= 0) return Status::Error("forward: empty chunk");
+    if (ch.start_pos != ch.kv->n_tokens)
+      return Status::Error("forward: chunk does not continue its KV cache");
+    if (ch.start_pos + ch.n_tokens > ch.kv->capacity)
+      return Status::Error("forward: chunk exceeds its KV capacity");
+    for (int t = 0; t < ch.n_tokens; ++t) positions.push_back(ch.start_pos + t);
+    if (ch.logits == LogitsMode::Last) logit_rows.push_back(total + ch.n_tokens - 1);
+    if (ch.logits == LogitsMode::All)
+      for (int t = 0; t < ch.n_tokens; ++t) logit_rows.push_back(total + t);
+    total += ch.n_tokens;
+  }
+  if (total != n || n == 0) return Status::Error("forward: token count does not match chunks");
+  for (int32_t id : batch.tokens)
+    if (id < 0 || id >= c.vocab_size) return Status::Error("forward: token id out of range");
+
+  Status st = ensure_workspace(n);
+  if (!st.ok) return st;
+  Backend& be = *backend_;
+  const int64_t N = n, H = c.hidden_size, D = c.head_dim;
+  const int64_t heads = c.num_heads, kvh = c.num_kv_heads;
+  Tensor x = ws_.x.rows(0, N), h = ws_.h.rows(0, N), tmp = ws_.tmp.rows(0, N);
+  Tensor q = ws_.q.rows(0, N), k = ws_.k.rows(0, N), v = ws_.v.rows(0, N);
+  Tensor attn = ws_.attn.rows(0, N), gate = ws_.gate.rows(0, N), up = ws_.up.rows(0, N);
+  Tensor cos = ws_.cos.rows(0, N), sin = ws_.sin.rows(0, N);
+
+  {
+    std::vector<float> c_host(static_cast<size_t>(N * D / 2)), s_host(c_host.size());
+    rope_tables(inv_freq_, positions.data(), N, c_host.data(), s_host.data());
+    if (!(st = be.upload(c_host.data(), &cos)).ok) return st;
+    if (!(st = be.upload(s_host.data(), &sin)).ok) return st;
+  }
+  be.embedding(w_.embed, batch.tokens.data(), n, &x);
+
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  std::vector<AttentionSegment> segs(batch.chunks.size());
+  const int n_layers = batch.n_layers >= 0 ? std::min(batch.n_layers, c.num_layers) : c.num_layers;
+  if (batch.q_capture) batch.q_capture->resize(static_cast<size_t>(n_layers * heads * D));
+  for (int l = 0; l < n_layers; ++l) {
+    const LayerWeights& w = w_.layers[static_cast<size_t>(l)];
+    be.rmsnorm(x, w.attn_norm, eps, &h);
+    be.matmul(h, w.wq, w.bq.empty() ? nullptr : &w.bq, &q);
+    be.matmul(h, w.wk, w.bk.empty() ? nullptr : &w.bk, &k);
+    be.matmul(h, w.wv, w.bv.empty() ? nullptr : &w.bv, &v);
+    Tensor q3 = q.reshaped({N, heads, D}), k3 = k.reshaped({N, kvh, D});
+    Tensor v3 = v.reshaped({N, kvh, D});
+    if (c.qk_norm) {
+      be.rmsnorm(q3, w.q_norm, eps, &q3);
+      be.rmsnorm(k3, w.k_norm, eps, &k3);
+    }
+    be.rope(&q3, cos, sin);
+    be.rope(&k3, cos, sin);
+    if (batch.q_capture) {
+      st = be.download(q.rows(N - 1, 1), batch.q_capture->data() + l * heads * D);
+      if (!st.ok) return st;
+    }
+    int row = 0;
+    for (size_t i = 0; i < batch.chunks.size(); ++i) {
+      const ForwardChunk& ch = batch.chunks[i];
+      be.kv_write(k3.rows(row, ch.n_tokens), v3.rows(row, ch.n_tokens), ch.start_pos,
+                  &ch.kv->k[static_cast<size_t>(l)], &ch.kv->v[static_cast<size_t>(l)]);
+      AttentionSegment& s = segs[i];
+      s.q_begin = row;
+      s.n_q = ch.n_tokens;
+      s.start_pos = ch.start_pos;
+      s.k_cache = &ch.kv->k[static_cast<size_t>(l)];
+      s.v_cache = &ch.kv->v[static_cast<size_t>(l)];
+      s.selection = ch.selection;
+      s.budget = ch.budget;
+      row += ch.n_tokens;
+    }
+    Tensor attn3 = attn.reshaped({N, heads, D});
+    be.attention(q3, segs, scale, &attn3);
+    be.matmul(attn, w.wo, w.bo.empty() ? nullptr : &w.bo, &tmp);
+    be.add(&x, tmp);
+
+    be.rmsnorm(x, w.mlp_norm, eps, &h);
+    be.matmul(h, w.w_gate, w.b_gate.empty() ? nullptr : &w.b_gate, &gate);
+    be.matmul(h, w.w_up, w.b_up.empty() ? nullptr : &w.b_up, &up);
+    be.swiglu(gate, up, &gate);
+    be.matmul(gate, w.w_down, w.b_down.empty() ? nullptr : &w.b_down, &tmp);
+    be.add(&x, tmp);
+  }
+  for (const auto& ch : batch.chunks) ch.kv->n_tokens = ch.start_pos + ch.n_tokens;
+  if (batch.n_layers >= 0) {
+    if (batch.hidden_out) *batch.hidden_out = x;
+    logits->clear();
+    return Status::Ok();
+  }
+
+  logits->clear();
+  if (logit_rows.empty()) return Status::Ok();
+  const int64_t R = static_cast<int64_t>(logit_rows.size());
+  // Only the rows that are sampled go through the final norm and LM head.
+  Tensor sel, normed, out;
+  if (!(st = be.alloc({R, H}, DType::F32, &sel)).ok) return st;
+  if (!(st = be.alloc({R, H}, DType::F32, &normed)).ok) return st;
+  if (!(st = be.alloc({R, c.vocab_size}, DType::F32, &out)).ok) return st;
+  be.gather_rows(x, logit_rows, &sel);
+  be.rmsnorm(sel, w_.norm, eps, &normed);
+  be.matmul(normed, w_.lm_head, nullptr, &out);
+  logits->resize(static_cast<size_t>(R * c.vocab_size));
+  return be.download(out, logits->data());
+}
+
+}  // namespace spx

@@ -1,0 +1,77 @@
+// The Llama-family decoder forward (Llama, Qwen2, Qwen3) over a batch of
+// sequence chunks, written against the Backend interface only.
+//
+// One forward takes any mix of prefill chunks and decode tokens: all tokens are
+// stacked into [n, hidden] rows so every matmul reads its weights once for the
+// whole batch; attention then runs per chunk over that request's KV cache.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "kv/kv_store.h"
+#include "model/config.h"
+#include "model/weights.h"
+
+namespace spx {
+
+enum class LogitsMode { None, Last, All };
+
+struct ForwardChunk {
+  KvSequence* kv = nullptr;  // must already hold exactly start_pos tokens
+  int start_pos = 0;
+  int n_tokens = 0;
+  LogitsMode logits = LogitsMode::Last;
+  // SpeContext hook: [kv_heads, budget] positions this (decode) chunk attends
+  // to, from the retrieval head; nullptr means full attention.
+  const int32_t* selection = nullptr;
+  int budget = 0;
+};
+
+struct ForwardBatch {
+  std::vector<int32_t> tokens;      // all chunks' tokens, chunk after chunk
+  std::vector<ForwardChunk> chunks;
+  // SpeContext retrieval head / evaluation hooks (native/src/retrieval):
+  // n_layers >= 0 runs only the first n_layers layers (the chunks' KV need
+  // only those), computes no logits and points *hidden_out at the hidden
+  // rows [n, hidden] after them (a workspace view, valid until the next call).
+  int n_layers = -1;
+  Tensor* hidden_out = nullptr;
+  // When set: [layers, heads * head_dim], the post-RoPE query of the batch's
+  // last row at every layer (attention-recall measurement).
+  std::vector<float>* q_capture = nullptr;
+};
+
+class Transformer {
+ public:
+  // Reads config.json and the safetensors weights of `dir` onto `backend`.
+  static Status load(const std::string& dir, Backend* backend, std::unique_ptr<Transformer>* out);
+
+  const ModelConfig& config() const { return cfg_; }
+  Backend* backend() const { return backend_; }
+  uint64_t weight_bytes() const { return weight_bytes_; }
+  const ModelWeights& weights() const { return w_; }
+  const std::vector<float>& rope_inv_freq() const { return inv_freq_; }
+
+  // Runs the batch, appending each chunk's K/V to its cache. `logits` receives
+  // rows of vocab_size floats: per chunk, none, its last token or all tokens.
+  Status forward(const ForwardBatch& batch, std::vector<float>* logits);
+
+ private:
+  struct Workspace {
+    int capacity = 0;
+    Tensor x, h, q, k, v, attn, tmp, gate, up, cos, sin;
+  };
+  Status ensure_workspace(int n);
+
+  ModelConfig cfg_;
+  Backend* backend_ = nullptr;
+  ModelWeights w_;
+  std::vector<float> inv_freq_;
+  Workspace ws_;
+  uint64_t weight_bytes_ = 0;
+};
+
+}  // namespace spx

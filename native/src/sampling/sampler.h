@@ -1,0 +1,28 @@
+// Token sampling from one row of logits: greedy, or temperature with optional
+// top-k / top-p. Each request owns a Sampler seeded from its seed, so the same
+// seed gives the same tokens however requests are batched.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "engine/engine.h"
+
+namespace spx {
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplingParams& params) : p_(params), rng_(params.seed) {}
+  int32_t sample(const float* logits, int vocab);
+
+ private:
+  double uniform();  // [0, 1), from the request's own generator
+  SamplingParams p_;
+  std::mt19937_64 rng_;
+  std::vector<std::pair<float, int32_t>> cand_;
+};
+
+int32_t argmax(const float* logits, int vocab);
+
+}  // namespace spx
