@@ -1,0 +1,182 @@
+#include "retrieval/pruned_head.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "kernels/cpu/rope.h"
+
+namespace spx::retrieval {
+
+namespace {
+
+uint64_t params(const Tensor& t) { return t.empty() ? 0 : static_cast<uint64_t>(t.numel()); }
+
+uint64_t layer_params(const LayerWeights& l) {
+  uint64_t n = 0;
+  for (const Tensor* t : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.wo, &l.bq, &l.bk, &l.bv, &l.bo,
+                          &l.q_norm, &l.k_norm, &l.mlp_norm, &l.w_gate, &l.w_up, &l.w_down,
+                          &l.b_gate, &l.b_up, &l.b_down})
+    n += params(*t);
+  return n;
+}
+
+}  // namespace
+
+Status PrunedHead::make(Transformer* model, int scoring_layer, std::unique_ptr<PrunedHead>* out) {
+  const ModelConfig& c = model->config();
+  if (scoring_layer < 0 || scoring_layer >= c.num_layers) {
+    return Status::Error("retrieval head: scoring layer " + std::to_string(scoring_layer) +
+                         " outside the model's " + std::to_string(c.num_layers) + " layers");
+  }
+  auto h = std::unique_ptr<PrunedHead>(new PrunedHead());
+  h->model_ = model;
+  h->layer_ = scoring_layer;
+  h->store_ = std::make_unique<KvStore>(model->backend(), scoring_layer, c.num_kv_heads, c.head_dim);
+  const ModelWeights& w = model->weights();
+  h->head_params_ = params(w.embed);
+  h->model_params_ = params(w.embed) + params(w.norm) + (c.tie_word_embeddings ? 0 : params(w.lm_head));
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& lw = w.layers[static_cast<size_t>(l)];
+    h->model_params_ += layer_params(lw);
+    if (l < scoring_layer) h->head_params_ += layer_params(lw);
+  }
+  const LayerWeights& s = w.layers[static_cast<size_t>(scoring_layer)];
+  for (const Tensor* t : {&s.attn_norm, &s.wq, &s.wk, &s.bq, &s.bk, &s.q_norm, &s.k_norm})
+    h->head_params_ += params(*t);
+  *out = std::move(h);
+  return Status::Ok();
+}
+
+uint64_t PrunedHead::k_cache_bytes() const {
+  uint64_t b = 0;
+  for (const auto& [id, r] : reqs_) b += r.k.size() * sizeof(float);
+  return b + store_->bytes_in_use();
+}
+
+Status PrunedHead::open(uint64_t id, int capacity) {
+  if (reqs_.count(id)) return Status::Error("retrieval head: request already open");
+  Request r;
+  r.capacity = capacity;
+  Status st = store_->allocate(id, capacity, &r.kv);
+  if (!st.ok) return st;
+  const ModelConfig& c = model_->config();
+  r.k.assign(static_cast<size_t>(c.num_kv_heads) * capacity * c.head_dim, 0.0f);
+  reqs_[id] = std::move(r);
+  return Status::Ok();
+}
+
+void PrunedHead::close(uint64_t id) {
+  reqs_.erase(id);
+  store_->free(id);
+}
+
+int PrunedHead::tokens(uint64_t id) const {
+  auto it = reqs_.find(id);
+  return it == reqs_.end() ? -1 : it->second.n_tokens;
+}
+
+Status PrunedHead::ensure_workspace(int n) {
+  if (n <= ws_cap_) return Status::Ok();
+  const ModelConfig& c = model_->config();
+  Backend* be = model_->backend();
+  const int64_t N = n, D = c.head_dim;
+  Status st;
+  if (!(st = be->alloc({N, c.hidden_size}, DType::F32, &h_)).ok) return st;
+  if (!(st = be->alloc({N, c.num_heads * D}, DType::F32, &q_)).ok) return st;
+  if (!(st = be->alloc({N, c.num_kv_heads * D}, DType::F32, &k_)).ok) return st;
+  if (!(st = be->alloc({N, D / 2}, DType::F32, &cos_)).ok) return st;
+  if (!(st = be->alloc({N, D / 2}, DType::F32, &sin_)).ok) return st;
+  ws_cap_ = n;
+  return Status::Ok();
+}
+
+Status PrunedHead::forward(const std::vector<HeadChunk>& chunks) {
+  const ModelConfig& c = model_->config();
+  ForwardBatch batch;
+  batch.n_layers = layer_;
+  std::vector<int32_t> positions;
+  for (const HeadChunk& hc : chunks) {
+    auto it = reqs_.find(hc.id);
+    if (it == reqs_.end()) return Status::Error("retrieval head: unknown request");
+    Request& r = it->second;
+    if (hc.n <= 0 || r.n_tokens + hc.n > r.capacity)
+      return Status::Error("retrieval head: chunk exceeds the request's capacity");
+    ForwardChunk ch;
+    ch.kv = r.kv;
+    ch.start_pos = r.n_tokens;
+    ch.n_tokens = hc.n;
+    ch.logits = LogitsMode::None;
+    batch.chunks.push_back(ch);
+    batch.tokens.insert(batch.tokens.end(), hc.tokens, hc.tokens + hc.n);
+    for (int t = 0; t < hc.n; ++t) positions.push_back(r.n_tokens + t);
+  }
+  const int n = static_cast<int>(batch.tokens.size());
+  Tensor x;
+  batch.hidden_out = &x;
+  std::vector<float> unused;
+  Status st = model_->forward(batch, &unused);
+  if (!st.ok) return st;
+  if (!(st = ensure_workspace(n)).ok) return st;
+
+  // The scoring layer: norm, Q/K projections, per-head norms, RoPE.
+  Backend& be = *model_->backend();
+  const LayerWeights& w = model_->weights().layers[static_cast<size_t>(layer_)];
+  const int64_t N = n, D = c.head_dim, heads = c.num_heads, kvh = c.num_kv_heads;
+  Tensor h = h_.rows(0, N), q = q_.rows(0, N), k = k_.rows(0, N);
+  Tensor cos = cos_.rows(0, N), sin = sin_.rows(0, N);
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  be.rmsnorm(x, w.attn_norm, eps, &h);
+  be.matmul(h, w.wq, w.bq.empty() ? nullptr : &w.bq, &q);
+  be.matmul(h, w.wk, w.bk.empty() ? nullptr : &w.bk, &k);
+  Tensor q3 = q.reshaped({N, heads, D}), k3 = k.reshaped({N, kvh, D});
+  if (c.qk_norm) {
+    be.rmsnorm(q3, w.q_norm, eps, &q3);
+    be.rmsnorm(k3, w.k_norm, eps, &k3);
+  }
+  {
+    std::vector<float> ch(static_cast<size_t>(N * D / 2)), sh(ch.size());
+    rope_tables(model_->rope_inv_freq(), positions.data(), N, ch.data(), sh.data());
+    if (!(st = be.upload(ch.data(), &cos)).ok) return st;
+    if (!(st = be.upload(sh.data(), &sin)).ok) return st;
+  }
+  be.rope(&q3, cos, sin);
+  be.rope(&k3, cos, sin);
+  kh_.resize(static_cast<size_t>(N * kvh * D));
+  if (!(st = be.download(k, kh_.data())).ok) return st;
+
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const int64_t group = heads / kvh;
+  int row = 0;
+  for (const HeadChunk& hc : chunks) {
+    Request& r = reqs_[hc.id];
+    for (int t = 0; t < hc.n; ++t) {
+      const int pos = r.n_tokens + t;
+      for (int64_t g = 0; g < kvh; ++g) {
+        std::memcpy(&r.k[static_cast<size_t>((g * r.capacity + pos) * D)],
+                    &kh_[static_cast<size_t>(((row + t) * kvh + g) * D)], D * sizeof(float));
+      }
+    }
+    r.n_tokens += hc.n;
+    if (hc.scores) {
+      const int64_t T = r.n_tokens;
+      qh_.resize(static_cast<size_t>(heads * D));
+      if (!(st = be.download(q.rows(row + hc.n - 1, 1), qh_.data())).ok) return st;
+      hc.scores->resize(static_cast<size_t>(heads * T));
+      for (int64_t hd = 0; hd < heads; ++hd) {
+        const float* qv = &qh_[static_cast<size_t>(hd * D)];
+        const float* kc = &r.k[static_cast<size_t>((hd / group) * r.capacity * D)];
+        float* out = hc.scores->data() + hd * T;
+        for (int64_t t = 0; t < T; ++t) {
+          const float* kr = kc + t * D;
+          float dot = 0;
+          for (int64_t d = 0; d < D; ++d) dot += qv[d] * kr[d];
+          out[t] = dot * scale;
+        }
+      }
+    }
+    row += hc.n;
+  }
+  return Status::Ok();
+}
+
+}  // namespace spx::retrieval

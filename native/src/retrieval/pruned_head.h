@@ -1,0 +1,81 @@
+// The retrieval head: a Llama-family model cut down to what attention scores
+// need (paper section 1). It keeps
+//   - the embedding,
+//   - the layers below the scoring layer (full layers, with their own K/V),
+//   - the scoring layer's Q and K projections, with its norms and RoPE,
+//   - its own K cache of the scoring layer over the whole context,
+// and drops the scoring layer's V, O and MLP, every layer above it, the final
+// norm and the LM head.
+//
+// Cut from the target itself it is the self-derived head (`--dlm-layers k`:
+// scoring layer k-1) or, scoring at a deep layer, the oracle (the target's
+// true full-attention scores at that layer: the head's layers below run full
+// attention over their own caches, exactly as the full target does). Cut from
+// a separate distilled model sharing the tokenizer it is the paper's DLM head.
+//
+// The layers below run through the model's own forward (ForwardBatch::n_layers)
+// on the head's KV; the scoring projection runs on the backend, and the K cache
+// and the q.K scores live in host memory (they feed the host-side selection).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "kv/kv_store.h"
+#include "model/transformer.h"
+
+namespace spx::retrieval {
+
+struct HeadChunk {
+  uint64_t id = 0;              // request
+  const int32_t* tokens = nullptr;
+  int n = 0;                    // tokens appended at the request's current length
+  // When set: the last token's scores q.k/sqrt(d), [q_heads, T] with T the
+  // request's length after this chunk (row stride T).
+  std::vector<float>* scores = nullptr;
+};
+
+class PrunedHead {
+ public:
+  // `model` outlives the head; scoring_layer in [0, layers).
+  static Status make(Transformer* model, int scoring_layer, std::unique_ptr<PrunedHead>* out);
+
+  Status open(uint64_t id, int capacity);
+  void close(uint64_t id);
+  int tokens(uint64_t id) const;  // -1 when unknown
+
+  Status forward(const std::vector<HeadChunk>& chunks);
+
+  int scoring_layer() const { return layer_; }
+  int q_heads() const { return model_->config().num_heads; }
+  int kv_heads() const { return model_->config().num_kv_heads; }
+  // Parameters the head computes with, and the whole model's, for the
+  // reduction report.
+  uint64_t head_params() const { return head_params_; }
+  uint64_t model_params() const { return model_params_; }
+  uint64_t k_cache_bytes() const;
+
+ private:
+  struct Request {
+    KvSequence* kv = nullptr;    // layers below the scoring layer
+    int capacity = 0;
+    int n_tokens = 0;
+    std::vector<float> k;        // [kv_heads, capacity, head_dim] scoring-layer K
+  };
+  PrunedHead() = default;
+  Status ensure_workspace(int n);
+
+  Transformer* model_ = nullptr;
+  int layer_ = 0;
+  std::unique_ptr<KvStore> store_;
+  std::map<uint64_t, Request> reqs_;
+  Tensor h_, q_, k_;             // [cap, hidden], [cap, heads*hd], [cap, kvh*hd]
+  Tensor cos_, sin_;             // [cap, hd/2]
+  int ws_cap_ = 0;
+  std::vector<float> qh_, kh_;   // host copies of one chunk's q / k rows
+  uint64_t head_params_ = 0, model_params_ = 0;
+};
+
+}  // namespace spx::retrieval
