@@ -22,6 +22,14 @@ uint64_t layer_params(const LayerWeights& l) {
 
 }  // namespace
 
+uint64_t model_param_count(const Transformer& model) {
+  const ModelConfig& c = model.config();
+  const ModelWeights& w = model.weights();
+  uint64_t n = params(w.embed) + params(w.norm) + (c.tie_word_embeddings ? 0 : params(w.lm_head));
+  for (const LayerWeights& l : w.layers) n += layer_params(l);
+  return n;
+}
+
 Status PrunedHead::make(Transformer* model, int scoring_layer, std::unique_ptr<PrunedHead>* out) {
   const ModelConfig& c = model->config();
   if (scoring_layer < 0 || scoring_layer >= c.num_layers) {
@@ -34,12 +42,8 @@ Status PrunedHead::make(Transformer* model, int scoring_layer, std::unique_ptr<P
   h->store_ = std::make_unique<KvStore>(model->backend(), scoring_layer, c.num_kv_heads, c.head_dim);
   const ModelWeights& w = model->weights();
   h->head_params_ = params(w.embed);
-  h->model_params_ = params(w.embed) + params(w.norm) + (c.tie_word_embeddings ? 0 : params(w.lm_head));
-  for (int l = 0; l < c.num_layers; ++l) {
-    const LayerWeights& lw = w.layers[static_cast<size_t>(l)];
-    h->model_params_ += layer_params(lw);
-    if (l < scoring_layer) h->head_params_ += layer_params(lw);
-  }
+  h->model_params_ = model_param_count(*model);
+  for (int l = 0; l < scoring_layer; ++l) h->head_params_ += layer_params(w.layers[static_cast<size_t>(l)]);
   const LayerWeights& s = w.layers[static_cast<size_t>(scoring_layer)];
   for (const Tensor* t : {&s.attn_norm, &s.wq, &s.wk, &s.bq, &s.bk, &s.q_norm, &s.k_norm})
     h->head_params_ += params(*t);

@@ -37,6 +37,9 @@ struct HeadChunk {
   std::vector<float>* scores = nullptr;
 };
 
+// Parameters of a whole model (embedding, layers, final norm, untied LM head).
+uint64_t model_param_count(const Transformer& model);
+
 class PrunedHead {
  public:
   // `model` outlives the head; scoring_layer in [0, layers).

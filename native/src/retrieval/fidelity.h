@@ -1,0 +1,65 @@
+// `specontext eval fidelity`: how close sparse decoding with a retrieval head
+// stays to full attention, on real text, teacher-forced.
+//
+// The first `context` tokens are prefilled (full attention). Then, for `steps`
+// decode steps feeding the text's next tokens, each budget B runs its own
+// sparse decode (the head's selection [kv_heads, B] shared by all layers) on a
+// copy of the prefilled KV, and one full-attention run is the reference:
+//   - attention recall: the share of the full run's attention mass (softmax of
+//     q.k at every layer and query head) on the tokens selected for that
+//     head's KV group; averaged over layers, heads and steps, with the spread;
+//   - top-1 agreement of the sparse next-token argmax with the full one;
+//   - perplexity ratio, sparse over full, on the text's next tokens;
+//   - elastic-loading reload fraction (slot maps fed with the selections);
+//   - fallback rate (selection mass under the threshold -> full attention).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "model/transformer.h"
+#include "retrieval/pruned_head.h"
+#include "retrieval/select.h"
+
+namespace spx::retrieval {
+
+struct FidelityOptions {
+  int context = 4096;
+  int steps = 32;
+  std::vector<int> budgets;
+  SelectOptions select;       // budget ignored (per entry of budgets)
+  int prefill_chunk = 512;
+};
+
+struct BudgetFidelity {
+  int budget = 0;
+  bool full_attention = false;  // context + steps <= B: nothing to select
+  double recall_mean = 0, recall_std = 0, recall_min = 0, recall_p10 = 0;
+  double top1_agreement = 0;
+  double ppl_sparse = 0, ppl_ratio = 0;
+  double reload_fraction = 0;
+  double fallback_rate = 0;
+  double head_mass_mean = 0;    // the head's own attention mass on its selection
+  std::vector<double> recall_per_layer;  // [layers]
+};
+
+struct FidelityReport {
+  int context = 0, steps = 0;
+  int scoring_layer = 0;
+  uint64_t head_params = 0, head_model_params = 0, target_params = 0;
+  double ppl_full = 0;
+  double seconds = 0;
+  std::vector<BudgetFidelity> budgets;
+};
+
+using FidelityProgress = std::function<void(const std::string& phase)>;
+
+// tokens must hold at least context + steps + 1 ids. `head` may be cut from
+// `target` or from another model sharing its tokenizer.
+Status run_fidelity(Transformer* target, PrunedHead* head, const std::vector<int32_t>& tokens,
+                    const FidelityOptions& opt, FidelityReport* report,
+                    const FidelityProgress& progress = nullptr);
+
+}  // namespace spx::retrieval
