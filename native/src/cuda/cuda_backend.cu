@@ -1,0 +1,320 @@
+// The CUDA backend behind the engine's Backend interface (backend/backend.h).
+//
+// Tensors live in device memory as bf16 whatever dtype the model asks for
+// (the interface speaks f32 only at upload/download, where we convert on the
+// device); GEMMs go through cuBLASLt, everything else through the kernels in
+// kernels/*.cuh. All work is queued on one stream.
+//
+// The interface's kernel calls return void, so a failing CUDA call is kept
+// as a sticky Status (the first one, with file, line and CUDA's message) and
+// returned by the next alloc / upload / download, which every forward ends
+// with. Nothing here aborts the process.
+//
+// Small per-step host arrays (token ids, decode descriptors, row lists) go
+// through a pinned ring so the copies stay asynchronous.
+#include <algorithm>
+#include <cstring>
+
+#include "backend/registry.h"
+#include "cuda/check.h"
+#include "cuda/gemm.h"
+#include "cuda/ops.h"
+
+namespace spx {
+namespace {
+
+using cuda::bf16;
+
+class CudaBackend final : public Backend {
+ public:
+  ~CudaBackend() override {
+    if (stream_) cudaStreamSynchronize(stream_);
+    cudaFree(scratch_);
+    cudaFree(small_dev_);
+    cudaFree(ws_);
+    cudaFreeHost(ring_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  Status init(int device) {
+    device_ = device;
+    SPX_CUDA_TRY(cudaSetDevice(device));
+    SPX_CUDA_TRY(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device));
+    SPX_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    SPX_CUDA_TRY(cudaMallocHost(&ring_, kRingBytes));
+    SPX_CUDA_TRY(cudaMalloc(&small_dev_, kRingBytes));
+    return gemm_.init();
+  }
+
+  std::string name() const override { return "cuda"; }
+
+  Status alloc(const std::vector<int64_t>& shape, DType, Tensor* out) override {
+    if (!err_.ok) return err_;
+    int64_t n = 1;
+    for (int64_t d : shape) {
+      if (d < 0) return Status::Error("negative tensor dimension");
+      if (__builtin_mul_overflow(n, d, &n)) return Status::Error("tensor too large");
+    }
+    SPX_CUDA_TRY(cudaSetDevice(device_));
+    void* p = nullptr;
+    const size_t bytes = std::max<size_t>(16, static_cast<size_t>(n) * sizeof(bf16));
+    const cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+      cudaGetLastError();  // clear it: out of memory is reported, not sticky
+      return Status::Error("out of GPU memory allocating " + std::to_string(bytes) +
+                           " bytes on cuda:" + std::to_string(device_) + " (" +
+                           cudaGetErrorString(e) + ")");
+    }
+    out->data = p;
+    out->dtype = DType::BF16;
+    out->shape = shape;
+    out->owner = std::shared_ptr<void>(p, [](void* q) { cudaFree(q); });
+    return Status::Ok();
+  }
+
+  Status upload(const float* host, Tensor* dst) override {
+    if (!err_.ok) return err_;
+    const size_t n = static_cast<size_t>(dst->numel());
+    SPX_STATUS_TRY(ensure_scratch(n * sizeof(float)));
+    SPX_CUDA_TRY(cudaMemcpyAsync(scratch_, host, n * sizeof(float), cudaMemcpyHostToDevice,
+                                 stream_));
+    SPX_CUDA_TRY(cuda::f32_to_bf16_forward(bf(*dst), static_cast<float*>(scratch_), n, stream_));
+    // The caller may free `host` on return.
+    SPX_CUDA_TRY(cudaStreamSynchronize(stream_));
+    return Status::Ok();
+  }
+
+  Status download(const Tensor& src, float* host) override {
+    if (!err_.ok) return err_;
+    const size_t n = static_cast<size_t>(src.numel());
+    SPX_STATUS_TRY(ensure_scratch(n * sizeof(float)));
+    SPX_CUDA_TRY(cuda::bf16_to_f32_forward(static_cast<float*>(scratch_), cbf(src), n, stream_));
+    SPX_CUDA_TRY(cudaMemcpyAsync(host, scratch_, n * sizeof(float), cudaMemcpyDeviceToHost,
+                                 stream_));
+    SPX_CUDA_TRY(cudaStreamSynchronize(stream_));
+    return err_;
+  }
+
+  void embedding(const Tensor& table, const int32_t* ids, int n, Tensor* out) override {
+    const int32_t* d_ids = stage(ids, static_cast<size_t>(n) * sizeof(int32_t));
+    if (!d_ids) return;
+    sticky(cuda::embedding_forward(bf(*out), cbf(table), d_ids, n,
+                                   static_cast<int>(table.dim(1)), static_cast<int>(table.dim(0)),
+                                   stream_),
+           "embedding_forward", __FILE__, __LINE__);
+  }
+
+  void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor* y) override {
+    if (!err_.ok) return;
+    const int K = static_cast<int>(x.shape.back());
+    const int M = static_cast<int>(x.numel() / K);
+    const int N = static_cast<int>(w.dim(0));
+    const Status st = gemm_.run(y->data, cbf(x), cbf(w), M, N, K, false, false, stream_);
+    if (!st.ok) {
+      err_ = st;
+      return;
+    }
+    if (bias)
+      sticky(cuda::bias_add_forward(bf(*y), cbf(*bias), M, N, stream_), "bias_add_forward",
+             __FILE__, __LINE__);
+  }
+
+  void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor* y) override {
+    const int d = static_cast<int>(w.dim(0));
+    sticky(cuda::rmsnorm_forward(bf(*y), cbf(x), cbf(w), static_cast<int>(x.numel() / d), d, eps,
+                                 stream_),
+           "rmsnorm_forward", __FILE__, __LINE__);
+  }
+
+  void add(Tensor* x, const Tensor& y) override {
+    sticky(cuda::add_forward(bf(*x), cbf(y), static_cast<size_t>(x->numel()), stream_),
+           "add_forward", __FILE__, __LINE__);
+  }
+
+  void rope(Tensor* x, const Tensor& cos, const Tensor& sin) override {
+    sticky(cuda::rope_table_forward(bf(*x), cbf(cos), cbf(sin), static_cast<int>(x->dim(0)),
+                                    static_cast<int>(x->dim(1)), static_cast<int>(x->dim(2)),
+                                    stream_),
+           "rope_table_forward", __FILE__, __LINE__);
+  }
+
+  void swiglu(const Tensor& gate, const Tensor& up, Tensor* out) override {
+    const int rows = static_cast<int>(gate.dim(0));
+    sticky(cuda::swiglu_split_forward(bf(*out), cbf(gate), cbf(up), rows,
+                                      static_cast<int>(gate.numel() / rows), stream_),
+           "swiglu_split_forward", __FILE__, __LINE__);
+  }
+
+  void kv_write(const Tensor& k, const Tensor& v, int start_pos, Tensor* k_cache,
+                Tensor* v_cache) override {
+    sticky(cuda::kv_write_forward(bf(*k_cache), bf(*v_cache), cbf(k), cbf(v), start_pos,
+                                  static_cast<int>(k.dim(0)), static_cast<int>(k.dim(1)),
+                                  static_cast<int>(k.dim(2)), static_cast<int>(k_cache->dim(1)),
+                                  stream_),
+           "kv_write_forward", __FILE__, __LINE__);
+  }
+
+  void attention(const Tensor& q, const std::vector<AttentionSegment>& segments, float scale,
+                 Tensor* out) override {
+    if (!err_.ok) return;
+    const int heads = static_cast<int>(q.dim(1)), hd = static_cast<int>(q.dim(2));
+    const size_t row = static_cast<size_t>(heads) * hd;
+    size_t i = 0;
+    while (i < segments.size()) {
+      const AttentionSegment& s = segments[i];
+      if (s.selection != nullptr) {
+        err_ = Status::Error(
+            "sparse (SpeContext) attention is not implemented on the CUDA backend yet; use "
+            "budget 0 (full attention) on cuda devices");
+        return;
+      }
+      if (s.n_q > 1) {
+        sticky(cuda::prefill_attention_forward(
+                   bf(*out) + s.q_begin * row, cbf(q) + s.q_begin * row, cbf(*s.k_cache),
+                   cbf(*s.v_cache), s.start_pos, s.n_q, heads, static_cast<int>(s.k_cache->dim(0)),
+                   hd, static_cast<int>(s.k_cache->dim(1)), scale, stream_),
+               "prefill_attention_forward", __FILE__, __LINE__);
+        ++i;
+        continue;
+      }
+      // A run of decode tokens in consecutive rows becomes one batched launch.
+      size_t j = i + 1;
+      while (j < segments.size() && segments[j].n_q == 1 && segments[j].selection == nullptr &&
+             segments[j].q_begin == segments[j - 1].q_begin + 1)
+        ++j;
+      decode_run(q, segments, i, j, scale, out);
+      i = j;
+    }
+  }
+
+  void gather_rows(const Tensor& x, const std::vector<int32_t>& rows, Tensor* out) override {
+    const int32_t* d_rows = stage(rows.data(), rows.size() * sizeof(int32_t));
+    if (!d_rows) return;
+    sticky(cuda::gather_rows_forward(bf(*out), cbf(x), d_rows, static_cast<int>(rows.size()),
+                                     static_cast<int>(x.row_elems()), stream_),
+           "gather_rows_forward", __FILE__, __LINE__);
+  }
+
+ private:
+  static constexpr size_t kRingBytes = 4u << 20;
+
+  static bf16* bf(const Tensor& t) { return static_cast<bf16*>(t.data); }
+  static const bf16* cbf(const Tensor& t) { return static_cast<const bf16*>(t.data); }
+
+  void sticky(cudaError_t e, const char* what, const char* file, int line) {
+    if (e != cudaSuccess && err_.ok) err_ = cuda::CudaStatus(e, what, file, line);
+  }
+
+  Status ensure_scratch(size_t bytes) {
+    if (bytes <= scratch_bytes_) return Status::Ok();
+    SPX_CUDA_TRY(cudaStreamSynchronize(stream_));
+    cudaFree(scratch_);
+    scratch_ = nullptr;
+    scratch_bytes_ = 0;
+    SPX_CUDA_TRY(cudaMalloc(&scratch_, bytes));
+    scratch_bytes_ = bytes;
+    return Status::Ok();
+  }
+
+  // Copies a small host array to device memory through the pinned ring;
+  // returns the device address, or nullptr (with err_ set) on failure.
+  template <typename T>
+  const T* stage(const T* host, size_t bytes) {
+    if (!err_.ok) return nullptr;
+    const size_t span = (bytes + 255) / 256 * 256;  // keeps every entry aligned
+    if (span > kRingBytes) {
+      err_ = Status::Error("CUDA backend: per-step host array of " + std::to_string(bytes) +
+                           " bytes exceeds the staging ring");
+      return nullptr;
+    }
+    if (ring_pos_ + span > kRingBytes) {
+      // Wrapping: earlier copies out of the ring must have finished.
+      sticky(cudaStreamSynchronize(stream_), "cudaStreamSynchronize", __FILE__, __LINE__);
+      ring_pos_ = 0;
+    }
+    char* h = static_cast<char*>(ring_) + ring_pos_;
+    char* d = static_cast<char*>(small_dev_) + ring_pos_;
+    ring_pos_ += span;
+    std::memcpy(h, host, bytes);
+    sticky(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync",
+           __FILE__, __LINE__);
+    return err_.ok ? reinterpret_cast<const T*>(d) : nullptr;
+  }
+
+  void decode_run(const Tensor& q, const std::vector<AttentionSegment>& segs, size_t begin,
+                  size_t end, float scale, Tensor* out) {
+    const int heads = static_cast<int>(q.dim(1)), hd = static_cast<int>(q.dim(2));
+    const int kvh = static_cast<int>(segs[begin].k_cache->dim(0));
+    const int batch = static_cast<int>(end - begin);
+    std::vector<cuda::DecodeSeq> seqs(static_cast<size_t>(batch));
+    std::vector<int32_t> lengths(static_cast<size_t>(batch));
+    int max_len = 1;
+    for (int b = 0; b < batch; ++b) {
+      const AttentionSegment& s = segs[begin + static_cast<size_t>(b)];
+      seqs[b] = cuda::DecodeSeq{cbf(*s.k_cache), cbf(*s.v_cache), s.k_cache->dim(1)};
+      lengths[b] = s.start_pos + 1;
+      max_len = std::max(max_len, lengths[b]);
+    }
+    const int split = cuda::decode_attention_split_tokens(batch, kvh, max_len, num_sms_);
+    const int max_splits = (max_len + split - 1) / split;
+    const size_t ws_bytes = cuda::decode_attention_workspace_bytes(batch, heads, hd, max_splits);
+    if (ws_bytes > ws_bytes_) {
+      sticky(cudaStreamSynchronize(stream_), "cudaStreamSynchronize", __FILE__, __LINE__);
+      cudaFree(ws_);
+      ws_ = nullptr;
+      ws_bytes_ = 0;
+      sticky(cudaMalloc(&ws_, ws_bytes), "cudaMalloc(decode workspace)", __FILE__, __LINE__);
+      if (!err_.ok) return;
+      ws_bytes_ = ws_bytes;
+    }
+    const cuda::DecodeSeq* d_seqs = stage(seqs.data(), seqs.size() * sizeof(cuda::DecodeSeq));
+    const int32_t* d_len = stage(lengths.data(), lengths.size() * sizeof(int32_t));
+    if (!d_seqs || !d_len) return;
+    float* po = static_cast<float*>(ws_);
+    cuda::DecodeAttentionWorkspace w{po, po + static_cast<size_t>(batch) * heads * max_splits * hd,
+                                     max_splits};
+    const size_t row = static_cast<size_t>(heads) * hd;
+    const int first = segs[begin].q_begin;
+    sticky(cuda::decode_attention_forward(bf(*out) + first * row, cbf(q) + first * row, d_seqs,
+                                          d_len, batch, heads, kvh, hd, scale, split, w, stream_),
+           "decode_attention_forward", __FILE__, __LINE__);
+  }
+
+  int device_ = 0;
+  int num_sms_ = 1;
+  cudaStream_t stream_ = nullptr;
+  cuda::Gemm gemm_;
+  Status err_;
+  void* scratch_ = nullptr;
+  size_t scratch_bytes_ = 0;
+  void* ring_ = nullptr;       // pinned host
+  void* small_dev_ = nullptr;  // its device mirror
+  size_t ring_pos_ = 0;
+  void* ws_ = nullptr;  // decode attention partials
+  size_t ws_bytes_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(int device_index, int /*threads*/, Status* status) {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0) {
+    *status = Status::Error(std::string("device 'cuda:") + std::to_string(device_index) +
+                            "' requested but no CUDA GPU is usable here (" +
+                            (e == cudaSuccess ? "0 devices" : cudaGetErrorString(e)) + ")");
+    cudaGetLastError();
+    return nullptr;
+  }
+  if (device_index < 0 || device_index >= count) {
+    *status = Status::Error("device 'cuda:" + std::to_string(device_index) + "' requested but only " +
+                            std::to_string(count) + " CUDA device(s) exist");
+    return nullptr;
+  }
+  auto be = std::make_unique<CudaBackend>();
+  *status = be->init(device_index);
+  if (!status->ok) return nullptr;
+  return be;
+}
+
+}  // namespace spx

@@ -1,0 +1,222 @@
+// Causal prefill attention, flash-style, on the tensor cores.
+//
+// Prefill attention is compute-bound (T^2 * D per head), so it runs on
+// mma.sync m16n8k16 (bf16 in, f32 accumulate) rather than CUDA cores: a
+// block of 4 warps owns 64 query rows of one query head, each warp 16 rows
+// kept in registers as A fragments. K/V tiles of 64 tokens pass through
+// padded shared memory; S = Q K^T stays in registers, the online softmax
+// runs on the accumulator layout (a row lives in one quad of lanes), and
+// the probabilities are re-packed in registers as the A operand of P V
+// (the C layout of two adjacent n-tiles is exactly the A layout).
+//
+// Queries are a chunk of one request at positions start..start+T-1; keys
+// are the cache positions 0..start+T-1, so a long prompt is prefilled chunk
+// by chunk with the same kernel.
+#pragma once
+
+#include "cuda/kernels/common.cuh"
+
+namespace spx::cuda {
+
+constexpr int kPrefillRows = 64;  // query rows per block (16 per warp)
+constexpr int kPrefillKeys = 64;  // keys per tile
+
+template <int D>
+__global__ void __launch_bounds__(128)
+    prefill_attention_forward_kernel(bf16* out,            // [tokens, q_heads, D]
+                                     const bf16* q,        // [tokens, q_heads, D]
+                                     const bf16* k_cache,  // [kv_heads, capacity, D]
+                                     const bf16* v_cache,  // [kv_heads, capacity, D]
+                                     int start, int tokens, int q_heads, int kv_heads,
+                                     int capacity, float scale_log2) {
+  constexpr int kRow = D + 8;  // padding makes the fragment loads conflict-free
+  constexpr int kChunks = D / 8;
+  constexpr int kKSteps = D / 16;            // k-steps of Q K^T
+  constexpr int kSTiles = kPrefillKeys / 8;  // n-tiles of S
+  constexpr int kOTiles = D / 8;             // n-tiles of O
+  __shared__ __align__(16) bf16 k_s[kPrefillKeys][kRow];
+  __shared__ __align__(16) bf16 v_s[kPrefillKeys][kRow];
+
+  const int h = blockIdx.y;
+  const int hk = h / (q_heads / kv_heads);
+  // Later query blocks see more keys: start them first to shorten the tail.
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kPrefillRows;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  const size_t q_stride = static_cast<size_t>(q_heads) * D;
+
+  // Stage this block's Q rows through k_s, then keep them as A fragments.
+  for (int c = tid; c < kPrefillRows * kChunks; c += 128) {
+    const int r = c / kChunks, col = (c % kChunks) * 8;
+    const bool ok = q0 + r < tokens;
+    cp_async_16(&k_s[r][col], q + (ok ? q0 + r : 0) * q_stride + h * D + col, ok ? 16 : 0);
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  uint32_t qa[kKSteps][4];
+  {
+    const int r = warp * 16 + g;
+#pragma unroll
+    for (int kk = 0; kk < kKSteps; ++kk) {
+      const int c = kk * 16 + 2 * t;
+      qa[kk][0] = *reinterpret_cast<const uint32_t*>(&k_s[r][c]);
+      qa[kk][1] = *reinterpret_cast<const uint32_t*>(&k_s[r + 8][c]);
+      qa[kk][2] = *reinterpret_cast<const uint32_t*>(&k_s[r][c + 8]);
+      qa[kk][3] = *reinterpret_cast<const uint32_t*>(&k_s[r + 8][c + 8]);
+    }
+  }
+  __syncthreads();
+
+  const int qpos0 = start + q0 + warp * 16 + g;  // position of this thread's first row
+  const int qpos1 = qpos0 + 8;
+  const int kv_end = start + min(q0 + kPrefillRows, tokens);
+  const size_t kv_base = static_cast<size_t>(hk) * capacity * D;
+  const bf16* kg = k_cache + kv_base;
+  const bf16* vg = v_cache + kv_base;
+
+  float o[kOTiles][4];
+#pragma unroll
+  for (int n = 0; n < kOTiles; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+
+  for (int j0 = 0; j0 < kv_end; j0 += kPrefillKeys) {
+    for (int c = tid; c < kPrefillKeys * kChunks; c += 128) {
+      const int r = c / kChunks, col = (c % kChunks) * 8;
+      const bool ok = j0 + r < kv_end;
+      const size_t src = static_cast<size_t>(ok ? j0 + r : 0) * D + col;
+      cp_async_16(&k_s[r][col], kg + src, ok ? 16 : 0);
+      cp_async_16(&v_s[r][col], vg + src, ok ? 16 : 0);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // Skip the MMAs of a tile that lies wholly above this warp's diagonal
+    // (warp-uniform, so the shuffles below stay convergent).
+    const bool visible = j0 <= start + q0 + warp * 16 + 15;
+    if (visible) {
+      float s[kSTiles][4];
+#pragma unroll
+      for (int n = 0; n < kSTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < kKSteps; ++kk) {
+#pragma unroll
+        for (int n = 0; n < kSTiles; ++n) {
+          uint32_t b[2];
+          b[0] = *reinterpret_cast<const uint32_t*>(&k_s[n * 8 + g][kk * 16 + 2 * t]);
+          b[1] = *reinterpret_cast<const uint32_t*>(&k_s[n * 8 + g][kk * 16 + 2 * t + 8]);
+          mma_bf16_16816(s[n], qa[kk], b);
+        }
+      }
+      float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < kSTiles; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = j0 + n * 8 + 2 * t + (e & 1);
+          const int qp = e < 2 ? qpos0 : qpos1;
+          s[n][e] = key <= qp ? s[n][e] * scale_log2 : -INFINITY;
+        }
+        mx0 = fmaxf(mx0, fmaxf(s[n][0], s[n][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[n][2], s[n][3]));
+      }
+#pragma unroll
+      for (int x = 1; x <= 2; x <<= 1) {
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, x));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, x));
+      }
+      const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+      // A row with nothing visible yet keeps m = -inf; use 0 as its reference
+      // so exp2 gives 0 rather than NaN.
+      const float ref0 = mn0 == -INFINITY ? 0.f : mn0;
+      const float ref1 = mn1 == -INFINITY ? 0.f : mn1;
+      const float a0 = exp2f(m0 - ref0), a1 = exp2f(m1 - ref1);
+      m0 = mn0;
+      m1 = mn1;
+      float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+      for (int n = 0; n < kSTiles; ++n) {
+        s[n][0] = exp2f(s[n][0] - ref0);
+        s[n][1] = exp2f(s[n][1] - ref0);
+        s[n][2] = exp2f(s[n][2] - ref1);
+        s[n][3] = exp2f(s[n][3] - ref1);
+        sum0 += s[n][0] + s[n][1];
+        sum1 += s[n][2] + s[n][3];
+      }
+      l0 = l0 * a0 + sum0;  // per-thread partial row sums; the quad reduces at the end
+      l1 = l1 * a1 + sum1;
+#pragma unroll
+      for (int n = 0; n < kOTiles; ++n) {
+        o[n][0] *= a0;
+        o[n][1] *= a0;
+        o[n][2] *= a1;
+        o[n][3] *= a1;
+      }
+#pragma unroll
+      for (int kk = 0; kk < kPrefillKeys / 16; ++kk) {
+        uint32_t a[4];
+        a[0] = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
+        a[1] = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
+        a[2] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        a[3] = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        const int r = kk * 16 + 2 * t;
+#pragma unroll
+        for (int n = 0; n < kOTiles; ++n) {
+          const int col = n * 8 + g;
+          uint32_t b[2];
+          b[0] = static_cast<uint32_t>(__bfloat16_as_ushort(v_s[r][col])) |
+                 (static_cast<uint32_t>(__bfloat16_as_ushort(v_s[r + 1][col])) << 16);
+          b[1] = static_cast<uint32_t>(__bfloat16_as_ushort(v_s[r + 8][col])) |
+                 (static_cast<uint32_t>(__bfloat16_as_ushort(v_s[r + 9][col])) << 16);
+          mma_bf16_16816(o[n], a, b);
+        }
+      }
+    }
+    __syncthreads();  // the next tile overwrites k_s / v_s
+  }
+
+#pragma unroll
+  for (int x = 1; x <= 2; x <<= 1) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, x);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, x);
+  }
+  const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+  const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;
+#pragma unroll
+  for (int n = 0; n < kOTiles; ++n) {
+    const int col = h * D + n * 8 + 2 * t;
+    if (r0 < tokens)
+      *reinterpret_cast<__nv_bfloat162*>(out + r0 * q_stride + col) =
+          __floats2bfloat162_rn(o[n][0] * inv0, o[n][1] * inv0);
+    if (r1 < tokens)
+      *reinterpret_cast<__nv_bfloat162*>(out + r1 * q_stride + col) =
+          __floats2bfloat162_rn(o[n][2] * inv1, o[n][3] * inv1);
+  }
+}
+
+inline cudaError_t prefill_attention_launch(bf16* out, const bf16* q, const bf16* k_cache,
+                                            const bf16* v_cache, int start, int tokens,
+                                            int q_heads, int kv_heads, int head_dim, int capacity,
+                                            float scale, cudaStream_t stream) {
+  if (tokens <= 0) return cudaSuccess;
+  if (kv_heads <= 0 || q_heads % kv_heads || start < 0 || start + tokens > capacity)
+    return cudaErrorInvalidValue;
+  const dim3 grid((tokens + kPrefillRows - 1) / kPrefillRows, q_heads);
+  const float sl = scale * 1.4426950408889634f;
+  switch (head_dim) {
+    case 64:
+      prefill_attention_forward_kernel<64><<<grid, 128, 0, stream>>>(
+          out, q, k_cache, v_cache, start, tokens, q_heads, kv_heads, capacity, sl);
+      break;
+    case 128:
+      prefill_attention_forward_kernel<128><<<grid, 128, 0, stream>>>(
+          out, q, k_cache, v_cache, start, tokens, q_heads, kv_heads, capacity, sl);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace spx::cuda
