@@ -23,7 +23,10 @@ export function section<S extends Shape>(
     const raw = env[name];
     const r = schema.safeParse(raw === '' ? undefined : raw);
     if (r.success) out[name] = r.data;
-    else problems.push(`${name}=${JSON.stringify(raw)}: ${r.error.issues.map((i) => i.message).join('; ')}`);
+    else
+      problems.push(
+        `${name}=${JSON.stringify(raw)}: ${r.error.issues.map((i) => i.message).join('; ')}`,
+      );
   }
   if (problems.length) throw new ConfigError(`invalid configuration: ${problems.join(', ')}`);
   return out as { [K in keyof S]: z.output<S[K]> };
