@@ -55,6 +55,7 @@ export function makeGenerate(deps: ActivityDeps) {
     let tokensDone = 0;
     const beat = () =>
       ctx.heartbeat({
+        index: input.index,
         tokensDone,
         host,
         taskQueue: hostTaskQueue,

@@ -6,7 +6,7 @@ import { BlobNotFoundError } from '../blobstore/store';
 import { BAD_INPUT } from '../workflows/activities';
 import type { PrepareInput, PrepareOutput } from '../workflows/types';
 import type { ActivityDeps } from './deps';
-import { messagesFor, PROMPT_MARGIN } from './prompt';
+import { documentRoom, tooLong } from './prompt';
 
 export const badInput = (message: string) => ApplicationFailure.nonRetryable(message, BAD_INPUT);
 
@@ -35,25 +35,19 @@ export function makePrepare({ engine, blobs }: ActivityDeps) {
 
     const context = engine.info.maxContext;
     const { maxTokens } = input.options;
-    // The longest instruction decides how much of the context the document may use.
-    const overhead = Math.max(
-      ...input.instructions.map((i) => engine.applyChatTemplate(messagesFor('', i)).length),
+    const { room, overhead } = documentRoom(
+      context,
+      maxTokens,
+      input.instructions,
+      (m) => engine.applyChatTemplate(m).length,
     );
-    const room = context - maxTokens - overhead - PROMPT_MARGIN;
-    if (room <= 0) {
-      throw badInput(
-        `maxTokens ${maxTokens} plus the instruction (${overhead} tokens) leave no room for the document in the model's ${context}-token context`,
-      );
-    }
+    if (room <= 0) throw badInput(tooLong(0, room, overhead, context, maxTokens) as string);
     const tokens = engine.tokenize(document);
-    if (tokens.length <= room) {
+    const problem = tooLong(tokens.length, room, overhead, context, maxTokens);
+    if (!problem) {
       return { preparedRef: input.documentRef, documentTokens: tokens.length, truncatedTokens: 0 };
     }
-    if (input.truncation === 'reject') {
-      throw badInput(
-        `document is ${tokens.length} tokens but at most ${room} fit in the model's ${context}-token context with maxTokens ${maxTokens} and the instruction; shorten it, lower maxTokens, or set truncation to keep_start or keep_end`,
-      );
-    }
+    if (input.truncation === 'reject') throw badInput(problem);
     const kept = input.truncation === 'keep_start' ? tokens.slice(0, room) : tokens.slice(-room);
     const preparedRef = await blobs.put(engine.detokenize(kept));
     return {

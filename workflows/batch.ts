@@ -90,6 +90,7 @@ export async function batchJobWorkflow(input: BatchJobInput): Promise<BatchJobOu
         args: [{ ...item.job, jobId, batchId, customId: item.customId }],
         cancellationType: ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
         parentClosePolicy: ParentClosePolicy.REQUEST_CANCEL,
+        memo: { batchId, customId: item.customId },
       });
       const out = await handle.result();
       record({ ...base, status: out.status, resultRef: out.resultRef });

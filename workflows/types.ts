@@ -128,6 +128,8 @@ export interface GenerateOutput {
  * On retry the activity reads the last one from `heartbeatDetails` to resume.
  */
 export interface GenerateHeartbeat {
+  /** Which instruction of the job (the API reads live progress from it). */
+  index: number;
   tokensDone: number;
   host: string;
   taskQueue: string;
