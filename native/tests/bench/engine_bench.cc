@@ -1,0 +1,77 @@
+// Prefill / decode throughput of the engine on a real checkpoint (not a test).
+//
+//   engine_bench MODEL_DIR [--context N] [--requests R] [--new M] [--threads T]
+//                [--chunk C]
+//
+// Prompts are seeded pseudo-random token ids (speed does not depend on the
+// text). Prints one JSON line: per-request prefill/decode tokens/s (means) and
+// the aggregate decode tokens/s over the batch.
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+
+#include "../collect_sink.h"
+
+using namespace spx;
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: engine_bench MODEL_DIR [--context N] [--requests R] [--new M] [--threads T] [--chunk C]\n");
+    return 2;
+  }
+  EngineOptions o;
+  o.model_dir = argv[1];
+  int context = 512, requests = 1, new_tokens = 32;
+  for (int i = 2; i + 1 < argc; i += 2) {
+    const int v = std::atoi(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--context")) context = v;
+    else if (!std::strcmp(argv[i], "--requests")) requests = v;
+    else if (!std::strcmp(argv[i], "--new")) new_tokens = v;
+    else if (!std::strcmp(argv[i], "--threads")) o.threads = v;
+    else if (!std::strcmp(argv[i], "--chunk")) o.prefill_chunk = v;
+  }
+  o.max_batch = std::max(o.max_batch, requests);
+  Status st;
+  auto t0 = std::chrono::steady_clock::now();
+  auto engine = Engine::open(o, &st);
+  if (!engine) {
+    std::fprintf(stderr, "open failed: %s\n", st.message.c_str());
+    return 1;
+  }
+  const double load_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const int vocab = engine->info().vocab_size;
+  std::mt19937_64 rng(1234);
+  std::vector<std::shared_ptr<testing::CollectSink>> sinks;
+  auto start = std::chrono::steady_clock::now();
+  for (int r = 0; r < requests; ++r) {
+    GenerateRequest req;
+    for (int i = 0; i < context; ++i) req.prompt.push_back(static_cast<int32_t>(rng() % vocab));
+    req.max_new_tokens = new_tokens;
+    sinks.push_back(std::make_shared<testing::CollectSink>());
+    engine->submit(req, sinks.back(), &st);
+    if (!st.ok) {
+      std::fprintf(stderr, "submit failed: %s\n", st.message.c_str());
+      return 1;
+    }
+  }
+  double prefill = 0, decode = 0;
+  for (auto& s : sinks) {
+    s->wait(3600);
+    prefill += s->stats().prefill_tokens_per_s / requests;
+    decode += s->stats().decode_tokens_per_s / requests;
+  }
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EngineStats es = engine->stats();
+  std::printf(
+      "{\"context\":%d,\"requests\":%d,\"new_tokens\":%d,\"threads\":%d,\"load_s\":%.2f,"
+      "\"prefill_tokens_per_s\":%.1f,\"decode_tokens_per_s_per_request\":%.2f,"
+      "\"decode_tokens_per_s_total\":%.2f,\"wall_s\":%.2f,\"prefill_tokens\":%llu}\n",
+      context, requests, new_tokens, es.threads, load_s, prefill, decode, decode * requests, wall,
+      static_cast<unsigned long long>(es.prefill_tokens));
+  engine->close();
+  return 0;
+}

@@ -1,0 +1,236 @@
+// The safetensors reader and checkpoint loader on corrupted inputs: every lie
+// in a header is a Status error naming the problem, never a crash.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+
+#include "engine/engine.h"
+#include "model/checkpoint.h"
+#include "model/safetensors.h"
+#include "model/transformer.h"
+#include "test_util.h"
+
+namespace spx {
+namespace {
+
+std::string image(const std::string& header, size_t data_bytes) {
+  std::string out(8, '\0');
+  uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xFF);
+  return out + header + std::string(data_bytes, '\x01');
+}
+
+Status parse(const std::string& img) {
+  StHeader h;
+  return parse_safetensors(reinterpret_cast<const uint8_t*>(img.data()), img.size(), &h);
+}
+
+void expect_error(const std::string& img, const std::string& part) {
+  Status st = parse(img);
+  EXPECT_FALSE(st.ok) << "expected an error containing '" << part << "'";
+  EXPECT_NE(st.message.find(part), std::string::npos) << st.message;
+}
+
+TEST(Safetensors, ParsesAValidHeader) {
+  const std::string img = image(
+      R"({"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},)"
+      R"("b":{"dtype":"BF16","shape":[4],"data_offsets":[24,32]}})",
+      32);
+  StHeader h;
+  Status st = parse_safetensors(reinterpret_cast<const uint8_t*>(img.data()), img.size(), &h);
+  ASSERT_TRUE(st.ok) << st.message;
+  ASSERT_EQ(h.tensors.size(), 2u);
+  EXPECT_EQ(h.tensors["a"].shape, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(h.tensors["b"].dtype, StDtype::BF16);
+  EXPECT_EQ(h.tensors["b"].begin, 24u);
+}
+
+TEST(Safetensors, RejectsLies) {
+  const std::string ok_entry = R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})";
+  expect_error(std::string("\x05\x00\x00", 3), "shorter than");
+  expect_error(image("{" + ok_entry + "}", 0), "past the data section");         // truncated data
+  expect_error(image("{" + ok_entry + "}", 0).substr(0, 20), "past the end");   // truncated header
+  expect_error(image(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,800]}})", 8), "past the data");
+  expect_error(image(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", 8), "begin > end");
+  expect_error(image(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8), "needs 12");
+  expect_error(image(R"({"a":{"dtype":"F16","shape":[2],"data_offsets":[0,8]}})", 8), "needs 4");
+  expect_error(image(R"({"a":{"dtype":"Q4","shape":[2],"data_offsets":[0,8]}})", 8), "unknown dtype");
+  expect_error(image(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8), "non-negative");
+  expect_error(image(R"({"a":{"dtype":"F32","shape":[2.5],"data_offsets":[0,8]}})", 8), "non-negative");
+  expect_error(image(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}})", 8),
+               "overflows");
+  expect_error(image(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,1e30]}})", 8), "data_offsets");
+  expect_error(image(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0]}})", 8), "data_offsets");
+  expect_error(image(R"({"a":{"shape":[2],"data_offsets":[0,8]}})", 8), "missing dtype");
+  expect_error(image(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})", 8), "invalid JSON");
+  expect_error(image(R"([1,2])", 8), "not a JSON object");
+  expect_error(image(R"({"a":3})", 8), "not an object");
+  std::string huge(8, '\xff');
+  expect_error(huge + "{}", "implausibly large");
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/spx-test-XXXXXX";
+    path_ = mkdtemp(tmpl);
+  }
+  ~TempDir() { std::system(("rm -rf '" + path_ + "'").c_str()); }
+  const std::string& path() const { return path_; }
+  void write(const std::string& name, const std::string& bytes) const {
+    std::ofstream(path_ + "/" + name, std::ios::binary) << bytes;
+  }
+  void copy_from(const std::string& src_dir, const std::string& name) const {
+    std::ifstream in(src_dir + "/" + name, std::ios::binary);
+    std::ofstream out(path_ + "/" + name, std::ios::binary);
+    out << in.rdbuf();
+  }
+
+ private:
+  std::string path_;
+};
+
+std::string read_all(const std::string& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+Status open_engine(const std::string& dir) {
+  EngineOptions o;
+  o.model_dir = dir;
+  Status st;
+  auto e = Engine::open(o, &st);
+  EXPECT_EQ(e == nullptr, !st.ok);
+  return st;
+}
+
+TEST(Checkpoint, MissingAndCorruptFilesAreErrors) {
+  const std::string src = testing::fixture("tiny-llama");
+  {
+    TempDir d;  // empty dir
+    Status st = open_engine(d.path());
+    EXPECT_NE(st.message.find("neither model.safetensors"), std::string::npos) << st.message;
+  }
+  {
+    TempDir d;  // weights but no config
+    d.copy_from(src, "model.safetensors");
+    Status st = open_engine(d.path());
+    EXPECT_NE(st.message.find("config.json"), std::string::npos) << st.message;
+  }
+  {
+    TempDir d;  // corrupt config
+    d.copy_from(src, "model.safetensors");
+    d.write("config.json", "{\"architectures\": [\"LlamaForCausalLM\"], ");
+    Status st = open_engine(d.path());
+    EXPECT_NE(st.message.find("invalid JSON"), std::string::npos) << st.message;
+  }
+  {
+    TempDir d;  // truncated weights
+    d.copy_from(src, "config.json");
+    std::string w = read_all(src + "/model.safetensors");
+    d.write("model.safetensors", w.substr(0, w.size() - 100));
+    Status st = open_engine(d.path());
+    EXPECT_NE(st.message.find("truncated"), std::string::npos) << st.message;
+  }
+  {
+    TempDir d;  // config whose shapes do not match the weights
+    std::string cfg = read_all(src + "/config.json");
+    const std::string from = "\"intermediate_size\": 128";
+    ASSERT_NE(cfg.find(from), std::string::npos) << cfg;
+    cfg.replace(cfg.find(from), from.size(), "\"intermediate_size\": 96");
+    d.write("config.json", cfg);
+    d.copy_from(src, "model.safetensors");
+    Status st = open_engine(d.path());
+    EXPECT_NE(st.message.find("shape"), std::string::npos) << st.message;
+  }
+  {
+    TempDir d;  // a weight stored as I32 with the right byte count
+    d.copy_from(src, "config.json");
+    std::string w = read_all(src + "/model.safetensors");
+    const std::string key = "\"model.norm.weight\":{\"dtype\":\"F32\"";
+    size_t at = w.find(key);
+    ASSERT_NE(at, std::string::npos);
+    w.replace(at + key.size() - 4, 3, "I32");
+    d.write("model.safetensors", w);
+    Status st = open_engine(d.path());
+    EXPECT_NE(st.message.find("must be F32, F16 or BF16"), std::string::npos) << st.message;
+  }
+  {
+    TempDir d;  // sharded index pointing at a missing shard / outside the dir
+    d.copy_from(src, "config.json");
+    d.write("model.safetensors.index.json", R"({"weight_map":{"a":"model-00001-of-00002.safetensors"}})");
+    Status st = open_engine(d.path());
+    EXPECT_NE(st.message.find("model-00001-of-00002"), std::string::npos) << st.message;
+    d.write("model.safetensors.index.json", R"({"weight_map":{"a":"../../etc/passwd"}})");
+    st = open_engine(d.path());
+    EXPECT_NE(st.message.find("bad shard name"), std::string::npos) << st.message;
+  }
+}
+
+TEST(Checkpoint, ShardedCheckpointLoadsAndMatches) {
+  // Split tiny-llama's tensors over two shards plus an index; logits must be
+  // those of the single-file checkpoint.
+  const std::string src = testing::fixture("tiny-llama");
+  SafetensorsFile f;
+  ASSERT_TRUE(f.open(src + "/model.safetensors").ok);
+  std::string header[2] = {"{", "{"}, data[2];
+  std::string index = R"({"metadata":{},"weight_map":{)";
+  int i = 0;
+  for (const auto& [name, t] : f.header().tensors) {
+    const int s = i++ % 2;
+    const std::string shard = "model-0000" + std::to_string(s + 1) + "-of-00002.safetensors";
+    std::string shape;
+    for (size_t k = 0; k < t.shape.size(); ++k) shape += (k ? "," : "") + std::to_string(t.shape[k]);
+    const size_t begin = data[s].size();
+    data[s].append(reinterpret_cast<const char*>(f.bytes(t)), t.end - t.begin);
+    if (header[s].size() > 1) header[s] += ",";
+    header[s] += "\"" + name + "\":{\"dtype\":\"F32\",\"shape\":[" + shape + "],\"data_offsets\":[" +
+                 std::to_string(begin) + "," + std::to_string(data[s].size()) + "]}";
+    index += (i > 1 ? "," : "") + ("\"" + name + "\":\"" + shard + "\"");
+  }
+  TempDir d;
+  d.copy_from(src, "config.json");
+  for (int s = 0; s < 2; ++s) {
+    std::string h = header[s] + "}";
+    std::string img(8, '\0');
+    for (int b = 0; b < 8; ++b) img[b] = static_cast<char>((h.size() >> (8 * b)) & 0xFF);
+    d.write("model-0000" + std::to_string(s + 1) + "-of-00002.safetensors", img + h + data[s]);
+  }
+  d.write("model.safetensors.index.json", index + "}}");
+
+  auto run = [](const std::string& dir) {
+    auto be = make_cpu_backend(1);
+    std::unique_ptr<Transformer> m;
+    Status st = Transformer::load(dir, be.get(), &m);
+    EXPECT_TRUE(st.ok) << st.message;
+    std::vector<float> logits;
+    if (!st.ok) return logits;
+    KvStore kv(be.get(), m->config().num_layers, m->config().num_kv_heads, m->config().head_dim);
+    KvSequence* seq;
+    EXPECT_TRUE(kv.allocate(1, 8, &seq).ok);
+    ForwardBatch b;
+    b.tokens = {1, 2, 3, 4};
+    b.chunks.push_back(ForwardChunk{seq, 0, 4, LogitsMode::All});
+    EXPECT_TRUE(m->forward(b, &logits).ok);
+    return logits;
+  };
+  auto a = run(src), b = run(d.path());
+  ASSERT_FALSE(a.empty());
+  EXPECT_EQ(a, b);
+}
+
+TEST(Checkpoint, HalfPrecisionConversions) {
+  EXPECT_EQ(bf16_to_f32(0x3F80), 1.0f);
+  EXPECT_EQ(bf16_to_f32(0xC040), -3.0f);
+  EXPECT_EQ(f16_to_f32(0x3C00), 1.0f);
+  EXPECT_EQ(f16_to_f32(0xC500), -5.0f);
+  EXPECT_EQ(f16_to_f32(0x0001), std::ldexp(1.0f, -24));  // smallest subnormal
+  EXPECT_EQ(f16_to_f32(0x7BFF), 65504.0f);
+  EXPECT_TRUE(std::isinf(f16_to_f32(0x7C00)));
+}
+
+}  // namespace
+}  // namespace spx
