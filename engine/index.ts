@@ -115,14 +115,20 @@ class NativeEngine implements Engine {
           stopTokenIds: request.stopTokenIds ?? this.defaultStops,
           budget: request.budget,
         },
+        // Runs from the addon's thread-safe function: it must never throw.
         (kind: string, payload: unknown) => {
-          if (kind === 'token') stream.onToken(payload as number);
-          else if (kind === 'done') {
+          try {
+            if (kind === 'token') stream.onToken(payload as number);
+            else if (kind === 'done') {
+              detach();
+              stream.onDone(payload as Parameters<RequestStream['onDone']>[0]);
+            } else {
+              detach();
+              stream.onError(toEngineError(payload));
+            }
+          } catch (err) {
             detach();
-            stream.onDone(payload as Parameters<RequestStream['onDone']>[0]);
-          } else {
-            detach();
-            stream.onError(toEngineError(payload));
+            stream.onError(toEngineError(err));
           }
         },
       );

@@ -97,6 +97,53 @@ export interface NativeAddon {
   backends(): string[];
   /** SpeContext memory planner (native/src/planner); throws SPX_INVALID_REQUEST on bad input. */
   plan(input: NativePlanInput): NativePlanResult;
+  /** SpeContext fidelity evaluation (sparse vs full, teacher-forced); runs on a worker thread. */
+  evalFidelity(input: NativeFidelityInput): Promise<NativeFidelityReport>;
+}
+
+export interface NativeFidelityInput {
+  modelDir: string;
+  device?: string;
+  threads?: number;
+  dlmDir?: string;
+  dlmLayers?: number;
+  oracleLayer?: number;
+  tokens: Int32Array;
+  context: number;
+  steps: number;
+  budgets: number[];
+  nSink?: number;
+  nRecent?: number;
+  fallbackMass?: number;
+}
+
+export interface NativeBudgetFidelity {
+  budget: number;
+  fullAttention: boolean;
+  recallMean: number;
+  recallStd: number;
+  recallMin: number;
+  recallP10: number;
+  top1Agreement: number;
+  pplSparse: number;
+  pplRatio: number;
+  reloadFraction: number;
+  fallbackRate: number;
+  headMassMean: number;
+  recallPerLayer: number[];
+}
+
+export interface NativeFidelityReport {
+  head: string;
+  scoringLayer: number;
+  headParams: number;
+  headSourceParams: number;
+  targetParams: number;
+  context: number;
+  steps: number;
+  pplFull: number;
+  seconds: number;
+  budgets: NativeBudgetFidelity[];
 }
 
 /** Model shape and resources for the memory planner (paper Eq. 6-8). */

@@ -83,6 +83,7 @@ export class ModelTokenizer {
   }
 
   decode(tokens: number[], skipSpecial = true): string {
+    if (tokens.length === 0) return ''; // the library rejects empty input
     return this.tokenizer.decode(tokens, {
       skip_special_tokens: skipSpecial,
       clean_up_tokenization_spaces: false,

@@ -19,20 +19,29 @@ struct Event {
   std::string message;
 };
 
-void DeliverEvent(Napi::Env env, Napi::Function callback, void* /*context*/, Event* event) {
-  std::unique_ptr<Event> owned(event);
-  if (env == nullptr || callback.IsEmpty()) return;  // environment shutting down
-  switch (owned->kind) {
+void Dispatch(Napi::Env env, Napi::Function callback, const Event& event) {
+  switch (event.kind) {
     case Event::kToken:
-      callback.Call({Napi::String::New(env, "token"), Napi::Number::New(env, owned->token)});
+      callback.Call({Napi::String::New(env, "token"), Napi::Number::New(env, event.token)});
       break;
     case Event::kDone:
-      callback.Call({Napi::String::New(env, "done"), FromRequestStats(env, owned->stats)});
+      callback.Call({Napi::String::New(env, "done"), FromRequestStats(env, event.stats)});
       break;
     case Event::kError:
       callback.Call({Napi::String::New(env, "error"),
-                     MakeError(env, owned->message, kGeneration).Value()});
+                     MakeError(env, event.message, kGeneration).Value()});
       break;
+  }
+}
+
+void DeliverEvent(Napi::Env env, Napi::Function callback, void* /*context*/, Event* event) {
+  std::unique_ptr<Event> owned(event);
+  if (env == nullptr || callback.IsEmpty()) return;  // environment shutting down
+  // engine/index.ts never lets the callback throw; should it anyway, the
+  // error must not escape into Node-API (that would be an uncaught exception).
+  try {
+    Dispatch(env, callback, *owned);
+  } catch (const Napi::Error&) {
   }
 }
 
