@@ -98,9 +98,13 @@ def f32_value(x: float) -> float:
 
 
 def unpermute(w, n_head: int):
-    """Inverse of llama.cpp's `permute` for Q/K rows: [n_head, 2, d/2] -> [n_head, d/2, 2]."""
+    """Inverse of llama.cpp's `permute` of Q/K rows.
+
+    Per head, HF keeps the two rotary halves apart ([2, d/2] rows); llama.cpp interleaves
+    them ([d/2, 2]). Read the GGUF rows as [n_head, d/2, 2] and swap back to [n_head, 2, d/2].
+    """
     rows = w.shape[0]
-    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def hf_config(reader, tensor_names: set[str]) -> dict:
