@@ -176,6 +176,7 @@ def weights(reader, config: dict) -> dict:
 
 def tokenizer(reader, out: Path, context: int) -> None:
     """Build tokenizer.json with transformers' GGUF tokenizer builder, fed by `gguf`'s reader."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # silence its "PyTorch was not found" note
     from transformers import PreTrainedTokenizerFast
     from transformers.integrations.gguf.gguf_tokenizer_mapping import (
         _SPECIAL_TOKENS,
