@@ -6,6 +6,8 @@
 // Prompts are seeded pseudo-random token ids (speed does not depend on the
 // text). Prints one JSON line: per-request prefill/decode tokens/s (means) and
 // the aggregate decode tokens/s over the batch.
+#include <sys/resource.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -16,6 +18,13 @@
 #include "../collect_sink.h"
 
 using namespace spx;
+
+// Process CPU seconds: on a shared machine wall time alone says little.
+static double cpu_seconds() {
+  rusage u;
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_utime.tv_sec + u.ru_stime.tv_sec + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) * 1e-6;
+}
 
 int main(int argc, char** argv) {
   if (argc < 2) {
@@ -47,6 +56,7 @@ int main(int argc, char** argv) {
   std::mt19937_64 rng(1234);
   std::vector<std::shared_ptr<testing::CollectSink>> sinks;
   auto start = std::chrono::steady_clock::now();
+  const double cpu0 = cpu_seconds();
   for (int r = 0; r < requests; ++r) {
     GenerateRequest req;
     for (int i = 0; i < context; ++i) req.prompt.push_back(static_cast<int32_t>(rng() % vocab));
@@ -65,12 +75,13 @@ int main(int argc, char** argv) {
     decode += s->stats().decode_tokens_per_s / requests;
   }
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double cpu = cpu_seconds() - cpu0;
   EngineStats es = engine->stats();
   std::printf(
       "{\"context\":%d,\"requests\":%d,\"new_tokens\":%d,\"threads\":%d,\"load_s\":%.2f,"
       "\"prefill_tokens_per_s\":%.1f,\"decode_tokens_per_s_per_request\":%.2f,"
-      "\"decode_tokens_per_s_total\":%.2f,\"wall_s\":%.2f,\"prefill_tokens\":%llu}\n",
-      context, requests, new_tokens, es.threads, load_s, prefill, decode, decode * requests, wall,
+      "\"decode_tokens_per_s_total\":%.2f,\"wall_s\":%.2f,\"cpu_s\":%.2f,\"prefill_tokens\":%llu}\n",
+      context, requests, new_tokens, es.threads, load_s, prefill, decode, decode * requests, wall, cpu,
       static_cast<unsigned long long>(es.prefill_tokens));
   engine->close();
   return 0;

@@ -9,6 +9,26 @@ namespace spx {
 
 namespace {
 
+typedef float v8 __attribute__((vector_size(32)));
+
+// q . k over hd floats; 8-wide partial sums when hd allows (head dims are
+// multiples of 8 in every supported model).
+inline float dot(const float* a, const float* b, int64_t hd) {
+  if (hd % 8 != 0) {
+    float s = 0;
+    for (int64_t d = 0; d < hd; ++d) s += a[d] * b[d];
+    return s;
+  }
+  v8 acc = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t d = 0; d < hd; d += 8) {
+    v8 x, y;
+    __builtin_memcpy(&x, a + d, sizeof(x));
+    __builtin_memcpy(&y, b + d, sizeof(y));
+    acc += x * y;
+  }
+  return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
 // One query row against its keys. keys == nullptr means positions 0..last.
 void attend_one(float* out, const float* q, const float* k, const float* v, int64_t hd,
                 int64_t last, const int32_t* keys, int64_t n_keys, float scale,
@@ -23,13 +43,11 @@ void attend_one(float* out, const float* q, const float* k, const float* v, int6
     int64_t pos = keys ? keys[j] : j;
     if (pos < 0 || pos > last) continue;  // selection may name future tokens for prefill rows
     const float* kr = k + pos * hd;
-    float dot = 0;
-    for (int64_t d = 0; d < hd; ++d) dot += q[d] * kr[d];
-    dot *= scale;
-    s[used] = dot;
+    const float score = dot(q, kr, hd) * scale;
+    s[used] = score;
     if (keys) idx.push_back(static_cast<int32_t>(pos));
     ++used;
-    if (dot > mx) mx = dot;
+    if (score > mx) mx = score;
   }
   for (int64_t d = 0; d < hd; ++d) out[d] = 0;
   if (used == 0) return;
