@@ -98,6 +98,38 @@ std::string read_all(const std::string& p) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
+// f32 -> bf16 with round-to-nearest-even (finite inputs).
+uint16_t to_bf16(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  b += 0x7FFF + ((b >> 16) & 1);
+  return static_cast<uint16_t>(b >> 16);
+}
+
+std::string one_file(const std::string& header_body, const std::string& data) {
+  std::string h = "{" + header_body + "}";
+  std::string img(8, '\0');
+  for (int b = 0; b < 8; ++b) img[b] = static_cast<char>((h.size() >> (8 * b)) & 0xFF);
+  return img + h + data;
+}
+
+std::vector<float> logits_of(const std::string& dir) {
+  auto be = make_cpu_backend(1);
+  std::unique_ptr<Transformer> m;
+  Status st = Transformer::load(dir, be.get(), &m);
+  EXPECT_TRUE(st.ok) << st.message;
+  std::vector<float> logits;
+  if (!st.ok) return logits;
+  KvStore kv(be.get(), m->config().num_layers, m->config().num_kv_heads, m->config().head_dim);
+  KvSequence* seq;
+  EXPECT_TRUE(kv.allocate(1, 8, &seq).ok);
+  ForwardBatch b;
+  b.tokens = {5, 200, 3, 77};
+  b.chunks.push_back(ForwardChunk{seq, 0, 4, LogitsMode::All});
+  EXPECT_TRUE(m->forward(b, &logits).ok);
+  return logits;
+}
+
 Status open_engine(const std::string& dir) {
   EngineOptions o;
   o.model_dir = dir;
@@ -176,7 +208,7 @@ TEST(Checkpoint, ShardedCheckpointLoadsAndMatches) {
   const std::string src = testing::fixture("tiny-llama");
   SafetensorsFile f;
   ASSERT_TRUE(f.open(src + "/model.safetensors").ok);
-  std::string header[2] = {"{", "{"}, data[2];
+  std::string header[2], data[2];
   std::string index = R"({"metadata":{},"weight_map":{)";
   int i = 0;
   for (const auto& [name, t] : f.header().tensors) {
@@ -186,40 +218,81 @@ TEST(Checkpoint, ShardedCheckpointLoadsAndMatches) {
     for (size_t k = 0; k < t.shape.size(); ++k) shape += (k ? "," : "") + std::to_string(t.shape[k]);
     const size_t begin = data[s].size();
     data[s].append(reinterpret_cast<const char*>(f.bytes(t)), t.end - t.begin);
-    if (header[s].size() > 1) header[s] += ",";
+    if (!header[s].empty()) header[s] += ",";
     header[s] += "\"" + name + "\":{\"dtype\":\"F32\",\"shape\":[" + shape + "],\"data_offsets\":[" +
                  std::to_string(begin) + "," + std::to_string(data[s].size()) + "]}";
     index += (i > 1 ? "," : "") + ("\"" + name + "\":\"" + shard + "\"");
   }
   TempDir d;
   d.copy_from(src, "config.json");
-  for (int s = 0; s < 2; ++s) {
-    std::string h = header[s] + "}";
-    std::string img(8, '\0');
-    for (int b = 0; b < 8; ++b) img[b] = static_cast<char>((h.size() >> (8 * b)) & 0xFF);
-    d.write("model-0000" + std::to_string(s + 1) + "-of-00002.safetensors", img + h + data[s]);
-  }
+  for (int s = 0; s < 2; ++s)
+    d.write("model-0000" + std::to_string(s + 1) + "-of-00002.safetensors",
+            one_file(header[s], data[s]));
   d.write("model.safetensors.index.json", index + "}}");
 
-  auto run = [](const std::string& dir) {
-    auto be = make_cpu_backend(1);
-    std::unique_ptr<Transformer> m;
-    Status st = Transformer::load(dir, be.get(), &m);
-    EXPECT_TRUE(st.ok) << st.message;
-    std::vector<float> logits;
-    if (!st.ok) return logits;
-    KvStore kv(be.get(), m->config().num_layers, m->config().num_kv_heads, m->config().head_dim);
-    KvSequence* seq;
-    EXPECT_TRUE(kv.allocate(1, 8, &seq).ok);
-    ForwardBatch b;
-    b.tokens = {1, 2, 3, 4};
-    b.chunks.push_back(ForwardChunk{seq, 0, 4, LogitsMode::All});
-    EXPECT_TRUE(m->forward(b, &logits).ok);
-    return logits;
-  };
-  auto a = run(src), b = run(d.path());
+  auto a = logits_of(src), b = logits_of(d.path());
   ASSERT_FALSE(a.empty());
   EXPECT_EQ(a, b);
+}
+
+TEST(Checkpoint, Bf16WeightsLoadExactly) {
+  // The same bf16-representable weights stored as BF16 and as F32 must give
+  // bit-identical logits.
+  const std::string src = testing::fixture("tiny-qwen2");
+  SafetensorsFile f;
+  ASSERT_TRUE(f.open(src + "/model.safetensors").ok);
+  std::string h16, d16, h32, d32;
+  for (const auto& [name, t] : f.header().tensors) {
+    ASSERT_EQ(t.dtype, StDtype::F32);
+    std::string shape;
+    for (size_t k = 0; k < t.shape.size(); ++k) shape += (k ? "," : "") + std::to_string(t.shape[k]);
+    const float* w = reinterpret_cast<const float*>(f.bytes(t));
+    const size_t b16 = d16.size(), b32 = d32.size();
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      const uint16_t v = to_bf16(w[i]);
+      const float r = bf16_to_f32(v);
+      d16.append(reinterpret_cast<const char*>(&v), 2);
+      d32.append(reinterpret_cast<const char*>(&r), 4);
+    }
+    auto entry = [&](const char* dt, size_t b, size_t e) {
+      return "\"" + name + "\":{\"dtype\":\"" + dt + "\",\"shape\":[" + shape +
+             "],\"data_offsets\":[" + std::to_string(b) + "," + std::to_string(e) + "]}";
+    };
+    h16 += (h16.empty() ? "" : ",") + entry("BF16", b16, d16.size());
+    h32 += (h32.empty() ? "" : ",") + entry("F32", b32, d32.size());
+  }
+  TempDir a, b;
+  a.copy_from(src, "config.json");
+  b.copy_from(src, "config.json");
+  a.write("model.safetensors", one_file(h16, d16));
+  b.write("model.safetensors", one_file(h32, d32));
+  auto la = logits_of(a.path()), lb = logits_of(b.path());
+  ASSERT_FALSE(la.empty());
+  EXPECT_EQ(la, lb);
+  // And they are close to the f32 original (bf16 keeps ~3 significant digits).
+  auto orig = logits_of(src);
+  EXPECT_LT(testing::relative_error(la.data(), orig.data(), orig.size()), 0.05);
+}
+
+TEST(Checkpoint, F16TensorsConvert) {
+  // 1.0, -2.0, 0.5, 65504, smallest subnormal
+  const uint16_t vals[] = {0x3C00, 0xC000, 0x3800, 0x7BFF, 0x0001};
+  TempDir d;
+  d.write("model.safetensors",
+          one_file(R"("t":{"dtype":"F16","shape":[5],"data_offsets":[0,10]})",
+                   std::string(reinterpret_cast<const char*>(vals), 10)));
+  Checkpoint c;
+  ASSERT_TRUE(c.open(d.path()).ok);
+  float out[5];
+  Status st = c.read_f32("t", {5}, out);
+  ASSERT_TRUE(st.ok) << st.message;
+  EXPECT_EQ(out[0], 1.0f);
+  EXPECT_EQ(out[1], -2.0f);
+  EXPECT_EQ(out[2], 0.5f);
+  EXPECT_EQ(out[3], 65504.0f);
+  EXPECT_EQ(out[4], std::ldexp(1.0f, -24));
+  EXPECT_FALSE(c.read_f32("t", {4}, out).ok);
+  EXPECT_FALSE(c.read_f32("missing", {5}, out).ok);
 }
 
 TEST(Checkpoint, HalfPrecisionConversions) {

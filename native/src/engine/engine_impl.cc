@@ -14,7 +14,16 @@ double ms_between(Clock::time_point a, Clock::time_point b) {
 }  // namespace
 
 std::unique_ptr<Engine> Engine::open(const EngineOptions& options, Status* status) {
-  return EngineImpl::create(options, status);
+  // Nothing may escape into the Node process: out-of-memory while loading a
+  // large checkpoint becomes a Status like any other failure.
+  try {
+    return EngineImpl::create(options, status);
+  } catch (const std::exception& e) {
+    *status = Status::Error(std::string("cannot open the engine: ") + e.what());
+  } catch (...) {
+    *status = Status::Error("cannot open the engine: unknown error");
+  }
+  return nullptr;
 }
 
 std::unique_ptr<Engine> EngineImpl::create(const EngineOptions& o, Status* status) {
@@ -96,7 +105,7 @@ Status EngineImpl::validate(const GenerateRequest& r, const RequestSink* sink) c
 }
 
 uint64_t EngineImpl::submit(GenerateRequest request, std::shared_ptr<RequestSink> sink,
-                            Status* status) {
+                            Status* status) try {
   std::lock_guard<std::mutex> lk(mu_);
   if (closed_ || stopping_) {
     *status = Status::Error("engine is closed");
@@ -109,6 +118,9 @@ uint64_t EngineImpl::submit(GenerateRequest request, std::shared_ptr<RequestSink
   stats_.queued_requests++;
   cv_.notify_one();
   return id;
+} catch (const std::exception& e) {
+  *status = Status::Error(std::string("submit failed: ") + e.what());
+  return 0;
 }
 
 void EngineImpl::cancel(uint64_t id) {
@@ -218,7 +230,11 @@ void EngineImpl::run() {
       if (it != requests_.end()) finish(it->second.get(), "cancelled");
     }
     publish_stats();
-    step();
+    try {
+      step();
+    } catch (const std::exception& e) {
+      fail_all(std::string("engine step failed: ") + e.what());
+    }
   }
   // Stopping: everything still known ends as cancelled.
   {
@@ -227,6 +243,16 @@ void EngineImpl::run() {
     incoming_.clear();
   }
   while (!requests_.empty()) finish(requests_.begin()->second.get(), "cancelled");
+}
+
+void EngineImpl::fail_all(const std::string& message) {
+  while (!requests_.empty()) {
+    try {
+      finish(requests_.begin()->second.get(), "error", message);
+    } catch (...) {
+      requests_.erase(requests_.begin());
+    }
+  }
 }
 
 void EngineImpl::step() {

@@ -43,6 +43,9 @@ class EngineImpl final : public Engine {
   // stats, then tells its sink (error empty: on_done).
   void finish(RequestState* r, const std::string& reason, const std::string& error = "");
   void publish_stats();
+  // After an unexpected exception (e.g. out of memory) every request ends
+  // with on_error; the engine keeps serving new ones.
+  void fail_all(const std::string& message);
 
   EngineOptions options_;
   ModelInfo info_;
