@@ -6,6 +6,7 @@
 // grace time, cancels the rest (Temporal retries it elsewhere), then closes the
 // engine.
 
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { Client } from '@temporalio/client';
 import {
@@ -27,10 +28,11 @@ import { hostName, hostTaskQueue } from './host';
 const STATS_EVERY_MS = 5_000;
 
 let bundle: Promise<WorkflowBundle> | undefined;
-/** Bundled once per process; webpack resolves workflows/index from .ts or .js. */
+/** Bundled once per process, from the sources (tests) or from dist/ (the CLI). */
 export function workflowBundle(): Promise<WorkflowBundle> {
+  const index = path.join(__dirname, '..', 'workflows', 'index');
   bundle ??= bundleWorkflowCode({
-    workflowsPath: path.join(__dirname, '..', 'workflows', 'index'),
+    workflowsPath: existsSync(`${index}.ts`) ? `${index}.ts` : `${index}.js`,
     logger: {
       log() {},
       trace() {},

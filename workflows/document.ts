@@ -33,25 +33,27 @@ const light = proxyLocalActivities<JobActivities>({
   },
 });
 
-const engine = proxyActivities<JobActivities>({
-  // Generation of thousands of tokens on a busy batch can be slow; the heartbeat
-  // timeout, not this one, is what detects a dead worker.
-  startToCloseTimeout: '2 hours',
-  // Waiting for a free batch slot is normal under load.
-  scheduleToStartTimeout: '24 hours',
-  heartbeatTimeout: '60s',
-  cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-  retry: {
-    initialInterval: '2s',
-    backoffCoefficient: 2,
-    maximumInterval: '1 minute',
-    maximumAttempts: 5,
-    nonRetryableErrorTypes: [BAD_INPUT],
-  },
-});
+const generation = (heartbeatTimeoutMs = 60_000) =>
+  proxyActivities<JobActivities>({
+    // Generation of thousands of tokens on a busy batch can be slow; the heartbeat
+    // timeout, not this one, is what detects a dead worker.
+    startToCloseTimeout: '2 hours',
+    // Waiting for a free batch slot is normal under load.
+    scheduleToStartTimeout: '24 hours',
+    heartbeatTimeout: heartbeatTimeoutMs,
+    cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+    retry: {
+      initialInterval: '2s',
+      backoffCoefficient: 2,
+      maximumInterval: '1 minute',
+      maximumAttempts: 5,
+      nonRetryableErrorTypes: [BAD_INPUT],
+    },
+  });
 
 export async function documentJobWorkflow(input: DocumentJobInput): Promise<DocumentJobOutput> {
   const { jobId } = input;
+  const engine = generation(input.heartbeatTimeoutMs);
   const progress: JobProgress = {
     stage: 'queued',
     instructions: input.instructions.map(() => ({

@@ -23,6 +23,12 @@ export interface DocumentJobInput {
   truncation: Truncation;
   /** Set when the job is a batch item. */
   batchId?: string;
+  /**
+   * How long generation may go without a heartbeat before Temporal declares the
+   * worker lost and retries elsewhere (default 60s; a long CPU prefill heartbeats
+   * every few seconds, so this only needs to cover a stalled process).
+   */
+  heartbeatTimeoutMs?: number;
   customId?: string;
 }
 
