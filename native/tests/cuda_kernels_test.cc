@@ -264,6 +264,67 @@ TEST(CudaKernels, GemmBf16AndF32) {
   }
 }
 
+TEST(CudaKernels, FusedQkvRopeEqualsSeparateKernels) {
+  SPX_REQUIRE_GPU();
+  for (bool qk_norm : {false, true}) {
+    const int T = 17, hq = 8, hk = 2, hd = 128, cap = 97, slots = 3;
+    const int width = (hq + 2 * hk) * hd;
+    const auto qkv = random_bf16_values(size_t(T) * width, 61, 2.f);
+    const auto qn = random_bf16_values(hd, 62, 1.f), kn = random_bf16_values(hd, 63, 1.f);
+    const auto inv = rope_inv_freq(1e6, hd);
+    std::vector<int32_t> pos(T), slot(T);
+    for (int t = 0; t < T; ++t) pos[t] = (t * 5) % cap, slot[t] = t % slots;
+    Bf16Buffer dqkv(qkv.size()), dqn(hd), dkn(hd), dq(size_t(T) * hq * hd);
+    Bf16Buffer kc(size_t(slots) * hk * cap * hd), vc(kc.n);
+    DeviceBuffer<int32_t> dpos(T), dslot(T);
+    DeviceBuffer<float> dinv(inv.size());
+    CUDA_OK(dqkv.upload(to_bf16(qkv)));
+    CUDA_OK(dqn.upload(to_bf16(qn)));
+    CUDA_OK(dkn.upload(to_bf16(kn)));
+    CUDA_OK(dpos.upload(pos));
+    CUDA_OK(dslot.upload(slot));
+    CUDA_OK(dinv.upload(inv));
+    CUDA_OK(cudaMemset(kc.ptr, 0, kc.n * 2));
+    CUDA_OK(cudaMemset(vc.ptr, 0, vc.n * 2));
+    CUDA_OK(qkv_rope_forward(dq.bf(), kc.bf(), vc.bf(), dqkv.bf(), qk_norm ? dqn.bf() : nullptr,
+                             qk_norm ? dkn.bf() : nullptr, dinv.ptr, dpos.ptr, dslot.ptr, T, hq,
+                             hk, hd, cap, 1e-6f, 0));
+    // The same through the separate (individually tested) kernels.
+    std::vector<float> q(size_t(T) * hq * hd), k(size_t(T) * hk * hd), v(k.size());
+    for (int t = 0; t < T; ++t) {
+      std::copy_n(&qkv[size_t(t) * width], hq * hd, &q[size_t(t) * hq * hd]);
+      std::copy_n(&qkv[size_t(t) * width + hq * hd], hk * hd, &k[size_t(t) * hk * hd]);
+      std::copy_n(&qkv[size_t(t) * width + (hq + hk) * hd], hk * hd, &v[size_t(t) * hk * hd]);
+    }
+    Bf16Buffer sq(q.size()), sk(k.size()), sv(v.size()), kc2(kc.n), vc2(vc.n);
+    CUDA_OK(sq.upload(to_bf16(q)));
+    CUDA_OK(sk.upload(to_bf16(k)));
+    CUDA_OK(sv.upload(to_bf16(v)));
+    CUDA_OK(cudaMemset(kc2.ptr, 0, kc2.n * 2));
+    CUDA_OK(cudaMemset(vc2.ptr, 0, vc2.n * 2));
+    if (qk_norm) {
+      CUDA_OK(head_rmsnorm_forward(sq.bf(), dqn.bf(), T, hq, hd, 1e-6f, 0));
+      CUDA_OK(head_rmsnorm_forward(sk.bf(), dkn.bf(), T, hk, hd, 1e-6f, 0));
+    }
+    CUDA_OK(rope_forward(sq.bf(), sk.bf(), dpos.ptr, dinv.ptr, T, hq, hk, hd, 0));
+    CUDA_OK(kv_append_forward(kc2.bf(), vc2.bf(), sk.bf(), sv.bf(), dslot.ptr, dpos.ptr, T, hk, hd,
+                              cap, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    auto as_ref = [](const std::vector<float>& x) { return std::vector<double>(x.begin(), x.end()); };
+    const std::string tag = qk_norm ? " (qk norm)" : "";
+    // One bf16 ulp of slack: the fused kernel rounds the normed value once less.
+    EXPECT_EQ(count_mismatches("fused q" + tag, dq.download_f(), as_ref(sq.download_f()), 1e-2,
+                               1e-2),
+              0u);
+    EXPECT_EQ(count_mismatches("fused k cache" + tag, kc.download_f(), as_ref(kc2.download_f()),
+                               1e-2, 1e-2),
+              0u);
+    EXPECT_EQ(count_mismatches("fused v cache" + tag, vc.download_f(), as_ref(vc2.download_f()), 0,
+                               0),
+              0u);
+  }
+}
+
 }  // namespace
 }  // namespace spx::cuda::test
 #endif  // SPX_HAVE_CUDA

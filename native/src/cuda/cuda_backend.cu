@@ -74,6 +74,7 @@ class CudaBackend final : public Backend {
 
   Status upload(const float* host, Tensor* dst) override {
     if (!err_.ok) return err_;
+    SPX_CUDA_TRY(cudaSetDevice(device_));
     const size_t n = static_cast<size_t>(dst->numel());
     SPX_STATUS_TRY(ensure_scratch(n * sizeof(float)));
     SPX_CUDA_TRY(cudaMemcpyAsync(scratch_, host, n * sizeof(float), cudaMemcpyHostToDevice,
@@ -86,6 +87,7 @@ class CudaBackend final : public Backend {
 
   Status download(const Tensor& src, float* host) override {
     if (!err_.ok) return err_;
+    SPX_CUDA_TRY(cudaSetDevice(device_));
     const size_t n = static_cast<size_t>(src.numel());
     SPX_STATUS_TRY(ensure_scratch(n * sizeof(float)));
     SPX_CUDA_TRY(cuda::bf16_to_f32_forward(static_cast<float*>(scratch_), cbf(src), n, stream_));
@@ -96,6 +98,8 @@ class CudaBackend final : public Backend {
   }
 
   void embedding(const Tensor& table, const int32_t* ids, int n, Tensor* out) override {
+    // Every forward starts here, possibly on a thread that never chose a device.
+    sticky(cudaSetDevice(device_), "cudaSetDevice", __FILE__, __LINE__);
     const int32_t* d_ids = stage(ids, static_cast<size_t>(n) * sizeof(int32_t));
     if (!d_ids) return;
     sticky(cuda::embedding_forward(bf(*out), cbf(table), d_ids, n,

@@ -8,6 +8,7 @@
 #include "cuda/kernels/embedding.cuh"
 #include "cuda/kernels/kv_append.cuh"
 #include "cuda/kernels/prefill_attention.cuh"
+#include "cuda/kernels/qkv_rope.cuh"
 #include "cuda/kernels/rmsnorm.cuh"
 #include "cuda/kernels/rope.cuh"
 #include "cuda/kernels/sampling.cuh"
@@ -83,18 +84,21 @@ cudaError_t decode_attention_forward(bf16* out, const bf16* q, const DecodeSeq* 
   if (kv_heads <= 0 || q_heads % kv_heads || split_tokens <= 0 || ws.max_splits <= 0)
     return cudaErrorInvalidValue;
   const int group = q_heads / kv_heads;
+  // Head sizes of the real models (64, 128) and of the tiny test fixtures (16, 32).
+#define SPX_DECODE_D(d)                                                                       \
+  case d:                                                                                     \
+    return decode_attention_launch_d<d>(group, out, q, seqs, lengths, batch, kv_heads, scale, \
+                                        split_tokens, ws.partial_o, ws.partial_ml,            \
+                                        ws.max_splits, stream);
   switch (head_dim) {
-    case 64:
-      return decode_attention_launch_d<64>(group, out, q, seqs, lengths, batch, kv_heads, scale,
-                                           split_tokens, ws.partial_o, ws.partial_ml,
-                                           ws.max_splits, stream);
-    case 128:
-      return decode_attention_launch_d<128>(group, out, q, seqs, lengths, batch, kv_heads, scale,
-                                            split_tokens, ws.partial_o, ws.partial_ml,
-                                            ws.max_splits, stream);
+    SPX_DECODE_D(16)
+    SPX_DECODE_D(32)
+    SPX_DECODE_D(64)
+    SPX_DECODE_D(128)
     default:
       return cudaErrorInvalidValue;
   }
+#undef SPX_DECODE_D
 }
 
 cudaError_t prefill_attention_forward(bf16* out, const bf16* q, const bf16* k_cache,
@@ -171,6 +175,15 @@ cudaError_t gather_rows_forward(bf16* out, const bf16* x, const int32_t* rows, i
   if (n_rows <= 0) return cudaSuccess;
   gather_rows_kernel<<<n_rows, 256, 0, stream>>>(out, x, rows, dim);
   return cudaGetLastError();
+}
+
+cudaError_t qkv_rope_forward(bf16* q_out, bf16* k_cache, bf16* v_cache, const bf16* qkv,
+                             const bf16* q_norm, const bf16* k_norm, const float* inv_freq,
+                             const int32_t* positions, const int32_t* slots, int tokens,
+                             int q_heads, int kv_heads, int head_dim, int capacity, float eps,
+                             cudaStream_t stream) {
+  return qkv_rope_launch(q_out, k_cache, v_cache, qkv, q_norm, k_norm, inv_freq, positions, slots,
+                         tokens, q_heads, kv_heads, head_dim, capacity, eps, stream);
 }
 
 }  // namespace spx::cuda

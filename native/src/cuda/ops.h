@@ -170,3 +170,19 @@ cudaError_t gather_rows_forward(bf16* out,            // [n_rows, dim]
                                 const int32_t* rows,  // [n_rows], device
                                 int n_rows, int dim, cudaStream_t stream);
 }  // namespace spx::cuda
+
+namespace spx::cuda {
+// Fused post-QKV step (kernels/qkv_rope.cuh): split [q | k | v], optional
+// per-head q/k norm, RoPE, q out, k/v appended to each token's cache slot.
+cudaError_t qkv_rope_forward(bf16* q_out,              // [tokens, q_heads, head_dim]
+                             bf16* k_cache,            // [slots, kv_heads, capacity, head_dim]
+                             bf16* v_cache,            // [slots, kv_heads, capacity, head_dim]
+                             const bf16* qkv,          // [tokens, (q_heads + 2 kv_heads) * head_dim]
+                             const bf16* q_norm,       // [head_dim] or nullptr
+                             const bf16* k_norm,       // [head_dim] or nullptr
+                             const float* inv_freq,    // [head_dim / 2]
+                             const int32_t* positions, // [tokens]
+                             const int32_t* slots,     // [tokens]
+                             int tokens, int q_heads, int kv_heads, int head_dim, int capacity,
+                             float eps, cudaStream_t stream);
+}  // namespace spx::cuda

@@ -204,18 +204,21 @@ inline cudaError_t prefill_attention_launch(bf16* out, const bf16* q, const bf16
     return cudaErrorInvalidValue;
   const dim3 grid((tokens + kPrefillRows - 1) / kPrefillRows, q_heads);
   const float sl = scale * 1.4426950408889634f;
+  // Head sizes of the real models (64, 128) and of the tiny test fixtures (16, 32).
+#define SPX_PREFILL_D(d)                                                          \
+  case d:                                                                         \
+    prefill_attention_forward_kernel<d><<<grid, 128, 0, stream>>>(                \
+        out, q, k_cache, v_cache, start, tokens, q_heads, kv_heads, capacity, sl); \
+    break;
   switch (head_dim) {
-    case 64:
-      prefill_attention_forward_kernel<64><<<grid, 128, 0, stream>>>(
-          out, q, k_cache, v_cache, start, tokens, q_heads, kv_heads, capacity, sl);
-      break;
-    case 128:
-      prefill_attention_forward_kernel<128><<<grid, 128, 0, stream>>>(
-          out, q, k_cache, v_cache, start, tokens, q_heads, kv_heads, capacity, sl);
-      break;
+    SPX_PREFILL_D(16)
+    SPX_PREFILL_D(32)
+    SPX_PREFILL_D(64)
+    SPX_PREFILL_D(128)
     default:
       return cudaErrorInvalidValue;
   }
+#undef SPX_PREFILL_D
   return cudaGetLastError();
 }
 
