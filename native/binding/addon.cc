@@ -13,6 +13,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New(env, Info, "info"));
   exports.Set("backends", Napi::Function::New(env, Backends, "backends"));
   exports.Set("plan", Napi::Function::New(env, Plan, "plan"));
+  exports.Set("evalFidelity", Napi::Function::New(env, EvalFidelity, "evalFidelity"));
   return exports;
 }
 

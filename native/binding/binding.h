@@ -54,5 +54,6 @@ Napi::Value Stats(const Napi::CallbackInfo& info);      // inspect.cc
 Napi::Value Info(const Napi::CallbackInfo& info);       // inspect.cc
 Napi::Value Backends(const Napi::CallbackInfo& info);   // inspect.cc
 Napi::Value Plan(const Napi::CallbackInfo& info);       // plan.cc (SpeContext memory planner)
+Napi::Value EvalFidelity(const Napi::CallbackInfo& info);  // fidelity.cc (sparse vs full)
 
 }  // namespace spx_binding

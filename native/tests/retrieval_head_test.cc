@@ -108,3 +108,45 @@ TEST(RetrievalHead, RejectsBadLayerAndUnknownRequest) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(RetrievalHead, AdoptingTheTargetsPrefillEqualsRecomputing) {
+  using namespace spx;
+  auto backend = make_cpu_backend(1);
+  std::unique_ptr<Transformer> model;
+  ASSERT_TRUE(Transformer::load(spx::testing::fixture("tiny-qwen3"), backend.get(), &model).ok);
+  const ModelConfig& c = model->config();
+  const int T0 = 30, cap = 32;
+  std::vector<int32_t> tokens(cap);
+  for (int i = 0; i < cap; ++i) tokens[i] = (i * 53 + 5) % 256;
+  KvStore store(backend.get(), c.num_layers, c.num_kv_heads, c.head_dim);
+  KvSequence* kv = nullptr;
+  ASSERT_TRUE(store.allocate(1, cap, &kv).ok);
+  ForwardBatch pre;
+  pre.tokens.assign(tokens.begin(), tokens.begin() + T0);
+  pre.chunks.push_back({kv, 0, T0, LogitsMode::None});
+  std::vector<float> logits;
+  ASSERT_TRUE(model->forward(pre, &logits).ok);
+  std::unique_ptr<retrieval::PrunedHead> a, b;
+  ASSERT_TRUE(retrieval::PrunedHead::make(model.get(), 1, &a).ok);
+  ASSERT_TRUE(retrieval::PrunedHead::make(model.get(), 1, &b).ok);
+  ASSERT_TRUE(a->open(1, cap).ok);
+  ASSERT_TRUE(b->open(1, cap).ok);
+  ASSERT_TRUE(a->adopt(1, *kv).ok);
+  std::vector<retrieval::HeadChunk> hc = {{1, tokens.data(), T0, nullptr}};
+  ASSERT_TRUE(b->forward(hc).ok);
+  for (int s = 0; s < 2; ++s) {
+    std::vector<float> sa, sb;
+    hc = {{1, tokens.data() + T0 + s, 1, &sa}};
+    ASSERT_TRUE(a->forward(hc).ok);
+    hc = {{1, tokens.data() + T0 + s, 1, &sb}};
+    ASSERT_TRUE(b->forward(hc).ok);
+    ASSERT_EQ(sa.size(), sb.size());
+    for (size_t i = 0; i < sa.size(); ++i) EXPECT_NEAR(sa[i], sb[i], 1e-4) << i;
+  }
+  ASSERT_TRUE(b->open(2, cap + 1).ok);
+  EXPECT_FALSE(b->adopt(2, *kv).ok);  // capacity differs
+}
+
+}  // namespace

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "backend/registry.h"
 #include "kv/slot_map.h"
 
 namespace spx::retrieval {
@@ -54,9 +55,46 @@ Status prefill(Transformer* m, KvSequence* kv, const std::vector<int32_t>& token
 
 }  // namespace
 
-Status run_fidelity(Transformer* target, PrunedHead* head, const std::vector<int32_t>& tokens,
-                    const FidelityOptions& opt, FidelityReport* report,
-                    const FidelityProgress& progress) {
+namespace {
+
+// One head's and one budget's sparse run.
+struct SparseRun {
+  std::vector<std::vector<int32_t>> sel;  // [S][KVH * B]; empty: the step attended fully
+  std::vector<StepOutcome> out;           // [S]
+  std::vector<double> recalls;            // per (step, layer, head)
+  std::vector<double> per_layer;          // [L]
+  int agree = 0;
+  double nll = 0;
+};
+
+Status head_scores(Transformer* target, PrunedHead* head, const KvSequence& base,
+                   const std::vector<int32_t>& tokens, const FidelityOptions& opt,
+                   std::vector<std::vector<float>>* scores) {
+  const int N = opt.context, S = opt.steps;
+  Status st = head->open(1, base.capacity);
+  if (!st.ok) return st;
+  if (head->source() == target) {
+    st = head->adopt(1, base);  // the prefill was full attention: same caches
+  } else {
+    for (int b = 0; b < N && st.ok; b += opt.prefill_chunk) {
+      std::vector<HeadChunk> hc = {{1, tokens.data() + b, std::min(opt.prefill_chunk, N - b), nullptr}};
+      st = head->forward(hc);
+    }
+  }
+  scores->assign(S, {});
+  for (int s = 0; s < S && st.ok; ++s) {
+    std::vector<HeadChunk> hc = {{1, tokens.data() + N + s, 1, &(*scores)[s]}};
+    st = head->forward(hc);
+  }
+  head->close(1);
+  return st;
+}
+
+}  // namespace
+
+Status run_fidelity(Transformer* target, const std::vector<PrunedHead*>& heads,
+                    const std::vector<int32_t>& tokens, const FidelityOptions& opt,
+                    std::vector<FidelityReport>* reports, const FidelityProgress& progress) {
   const auto t0 = std::chrono::steady_clock::now();
   const ModelConfig& c = target->config();
   const int N = opt.context, S = opt.steps;
@@ -67,8 +105,9 @@ Status run_fidelity(Transformer* target, PrunedHead* head, const std::vector<int
   if (opt.budgets.empty()) return Status::Error("fidelity: no budgets");
   for (int b : opt.budgets)
     if (b <= 0) return Status::Error("fidelity: budgets must be > 0");
-  if (head->q_heads() != c.num_heads || head->kv_heads() != c.num_kv_heads)
-    return Status::Error("fidelity: the head's q/kv heads differ from the target's");
+  for (PrunedHead* h : heads)
+    if (h->q_heads() != c.num_heads || h->kv_heads() != c.num_kv_heads)
+      return Status::Error("fidelity: the head's q/kv heads differ from the target's");
   auto say = [&](const std::string& s) {
     if (progress) progress(s);
   };
@@ -77,97 +116,91 @@ Status run_fidelity(Transformer* target, PrunedHead* head, const std::vector<int
   const int cap = N + S;
   const int L = c.num_layers, H = c.num_heads, KVH = c.num_kv_heads, D = c.head_dim;
   const int G = H / KVH, V = c.vocab_size;
+  const size_t NB = opt.budgets.size();
   KvStore store(be, L, KVH, D);
   KvSequence *base = nullptr, *work = nullptr;
   Status st = store.allocate(1, cap, &base);
   if (st.ok) st = store.allocate(2, cap, &work);
   if (!st.ok) return st;
-
-  say("prefill target");
+  say("prefill " + std::to_string(N) + " tokens");
   if (!(st = prefill(target, base, tokens, N, opt.prefill_chunk)).ok) return st;
-  say("retrieval head");
-  if (!(st = head->open(1, cap)).ok) return st;
-  for (int b = 0; b < N && st.ok; b += opt.prefill_chunk) {
-    std::vector<HeadChunk> hc = {{1, tokens.data() + b, std::min(opt.prefill_chunk, N - b), nullptr}};
-    st = head->forward(hc);
-  }
-  std::vector<std::vector<float>> scores(S);  // [S][H, T_s]
-  for (int s = 0; s < S && st.ok; ++s) {
-    std::vector<HeadChunk> hc = {{1, tokens.data() + N + s, 1, &scores[s]}};
-    st = head->forward(hc);
-  }
-  head->close(1);
-  if (!st.ok) return st;
 
-  report->context = N;
-  report->steps = S;
-  report->scoring_layer = head->scoring_layer();
-  report->head_params = head->head_params();
-  report->head_model_params = head->model_params();
-  report->budgets.assign(opt.budgets.size(), {});
-
-  // sel[b][s]: [KVH, B] (empty when the step attends fully)
-  std::vector<std::vector<std::vector<int32_t>>> sel(opt.budgets.size(), std::vector<std::vector<int32_t>>(S));
-  std::vector<std::vector<StepOutcome>> sparse(opt.budgets.size(), std::vector<StepOutcome>(S));
+  reports->assign(heads.size(), {});
+  std::vector<std::vector<SparseRun>> runs(heads.size(), std::vector<SparseRun>(NB));
   std::vector<float> scratch, logits;
   Selector selector;
-  for (size_t bi = 0; bi < opt.budgets.size(); ++bi) {
-    const int B = opt.budgets[bi];
-    BudgetFidelity& r = report->budgets[bi];
-    r.budget = B;
-    r.full_attention = cap <= B;
-    say("sparse decode B=" + std::to_string(B));
-    if (!(st = copy_kv(be, *base, work, &scratch)).ok) return st;
-    SlotTable slots;
-    slots.configure(KVH, 2LL * D * static_cast<int64_t>(sizeof(float)) * L);
-    slots.open_request(0, B);
-    SelectOptions so = opt.select;
-    so.budget = B;
-    int fallbacks = 0, sparse_steps = 0;
-    double mass = 0;
-    uint64_t loads = 0, slot_total = 0;
-    for (int s = 0; s < S; ++s) {
-      const int T = N + s + 1;
-      std::vector<int32_t> idx(static_cast<size_t>(KVH) * B);
-      SelectResult res = selector.select(scores[s].data(), H, KVH, T, T, so, idx.data());
-      ForwardChunk ch{work, N + s, 1, LogitsMode::Last};
-      if (!res.full || res.fallback) {
-        sel[bi][s] = idx;
-        mass += res.mean_mass;
-        ++sparse_steps;
-        if (s > 0) {
-          // Reload fraction between consecutive steps (the first fill is not a reload).
-          slots.update(0, idx.data(), B, nullptr, nullptr);
-          loads += slots.last_step().loads;
-          slot_total += slots.last_step().slots;
-        } else {
-          slots.update(0, idx.data(), B, nullptr, nullptr);
+  for (size_t hi = 0; hi < heads.size(); ++hi) {
+    PrunedHead* head = heads[hi];
+    FidelityReport& rep = (*reports)[hi];
+    rep.context = N;
+    rep.steps = S;
+    rep.scoring_layer = head->scoring_layer();
+    rep.head_params = head->head_params();
+    rep.head_model_params = head->model_params();
+    rep.target_params = model_param_count(*target);
+    rep.budgets.assign(NB, {});
+    say("retrieval head, scoring layer " + std::to_string(head->scoring_layer()));
+    std::vector<std::vector<float>> scores;
+    if (!(st = head_scores(target, head, *base, tokens, opt, &scores)).ok) return st;
+    for (size_t bi = 0; bi < NB; ++bi) {
+      const int B = opt.budgets[bi];
+      BudgetFidelity& r = rep.budgets[bi];
+      SparseRun& run = runs[hi][bi];
+      r.budget = B;
+      r.full_attention = cap <= B;
+      say("sparse decode B=" + std::to_string(B));
+      if (!(st = copy_kv(be, *base, work, &scratch)).ok) return st;
+      SlotTable slots;
+      slots.configure(KVH, 2LL * D * static_cast<int64_t>(sizeof(float)) * L);
+      slots.open_request(0, B);
+      SelectOptions so = opt.select;
+      so.budget = B;
+      int fallbacks = 0, selected_steps = 0;
+      double mass = 0;
+      uint64_t loads = 0, slot_total = 0;
+      run.sel.assign(S, {});
+      run.out.assign(S, {});
+      run.per_layer.assign(L, 0.0);
+      for (int s = 0; s < S; ++s) {
+        const int T = N + s + 1;
+        std::vector<int32_t> idx(static_cast<size_t>(KVH) * B);
+        SelectResult res = selector.select(scores[s].data(), H, KVH, T, T, so, idx.data());
+        ForwardChunk ch{work, N + s, 1, LogitsMode::Last};
+        if (!res.full || res.fallback) {
+          run.sel[s] = idx;
+          mass += res.mean_mass;
+          ++selected_steps;
+          // Elastic loading between consecutive selections (the first fill is no reload).
+          if (!slots.update(0, idx.data(), B, nullptr, nullptr)) return Status::Error("fidelity: bad selection");
+          if (selected_steps > 1) {
+            loads += slots.last_step().loads;
+            slot_total += slots.last_step().slots;
+          }
         }
+        if (res.fallback) ++fallbacks;
+        if (!res.full) {
+          ch.selection = run.sel[s].data();
+          ch.budget = B;
+        }
+        ForwardBatch batch;
+        batch.tokens = {tokens[N + s]};
+        batch.chunks.push_back(ch);
+        if (!(st = target->forward(batch, &logits)).ok) return st;
+        run.out[s] = score_logits(logits, V, tokens[N + s + 1]);
       }
-      if (res.fallback) ++fallbacks;
-      if (!res.full) {
-        ch.selection = sel[bi][s].data();
-        ch.budget = B;
-      }
-      ForwardBatch batch;
-      batch.tokens = {tokens[N + s]};
-      batch.chunks.push_back(ch);
-      if (!(st = target->forward(batch, &logits)).ok) return st;
-      sparse[bi][s] = score_logits(logits, V, tokens[N + s + 1]);
+      r.fallback_rate = static_cast<double>(fallbacks) / S;
+      r.reload_fraction = slot_total ? static_cast<double>(loads) / slot_total : 0.0;
+      r.head_mass_mean = selected_steps ? mass / selected_steps : 1.0;
     }
-    r.fallback_rate = static_cast<double>(fallbacks) / S;
-    r.reload_fraction = slot_total ? static_cast<double>(loads) / slot_total : 0.0;
-    r.head_mass_mean = sparse_steps ? mass / sparse_steps : 1.0;
   }
 
-  say("full reference");
-  std::vector<std::vector<double>> recalls(opt.budgets.size());
-  std::vector<std::vector<double>> per_layer(opt.budgets.size(), std::vector<double>(L, 0.0));
-  std::vector<double> probs;
+  // The full-attention reference, on the prefilled cache itself, and the
+  // recall of every run's selections under its attention.
+  say("full-attention reference");
   double nll_full = 0;
-  std::vector<int> agree(opt.budgets.size(), 0);
-  std::vector<double> nll_sparse(opt.budgets.size(), 0.0);
   std::vector<float> q;
+  std::vector<double> probs;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   for (int s = 0; s < S; ++s) {
     ForwardBatch batch;
     batch.tokens = {tokens[N + s]};
@@ -176,13 +209,13 @@ Status run_fidelity(Transformer* target, PrunedHead* head, const std::vector<int
     if (!(st = target->forward(batch, &logits)).ok) return st;
     const StepOutcome full = score_logits(logits, V, tokens[N + s + 1]);
     nll_full += full.nll;
-    for (size_t bi = 0; bi < opt.budgets.size(); ++bi) {
-      agree[bi] += sparse[bi][s].argmax == full.argmax;
-      nll_sparse[bi] += sparse[bi][s].nll;
-    }
+    for (auto& per_head : runs)
+      for (SparseRun& run : per_head) {
+        run.agree += run.out[s].argmax == full.argmax;
+        run.nll += run.out[s].nll;
+      }
     const int T = N + s + 1;
     probs.resize(static_cast<size_t>(T));
-    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
     for (int l = 0; l < L; ++l) {
       scratch.resize(static_cast<size_t>(base->k[l].numel()));
       if (!(st = be->download(base->k[l], scratch.data())).ok) return st;
@@ -197,42 +230,77 @@ Status run_fidelity(Transformer* target, PrunedHead* head, const std::vector<int
           mx = std::max(mx, probs[t]);
         }
         for (int t = 0; t < T; ++t) sum += probs[t] = std::exp(probs[t] - mx);
-        for (size_t bi = 0; bi < opt.budgets.size(); ++bi) {
-          const int B = opt.budgets[bi];
-          double m = 0;
-          if (sel[bi][s].empty()) {
-            m = sum;
-          } else {
-            const int32_t* ix = sel[bi][s].data() + static_cast<size_t>(h / G) * B;
-            for (int i = 0; i < B; ++i)
-              if (ix[i] >= 0 && ix[i] < T) m += probs[ix[i]];
+        for (auto& per_head : runs) {
+          for (size_t bi = 0; bi < NB; ++bi) {
+            SparseRun& run = per_head[bi];
+            const int B = opt.budgets[bi];
+            double m = sum;
+            if (!run.sel[s].empty()) {
+              m = 0;
+              const int32_t* ix = run.sel[s].data() + static_cast<size_t>(h / G) * B;
+              for (int i = 0; i < B; ++i)
+                if (ix[i] >= 0 && ix[i] < T) m += probs[ix[i]];
+            }
+            run.recalls.push_back(m / sum);
+            run.per_layer[l] += m / sum / (static_cast<double>(H) * S);
           }
-          recalls[bi].push_back(m / sum);
-          per_layer[bi][l] += m / sum / (H * S);
         }
       }
     }
   }
-  report->ppl_full = std::exp(nll_full / S);
-  for (size_t bi = 0; bi < opt.budgets.size(); ++bi) {
-    BudgetFidelity& r = report->budgets[bi];
-    std::vector<double>& v = recalls[bi];
-    double sum = 0, sq = 0;
-    for (double x : v) sum += x;
-    r.recall_mean = sum / v.size();
-    for (double x : v) sq += (x - r.recall_mean) * (x - r.recall_mean);
-    r.recall_std = std::sqrt(sq / v.size());
-    std::sort(v.begin(), v.end());
-    r.recall_min = v.front();
-    r.recall_p10 = v[v.size() / 10];
-    r.recall_per_layer = per_layer[bi];
-    r.top1_agreement = static_cast<double>(agree[bi]) / S;
-    r.ppl_sparse = std::exp(nll_sparse[bi] / S);
-    r.ppl_ratio = r.ppl_sparse / report->ppl_full;
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  for (size_t hi = 0; hi < heads.size(); ++hi) {
+    FidelityReport& rep = (*reports)[hi];
+    rep.ppl_full = std::exp(nll_full / S);
+    rep.seconds = seconds;
+    for (size_t bi = 0; bi < NB; ++bi) {
+      BudgetFidelity& r = rep.budgets[bi];
+      SparseRun& run = runs[hi][bi];
+      std::vector<double>& v = run.recalls;
+      double sum = 0, sq = 0;
+      for (double x : v) sum += x;
+      r.recall_mean = sum / v.size();
+      for (double x : v) sq += (x - r.recall_mean) * (x - r.recall_mean);
+      r.recall_std = std::sqrt(sq / v.size());
+      std::sort(v.begin(), v.end());
+      r.recall_min = v.front();
+      r.recall_p10 = v[v.size() / 10];
+      r.recall_per_layer = run.per_layer;
+      r.top1_agreement = static_cast<double>(run.agree) / S;
+      r.ppl_sparse = std::exp(run.nll / S);
+      r.ppl_ratio = r.ppl_sparse / rep.ppl_full;
+    }
   }
-  report->target_params = model_param_count(*target);
-  report->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return Status::Ok();
+}
+
+Status run_fidelity(Transformer* target, PrunedHead* head, const std::vector<int32_t>& tokens,
+                    const FidelityOptions& opt, FidelityReport* report,
+                    const FidelityProgress& progress) {
+  std::vector<FidelityReport> reports;
+  Status st = run_fidelity(target, std::vector<PrunedHead*>{head}, tokens, opt, &reports, progress);
+  if (st.ok) *report = std::move(reports[0]);
+  return st;
+}
+
+Status eval_fidelity(const FidelityRequest& req, FidelityReport* report,
+                     const FidelityProgress& progress) {
+  Status st;
+  std::unique_ptr<Backend> backend = make_backend(req.device, req.threads, &st);
+  if (!backend) return st.ok ? Status::Error("no backend for " + req.device) : st;
+  std::unique_ptr<Transformer> target, dlm;
+  if (!(st = Transformer::load(req.model_dir, backend.get(), &target)).ok) return st;
+  for (int32_t id : req.tokens)
+    if (id < 0 || id >= target->config().vocab_size) return Status::Error("token id out of range");
+  if (req.options.context + req.options.steps > target->config().max_position)
+    return Status::Error("context + steps exceed the model's " +
+                         std::to_string(target->config().max_position) + " positions");
+  std::unique_ptr<PrunedHead> head;
+  std::string kind;
+  if (!(st = make_head(target.get(), backend.get(), req.head, &dlm, &head, &kind)).ok) return st;
+  st = run_fidelity(target.get(), head.get(), req.tokens, req.options, report, progress);
+  report->head_kind = kind;
+  return st;
 }
 
 }  // namespace spx::retrieval

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "model/transformer.h"
+#include "retrieval/head_choice.h"
 #include "retrieval/pruned_head.h"
 #include "retrieval/select.h"
 
@@ -46,6 +47,7 @@ struct BudgetFidelity {
 };
 
 struct FidelityReport {
+  std::string head_kind;
   int context = 0, steps = 0;
   int scoring_layer = 0;
   uint64_t head_params = 0, head_model_params = 0, target_params = 0;
@@ -61,5 +63,21 @@ using FidelityProgress = std::function<void(const std::string& phase)>;
 Status run_fidelity(Transformer* target, PrunedHead* head, const std::vector<int32_t>& tokens,
                     const FidelityOptions& opt, FidelityReport* report,
                     const FidelityProgress& progress = nullptr);
+// Several heads over one prefill and one full-attention reference.
+Status run_fidelity(Transformer* target, const std::vector<PrunedHead*>& heads,
+                    const std::vector<int32_t>& tokens, const FidelityOptions& opt,
+                    std::vector<FidelityReport>* reports, const FidelityProgress& progress = nullptr);
+
+// The whole command: loads the target (and DLM), builds the head, runs.
+struct FidelityRequest {
+  std::string model_dir;
+  std::string device = "cpu";
+  int threads = 0;
+  HeadChoice head;
+  std::vector<int32_t> tokens;
+  FidelityOptions options;
+};
+Status eval_fidelity(const FidelityRequest& req, FidelityReport* report,
+                     const FidelityProgress& progress = nullptr);
 
 }  // namespace spx::retrieval

@@ -79,6 +79,31 @@ int PrunedHead::tokens(uint64_t id) const {
   return it == reqs_.end() ? -1 : it->second.n_tokens;
 }
 
+Status PrunedHead::adopt(uint64_t id, const KvSequence& kv) {
+  auto it = reqs_.find(id);
+  if (it == reqs_.end()) return Status::Error("retrieval head: unknown request");
+  Request& r = it->second;
+  if (r.n_tokens != 0 || r.capacity != kv.capacity || kv.k.size() <= static_cast<size_t>(layer_))
+    return Status::Error("retrieval head: cannot adopt a cache of another shape");
+  Backend* be = model_->backend();
+  std::vector<float> buf;
+  for (int l = 0; l <= layer_; ++l) {
+    buf.resize(static_cast<size_t>(kv.k[l].numel()));
+    Status st = be->download(kv.k[l], buf.data());
+    if (!st.ok) return st;
+    if (l == layer_) {
+      r.k = buf;  // same layout: [kv_heads, capacity, head_dim]
+      break;
+    }
+    if (!(st = be->upload(buf.data(), &r.kv->k[l])).ok) return st;
+    if (!(st = be->download(kv.v[l], buf.data())).ok) return st;
+    if (!(st = be->upload(buf.data(), &r.kv->v[l])).ok) return st;
+  }
+  r.n_tokens = kv.n_tokens;
+  r.kv->n_tokens = kv.n_tokens;
+  return Status::Ok();
+}
+
 Status PrunedHead::ensure_workspace(int n) {
   if (n <= ws_cap_) return Status::Ok();
   const ModelConfig& c = model_->config();

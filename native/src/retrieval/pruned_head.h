@@ -51,6 +51,14 @@ class PrunedHead {
 
   Status forward(const std::vector<HeadChunk>& chunks);
 
+  // Takes request `id`'s first kv.n_tokens tokens from the source model's own
+  // KV cache instead of recomputing them: valid when the head is cut from
+  // that model and the cache was written with full attention (a prefill), as
+  // then the layers below and the scoring layer's K are exactly the head's.
+  // The request must be open, empty and as large as the cache.
+  Status adopt(uint64_t id, const KvSequence& kv);
+  const Transformer* source() const { return model_; }
+
   int scoring_layer() const { return layer_; }
   int q_heads() const { return model_->config().num_heads; }
   int kv_heads() const { return model_->config().num_kv_heads; }

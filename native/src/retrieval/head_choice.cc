@@ -1,0 +1,48 @@
+#include "retrieval/head_choice.h"
+
+#include <algorithm>
+
+namespace spx::retrieval {
+
+int recommended_layers(const ModelConfig& target) {
+  // Placeholder until measured: a quarter of the depth.
+  return std::max(1, target.num_layers / 4);
+}
+
+Status make_head(Transformer* target, Backend* backend, const HeadChoice& choice,
+                 std::unique_ptr<Transformer>* dlm_model, std::unique_ptr<PrunedHead>* head,
+                 std::string* kind) {
+  const ModelConfig& c = target->config();
+  const int given = (!choice.dlm_dir.empty()) + (choice.oracle_layer >= 0);
+  if (given > 1) return Status::Error("give at most one of a DLM directory and an oracle layer");
+  if (choice.oracle_layer >= 0) {
+    if (choice.oracle_layer >= c.num_layers)
+      return Status::Error("oracle layer " + std::to_string(choice.oracle_layer) + " outside the target's " +
+                           std::to_string(c.num_layers) + " layers");
+    *kind = "oracle layer " + std::to_string(choice.oracle_layer);
+    return PrunedHead::make(target, choice.oracle_layer, head);
+  }
+  if (!choice.dlm_dir.empty()) {
+    Status st = Transformer::load(choice.dlm_dir, backend, dlm_model);
+    if (!st.ok) return Status::Error("cannot load the DLM: " + st.message);
+    const ModelConfig& d = (*dlm_model)->config();
+    if (d.vocab_size != c.vocab_size)
+      return Status::Error("the DLM's vocabulary (" + std::to_string(d.vocab_size) +
+                           ") differs from the target's (" + std::to_string(c.vocab_size) + ")");
+    if (d.num_heads != c.num_heads || d.num_kv_heads != c.num_kv_heads)
+      return Status::Error("the DLM's attention heads differ from the target's");
+    const int k = choice.dlm_layers > 0 ? choice.dlm_layers : d.num_layers;
+    if (k > d.num_layers) return Status::Error("dlm layers exceed the DLM's depth");
+    *kind = "dlm " + choice.dlm_dir + " scoring layer " + std::to_string(k - 1);
+    return PrunedHead::make(dlm_model->get(), k - 1, head);
+  }
+  const int k = choice.dlm_layers > 0 ? choice.dlm_layers : recommended_layers(c);
+  if (k > c.num_layers)
+    return Status::Error("dlm layers " + std::to_string(k) + " exceed the target's " +
+                         std::to_string(c.num_layers) + " layers");
+  *kind = "self-derived, first " + std::to_string(k) + " layers" +
+          (choice.dlm_layers > 0 ? "" : " (recommended)");
+  return PrunedHead::make(target, k - 1, head);
+}
+
+}  // namespace spx::retrieval

@@ -1,0 +1,34 @@
+// Which retrieval head a run uses, resolved in one place for `generate
+// --budget` and `eval fidelity`:
+//   --dlm DIR        a separate distilled model sharing the tokenizer, scoring
+//                    at its layer dlm_layers-1 (default: its last layer);
+//   --dlm-layers k   self-derived: the target's first k layers, scoring at k-1;
+//   --oracle-layer l the target's own full attention at layer l (evaluation);
+//   none             the recommended head for the model (recommended_layers).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "model/transformer.h"
+#include "retrieval/pruned_head.h"
+
+namespace spx::retrieval {
+
+struct HeadChoice {
+  std::string dlm_dir;
+  int dlm_layers = 0;
+  int oracle_layer = -1;
+};
+
+// Self-derived layers recommended for a target with no DLM (measured with
+// `specontext eval fidelity`, see docs/specontext.md).
+int recommended_layers(const ModelConfig& target);
+
+// Builds the head. A DLM is loaded onto `backend` into *dlm_model (kept alive
+// by the caller); `kind` describes the head for reports.
+Status make_head(Transformer* target, Backend* backend, const HeadChoice& choice,
+                 std::unique_ptr<Transformer>* dlm_model, std::unique_ptr<PrunedHead>* head,
+                 std::string* kind);
+
+}  // namespace spx::retrieval
