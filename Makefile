@@ -51,20 +51,13 @@ native: deps
 ts: deps
 	npm run build:ts
 
-# Converted once; redone when the converter or the pinned model changes.
+# The converter skips its work when the output is up to date.
 CONVERT := tools/convert_smollm2.py
 model: venv
-	@if [[ ! -f $(CONVERT) ]]; then \
-	  echo "model: $(CONVERT) not in the tree yet: no model converted"; \
+	@if [[ -f $(CONVERT) ]]; then \
+	  nice .venv/bin/python $(CONVERT) --out $(MODEL_DIR); \
 	else \
-	  want=$$(cat $(CONVERT) infra/requirements-model.txt tools/requirements-convert.txt | sha256sum | cut -d' ' -f1); \
-	  if [[ -f $(MODEL_DIR)/.converted && $$(cat $(MODEL_DIR)/.converted) == "$$want" ]]; then \
-	    echo "model: $(MODEL_DIR) up to date"; \
-	  else \
-	    rm -rf $(MODEL_DIR); \
-	    nice .venv/bin/python $(CONVERT) --out $(MODEL_DIR); \
-	    echo "$$want" > $(MODEL_DIR)/.converted; \
-	  fi; \
+	  echo "model: $(CONVERT) not in the tree yet: no model converted"; \
 	fi
 
 # ---- the two README commands ------------------------------------------------

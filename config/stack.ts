@@ -17,7 +17,11 @@ export interface StackConfig {
   temporal: {
     port: number;
     uiPort: number;
-    /** host:port of the gRPC frontend, as @temporalio/client wants it. */
+    /**
+     * host:port that clients dial, as @temporalio/client wants it: the local
+     * frontend unless SPECONTEXT_TEMPORAL_ADDRESS points elsewhere (a worker
+     * in a container reaching a shared Temporal).
+     */
     address: string;
     uiUrl: string;
     namespace: string;
@@ -26,7 +30,7 @@ export interface StackConfig {
   nats: {
     port: number;
     monitorPort: number;
-    /** nats://host:port */
+    /** nats://host:port that clients dial: the local server unless SPECONTEXT_NATS_URL is set. */
     url: string;
     monitorUrl: string;
   };
@@ -49,6 +53,15 @@ export const stackShape = {
   SPECONTEXT_TASK_QUEUE: str('specontext'),
   SPECONTEXT_NATS_PORT: port(4222),
   SPECONTEXT_NATS_MONITOR_PORT: port(8222),
+  // Client-side only: `stack up` always serves on SPECONTEXT_HOST.
+  SPECONTEXT_TEMPORAL_ADDRESS: z
+    .string()
+    .regex(/^[\w.-]+:\d{1,5}$/, 'expected host:port')
+    .optional(),
+  SPECONTEXT_NATS_URL: z
+    .string()
+    .regex(/^(nats|tls):\/\/[\w.-]+(:\d{1,5})?$/, 'expected nats://host[:port]')
+    .optional(),
 };
 
 /** Ports the stack binds, keyed by the variable that sets each. */
@@ -72,7 +85,7 @@ export function stackConfig(env: NodeJS.ProcessEnv = process.env): StackConfig {
     temporal: {
       port: v.SPECONTEXT_TEMPORAL_PORT,
       uiPort: v.SPECONTEXT_TEMPORAL_UI_PORT,
-      address: `${host}:${v.SPECONTEXT_TEMPORAL_PORT}`,
+      address: v.SPECONTEXT_TEMPORAL_ADDRESS ?? `${host}:${v.SPECONTEXT_TEMPORAL_PORT}`,
       uiUrl: `http://${host}:${v.SPECONTEXT_TEMPORAL_UI_PORT}`,
       namespace: v.SPECONTEXT_TEMPORAL_NAMESPACE,
       taskQueue: v.SPECONTEXT_TASK_QUEUE,
@@ -80,7 +93,7 @@ export function stackConfig(env: NodeJS.ProcessEnv = process.env): StackConfig {
     nats: {
       port: v.SPECONTEXT_NATS_PORT,
       monitorPort: v.SPECONTEXT_NATS_MONITOR_PORT,
-      url: `nats://${host}:${v.SPECONTEXT_NATS_PORT}`,
+      url: v.SPECONTEXT_NATS_URL ?? `nats://${host}:${v.SPECONTEXT_NATS_PORT}`,
       monitorUrl: `http://${host}:${v.SPECONTEXT_NATS_MONITOR_PORT}`,
     },
   };

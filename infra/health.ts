@@ -10,7 +10,8 @@ const PROBE_TIMEOUT_MS = 3_000;
 
 export async function probeTemporal(c: StackConfig): Promise<string> {
   const conn = await Connection.connect({
-    address: c.temporal.address,
+    // The server this stack runs, whatever address clients are pointed at.
+    address: `${c.host}:${c.temporal.port}`,
     connectTimeout: PROBE_TIMEOUT_MS,
   });
   try {
@@ -29,7 +30,11 @@ export async function probeNats(c: StackConfig): Promise<string> {
     signal: AbortSignal.timeout(PROBE_TIMEOUT_MS),
   });
   if (!res.ok) throw new Error(`monitor /healthz answered ${res.status}: ${await res.text()}`);
-  const nc = await connect({ servers: c.nats.url, timeout: PROBE_TIMEOUT_MS, reconnect: false });
+  const nc = await connect({
+    servers: `${c.host}:${c.nats.port}`,
+    timeout: PROBE_TIMEOUT_MS,
+    reconnect: false,
+  });
   try {
     const jsm = await jetstreamManager(nc);
     const info = await jsm.getAccountInfo();

@@ -55,7 +55,7 @@ export function stackServers(c: StackConfig): Server[] {
         SPECONTEXT_TEMPORAL_PORT: c.temporal.port,
         SPECONTEXT_TEMPORAL_UI_PORT: c.temporal.uiPort,
       },
-      address: `${c.temporal.address} (ui ${c.temporal.uiUrl})`,
+      address: `${c.host}:${c.temporal.port} (ui ${c.temporal.uiUrl})`,
       args: temporalArgs,
       probe: probeTemporal,
     },
@@ -67,7 +67,7 @@ export function stackServers(c: StackConfig): Server[] {
         SPECONTEXT_NATS_PORT: c.nats.port,
         SPECONTEXT_NATS_MONITOR_PORT: c.nats.monitorPort,
       },
-      address: `${c.nats.url} (monitor ${c.nats.monitorUrl})`,
+      address: `nats://${c.host}:${c.nats.port} (monitor ${c.nats.monitorUrl})`,
       args: [
         '-js',
         '-sd',

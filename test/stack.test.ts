@@ -156,6 +156,20 @@ describe('stack errors', () => {
     );
   });
 
+  it('lets clients dial another Temporal and NATS while the stack still serves on loopback', () => {
+    const c = stackConfig({
+      SPECONTEXT_TEMPORAL_ADDRESS: 'temporal.internal:7233',
+      SPECONTEXT_NATS_URL: 'nats://nats.internal:4222',
+    });
+    expect(c.temporal.address).toBe('temporal.internal:7233');
+    expect(c.nats.url).toBe('nats://nats.internal:4222');
+    expect(stackServers(c).map((s) => s.address)).toEqual([
+      '127.0.0.1:7233 (ui http://127.0.0.1:8233)',
+      'nats://127.0.0.1:4222 (monitor http://127.0.0.1:8222)',
+    ]);
+    expect(() => stackConfig({ SPECONTEXT_NATS_URL: 'http://x' })).toThrow(/SPECONTEXT_NATS_URL/);
+  });
+
   it('makes the CLI print that error and exit non-zero', async () => {
     const saved = process.env.SPECONTEXT_TEMPORAL_UI_PORT;
     const write = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
