@@ -110,9 +110,9 @@ export class JobService {
         taskQueue: this.d.taskQueue,
         workflowId: id,
         args: [input],
-        // A repeated key never runs the job again, whether it is running or done.
+        // A repeated key never runs the job again, whether it is running or done:
+        // both cases raise WorkflowExecutionAlreadyStartedError.
         workflowIdReusePolicy: 'REJECT_DUPLICATE',
-        workflowIdConflictPolicy: 'USE_EXISTING',
       });
       return { id, created: true };
     } catch (err) {
