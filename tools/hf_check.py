@@ -135,6 +135,11 @@ def main() -> int:
     # Greedy decoding re-derived from the full forward must agree with generate().
     if paris_logits[len(paris_ids) - 1 : -1].argmax(-1).tolist() != gen:
         failures.append("generate() tokens differ from the full-forward argmax")
+    # How close each greedy choice was (top-1 minus top-2 logit): a small margin means a
+    # backend with different rounding (e.g. llama.cpp's quantized path) may answer differently.
+    steps = torch.topk(paris_logits[len(paris_ids) - 1 : -1], 2, dim=-1).values
+    margins = (steps[:, 0] - steps[:, 1]).tolist()
+    report["paris_greedy_margins"] = [round(m, 4) for m in margins]
     long_positions = sorted(set(range(LONG_EVERY - 1, LONG, LONG_EVERY)) | {LONG - 1})
     prompts = [
         prompt_entry("moby-64", short_ids, short_logits, list(range(SHORT)), SHORT),
