@@ -108,6 +108,14 @@ SPECS = {
 }
 
 
+# Lower-precision copies of the same weights, for the loader's bf16/f16 and sharded paths.
+# Their references are computed from the rounded weights, upcast to float32.
+VARIANTS = {
+    "tiny-llama": [("tiny-llama-bf16-sharded", torch.bfloat16, "120KB")],
+    "tiny-qwen2": [("tiny-qwen2-f16", torch.float16, None)],
+}
+
+
 def byte_tokenizer() -> Tokenizer:
     """Byte-level tokenizer: id i is byte i, no merges, so ids == the UTF-8 bytes of a text."""
     vocab = {_bytelevel_char(b): b for b in range(256)}
@@ -143,12 +151,12 @@ def randomise_norms_and_biases(model: torch.nn.Module, gen: torch.Generator) -> 
                 p.copy_(0.2 * torch.randn(p.shape, generator=gen))
 
 
-def classic_config(path: Path, rope_theta: float, rope_scaling: dict | None) -> None:
+def classic_config(path: Path, rope_theta: float, rope_scaling: dict | None, dtype: str) -> None:
     cfg = json.loads(path.read_text())
     cfg.pop("rope_parameters", None)
     cfg["rope_theta"] = rope_theta
     cfg["rope_scaling"] = rope_scaling
-    cfg["torch_dtype"] = "float32"
+    cfg["torch_dtype"] = dtype
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
@@ -177,54 +185,45 @@ def reference(model: torch.nn.Module, prompt: list[int]) -> dict:
     )
 
 
-def make(name: str, out_root: Path, tok: Tokenizer) -> None:
-    cfg_cls, model_cls, extra = SPECS[name]
-    extra = copy.deepcopy(extra)  # config constructors mutate the rope dict in place
-    rope_scaling = extra.pop("rope_scaling_classic")
-    rope_theta = extra["rope_theta"]
-    kwargs = dict(COMMON, **extra)
-    if rope_scaling is not None:
-        kwargs["rope_scaling"] = dict(rope_scaling)
-    config = cfg_cls(**kwargs)
-    torch.manual_seed(SEED)
-    config._attn_implementation = "eager"  # same kernel as the reloaded model below
-    model = model_cls(config).float().eval()
-    randomise_norms_and_biases(model, torch.Generator().manual_seed(SEED + 1))
-
-    out = out_root / name
-    tmp = out_root / (name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    classic_config(tmp / "config.json", rope_theta, rope_scaling)
-    tok.save(str(tmp / "tokenizer.json"))
-    (tmp / "tokenizer_config.json").write_text(
-        json.dumps(
-            dict(
-                tokenizer_class="PreTrainedTokenizerFast",
-                bos_token=BOS,
-                eos_token=EOS,
-                add_bos_token=False,
-                model_max_length=COMMON["max_position_embeddings"],
-                chat_template=CHAT_TEMPLATE,
-            ),
-            indent=2,
-        )
-        + "\n"
+def write_tokenizer(out: Path, tok: Tokenizer) -> None:
+    tok.save(str(out / "tokenizer.json"))
+    cfg = dict(
+        tokenizer_class="PreTrainedTokenizerFast",
+        bos_token=BOS,
+        eos_token=EOS,
+        add_bos_token=False,
+        model_max_length=COMMON["max_position_embeddings"],
+        chat_template=CHAT_TEMPLATE,
     )
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
-    # Reference comes from the files on disk, loaded the way any user would load them.
+
+def save(model, name: str, out_root: Path, tok: Tokenizer, rope: tuple, dtype: torch.dtype, shard: str | None):
+    """Write `model` in `dtype` with tokenizer and transformers' reference logits; return the
+    float32 model transformers loads back from those files (the reference's source)."""
+    out, tmp = out_root / name, out_root / (name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cast = copy.deepcopy(model).to(dtype)
+    cast.save_pretrained(tmp, safe_serialization=True, **({"max_shard_size": shard} if shard else {}))
+    classic_config(tmp / "config.json", *rope, str(dtype).removeprefix("torch."))
+    write_tokenizer(tmp, tok)
+
+    # Reference comes from the files on disk, loaded the way any user would load them:
+    # transformers upcasts bf16/f16 weights to float32 exactly, and so should the engine.
     loaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, attn_implementation="eager").eval()
-    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
-        assert k == k2 and torch.equal(a, b), f"reload changed {k}"
+    for (k, a), (k2, b) in zip(cast.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a.float(), b), f"reload changed {k}"
     prompt = tok.encode(PROMPT_TEXT).ids
     assert prompt == list(PROMPT_TEXT.encode()), prompt
-    # The rewritten config must mean the same model (rope scaling included).
-    with torch.no_grad():
-        a, b = model(torch.tensor([prompt])).logits, loaded(torch.tensor([prompt])).logits
-    assert torch.equal(a, b), f"{name}: reloaded config changes logits by {(a - b).abs().max()}"
+    if dtype == torch.float32:
+        # The rewritten config must mean the same model (rope scaling included).
+        with torch.no_grad():
+            a, b = model(torch.tensor([prompt])).logits, loaded(torch.tensor([prompt])).logits
+        assert torch.equal(a, b), f"{name}: reloaded config changes logits by {(a - b).abs().max()}"
     ref = dict(
         model=name,
-        architecture=model_cls.__name__,
+        architecture=type(model).__name__,
+        weights_dtype=str(dtype).removeprefix("torch."),
         prompt_text=PROMPT_TEXT,
         prompt_ids=prompt,
         **reference(loaded, prompt),
@@ -234,7 +233,27 @@ def make(name: str, out_root: Path, tok: Tokenizer) -> None:
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     size = sum(f.stat().st_size for f in out.iterdir())
-    print(f"{name}: {size / 1024:.0f} KiB, generated {ref['generated_ids']}")
+    files = sorted(f.name for f in out.glob("*.safetensors*"))
+    print(f"{name}: {size / 1024:.0f} KiB, {files}, generated {ref['generated_ids']}")
+    return loaded
+
+
+def make(name: str, out_root: Path, tok: Tokenizer) -> None:
+    cfg_cls, model_cls, extra = SPECS[name]
+    extra = copy.deepcopy(extra)  # config constructors mutate the rope dict in place
+    rope_scaling = extra.pop("rope_scaling_classic")
+    rope = (extra["rope_theta"], rope_scaling)
+    kwargs = dict(COMMON, **extra)
+    if rope_scaling is not None:
+        kwargs["rope_scaling"] = dict(rope_scaling)
+    config = cfg_cls(**kwargs)
+    torch.manual_seed(SEED)
+    config._attn_implementation = "eager"  # same kernel as the reloaded model in save()
+    model = model_cls(config).float().eval()
+    randomise_norms_and_biases(model, torch.Generator().manual_seed(SEED + 1))
+    save(model, name, out_root, tok, rope, torch.float32, None)
+    for variant, dtype, shard in VARIANTS.get(name, ()):
+        save(model, variant, out_root, tok, rope, dtype, shard)
 
 
 def main() -> None:
