@@ -21,7 +21,7 @@ namespace {
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(int threads)
-      : pool_(threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency())) {}
+      : pool_(threads > 0 ? threads : available_cores()) {}
 
   std::string name() const override { return "cpu"; }
 
@@ -104,12 +104,21 @@ class CpuBackend final : public Backend {
                  Tensor* out) override {
     ThreadPool::Bind bind(&pool_);
     const int64_t heads = q.dim(1), hd = q.dim(2);
-    for (const auto& s : segments) {
-      const int64_t kvh = s.k_cache->dim(0), cap = s.k_cache->dim(1);
-      const int64_t off = static_cast<int64_t>(s.q_begin) * heads * hd;
-      attention_forward(out->f32() + off, q.f32() + off, s.k_cache->f32(), s.v_cache->f32(), s.n_q,
-                        s.start_pos, heads, kvh, hd, cap, scale, s.selection, s.budget);
+    if (segments.empty()) return;
+    std::vector<AttentionSeq> seqs(segments.size());
+    for (size_t i = 0; i < segments.size(); ++i) {
+      const AttentionSegment& s = segments[i];
+      seqs[i].k_cache = s.k_cache->f32();
+      seqs[i].v_cache = s.v_cache->f32();
+      seqs[i].capacity = s.k_cache->dim(1);
+      seqs[i].q_begin = s.q_begin;
+      seqs[i].n_q = s.n_q;
+      seqs[i].start_pos = s.start_pos;
+      seqs[i].selection = s.selection;
+      seqs[i].budget = s.budget;
     }
+    attention_batch_forward(out->f32(), q.f32(), seqs.data(), static_cast<int64_t>(seqs.size()),
+                            heads, segments[0].k_cache->dim(0), hd, scale);
   }
 
   void gather_rows(const Tensor& x, const std::vector<int32_t>& rows, Tensor* out) override {

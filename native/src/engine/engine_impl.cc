@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "backend/registry.h"
+#include "util/thread_pool.h"
 
 namespace spx {
 
@@ -41,7 +42,7 @@ std::unique_ptr<Engine> EngineImpl::create(const EngineOptions& o, Status* statu
   }
   std::unique_ptr<EngineImpl> e(new EngineImpl());
   e->options_ = o;
-  e->options_.threads = o.threads > 0 ? o.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  e->options_.threads = o.threads > 0 ? o.threads : available_cores();
   e->backend_ = make_backend(o.device, e->options_.threads, status);
   if (!e->backend_) return nullptr;
   *status = Transformer::load(o.model_dir, e->backend_.get(), &e->model_);

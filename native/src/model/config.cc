@@ -1,5 +1,6 @@
 #include "model/config.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "util/json.h"
@@ -76,6 +77,25 @@ Status parse_rope(const Json& root, RopeConfig* rope) {
   return Status::Ok();
 }
 
+// eos_token_id is an int or a list of ints.
+Status add_eos_ids(const Json& root, int vocab_size, std::vector<int32_t>* out) {
+  const Json* eos = root.find("eos_token_id");
+  if (eos == nullptr || eos->is_null()) return Status::Ok();
+  std::vector<const Json*> ids;
+  if (eos->is_array()) {
+    for (const Json& e : eos->items()) ids.push_back(&e);
+  } else {
+    ids.push_back(eos);
+  }
+  for (const Json* e : ids) {
+    if (!e->is_integer() || e->as_int() < 0 || e->as_int() >= vocab_size)
+      return Status::Error("eos_token_id out of range");
+    const int32_t id = static_cast<int32_t>(e->as_int());
+    if (std::find(out->begin(), out->end(), id) == out->end()) out->push_back(id);
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status parse_model_config(const std::string& text, ModelConfig* out) {
@@ -135,20 +155,8 @@ Status parse_model_config(const std::string& text, ModelConfig* out) {
     c.qk_norm = true;
   }
 
-  const Json* eos = root.find("eos_token_id");
-  if (eos != nullptr && !eos->is_null()) {
-    std::vector<const Json*> ids;
-    if (eos->is_array()) {
-      for (const Json& e : eos->items()) ids.push_back(&e);
-    } else {
-      ids.push_back(eos);
-    }
-    for (const Json* e : ids) {
-      if (!e->is_integer() || e->as_int() < 0 || e->as_int() >= c.vocab_size)
-        return Status::Error("config.json: eos_token_id out of range");
-      c.eos_token_ids.push_back(static_cast<int32_t>(e->as_int()));
-    }
-  }
+  st = add_eos_ids(root, c.vocab_size, &c.eos_token_ids);
+  if (!st.ok) return Status::Error("config.json: " + st.message);
   return Status::Ok();
 }
 
@@ -156,7 +164,18 @@ Status load_model_config(const std::string& dir, ModelConfig* out) {
   std::string text;
   Status st = read_text_file(dir + "/config.json", &text);
   if (!st.ok) return st;
-  return parse_model_config(text, out);
+  st = parse_model_config(text, out);
+  if (!st.ok) return st;
+  // Chat models often list extra end-of-turn ids only in generation_config.json
+  // (e.g. Llama 3's <|eot_id|>). That file is optional metadata, so a missing
+  // or unreadable one changes nothing.
+  Json gen;
+  if (read_text_file(dir + "/generation_config.json", &text).ok && Json::parse(text, &gen).ok &&
+      gen.is_object()) {
+    std::vector<int32_t> ids = out->eos_token_ids;
+    if (add_eos_ids(gen, out->vocab_size, &ids).ok) out->eos_token_ids = ids;
+  }
+  return Status::Ok();
 }
 
 }  // namespace spx

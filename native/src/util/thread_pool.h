@@ -64,5 +64,7 @@ class ThreadPool {
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 // Threads of the current thread's pool (1 when none is bound).
 int current_threads();
+// Cores this process may run on (its CPU affinity mask), at least 1.
+int available_cores();
 
 }  // namespace spx

@@ -66,24 +66,41 @@ void attend_one(float* out, const float* q, const float* k, const float* v, int6
 
 }  // namespace
 
+void attention_batch_forward(float* out, const float* q, const AttentionSeq* seqs, int64_t n_seqs,
+                             int64_t heads, int64_t kv_heads, int64_t hd, float scale) {
+  const int64_t group = heads / kv_heads;
+  // Work items: (sequence, query row, head), flattened; row_start[i] is the
+  // first item of sequence i.
+  std::vector<int64_t> item_start(static_cast<size_t>(n_seqs) + 1, 0);
+  for (int64_t i = 0; i < n_seqs; ++i) item_start[i + 1] = item_start[i] + seqs[i].n_q * heads;
+  parallel_for(item_start[n_seqs], 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> scratch;
+    int64_t sidx = 0;
+    for (int64_t i = i0; i < i1; ++i) {
+      while (item_start[sidx + 1] <= i) ++sidx;
+      const AttentionSeq& s = seqs[sidx];
+      const int64_t local = i - item_start[sidx];
+      const int64_t t = local / heads, h = local % heads, g = h / group;
+      const int64_t row = (s.q_begin + t) * heads + h;
+      attend_one(out + row * hd, q + row * hd, s.k_cache + g * s.capacity * hd,
+                 s.v_cache + g * s.capacity * hd, hd, s.start_pos + t,
+                 s.selection ? s.selection + g * s.budget : nullptr, s.budget, scale, &scratch);
+    }
+  });
+}
+
 void attention_forward(float* out, const float* q, const float* k_cache, const float* v_cache,
                        int64_t n_q, int64_t start_pos, int64_t heads, int64_t kv_heads, int64_t hd,
                        int64_t capacity, float scale, const int32_t* selection, int64_t budget) {
-  const int64_t group = heads / kv_heads;
-  parallel_for(n_q * heads, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> scratch;
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t t = i / heads, h = i % heads;
-      {
-        const int64_t g = h / group;
-        const float* kh = k_cache + g * capacity * hd;
-        const float* vh = v_cache + g * capacity * hd;
-        const int32_t* keys = selection ? selection + g * budget : nullptr;
-        attend_one(out + (t * heads + h) * hd, q + (t * heads + h) * hd, kh, vh, hd,
-                   start_pos + t, keys, budget, scale, &scratch);
-      }
-    }
-  });
+  AttentionSeq s;
+  s.k_cache = k_cache;
+  s.v_cache = v_cache;
+  s.capacity = capacity;
+  s.n_q = n_q;
+  s.start_pos = start_pos;
+  s.selection = selection;
+  s.budget = budget;
+  attention_batch_forward(out, q, &s, 1, heads, kv_heads, hd, scale);
 }
 
 void attention_decode_forward(float* out, const float* q, const float* k_cache,
