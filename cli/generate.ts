@@ -3,6 +3,7 @@
 // `specontext bench-cpu` runs the CPU benchmark of bench/cpu.
 import { readFileSync } from 'node:fs';
 import { type Command, InvalidArgumentError } from 'commander';
+import type { CpuBenchOptions } from '../bench/cpu/run';
 import { type ChatMessage, type Device, openEngine } from '../engine';
 
 export const DEFAULT_MODEL_DIR = 'models/smollm2-135m-instruct';
@@ -122,13 +123,21 @@ export function registerGenerateCommands(program: Command): void {
     .option('--json', 'print one JSON object {text, tokens, promptTokens, stats}')
     .action(generate);
 
+  const list = (v: string) => v.split(',').map((x) => intArg(1)(x));
   program
     .command('bench-cpu')
     .description('CPU prefill/decode tokens/s for SmolLM2-135M, ours beside node-llama-cpp')
     .option('--model <dir>', 'model directory', DEFAULT_MODEL_DIR)
-    .option('--quick', '512-token context only (a smoke run)')
-    .action(async (flags: { model: string; quick?: boolean }) => {
+    .option(
+      '--gguf <file>',
+      'the GGUF for node-llama-cpp (default: found in the model dir or .venv)',
+    )
+    .option('--contexts <list>', 'prompt lengths in tokens', list, [512, 4096])
+    .option('--requests <list>', 'concurrent requests', list, [1, 8])
+    .option('--threads <n>', 'threads for both engines (default: all cores)', intArg(1))
+    .option('--out <file>', 'result JSON (default bench/results/cpu-smollm2.json)')
+    .action(async (flags: CpuBenchOptions) => {
       const { runCpuBench } = await import('../bench/cpu/run');
-      await runCpuBench({ model: flags.model, quick: flags.quick ?? false });
+      await runCpuBench(flags);
     });
 }

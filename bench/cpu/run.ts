@@ -2,8 +2,9 @@
 // and, side by side on the same token ids, on node-llama-cpp 3.21.1 (the
 // same GGUF the model was converted from; theirs runs it quantized, Q4_1).
 //
-//   node dist/bench/cpu/run.js [--model DIR] [--gguf FILE] [--quick]
-//   specontext bench-cpu [--model DIR] [--quick]
+//   node dist/bench/cpu/run.js [--model DIR] [--gguf FILE] [--contexts 512,4096] [--requests 1,8] [--out FILE]
+//     [--threads N]
+//   specontext bench-cpu [same options]
 //
 // Writes bench/results/cpu-smollm2.json. Each configuration runs once after
 // a warm-up; the machine's load is recorded because it is shared.
@@ -24,7 +25,14 @@ const GEN_TOKENS = 32;
 export interface CpuBenchOptions {
   model: string;
   gguf?: string;
-  quick: boolean;
+  /** Context lengths (prompt tokens); default 512 and 4096. */
+  contexts?: number[];
+  /** Concurrent requests; default 1 and 8. */
+  requests?: number[];
+  /** Threads for both engines; default all cores. */
+  threads?: number;
+  /** Where to write the JSON; default bench/results/cpu-smollm2.json. */
+  out?: string;
 }
 
 interface Row {
@@ -68,7 +76,11 @@ async function runOurs(engine: Engine, prompts: number[][]): Promise<Throughput>
   return throughput(runs);
 }
 
-function runLlamaCpp(gguf: string, prompts: number[][]): Throughput | { error: string } {
+function runLlamaCpp(
+  gguf: string,
+  prompts: number[][],
+  threads: number,
+): Throughput | { error: string } {
   const script = path.join(ROOT, 'bench', 'llama-cpp', 'run.mjs');
   if (!existsSync(path.join(ROOT, 'bench', 'llama-cpp', 'node_modules', 'node-llama-cpp'))) {
     return { error: 'node-llama-cpp not installed: cd bench/llama-cpp && npm run setup' };
@@ -88,7 +100,7 @@ function runLlamaCpp(gguf: string, prompts: number[][]): Throughput | { error: s
       '--gen',
       String(GEN_TOKENS),
       '--threads',
-      String(os.cpus().length),
+      String(threads),
     ],
     { encoding: 'utf8', maxBuffer: 64 << 20 },
   );
@@ -104,9 +116,10 @@ function fmt(n: number): string {
 
 export async function runCpuBench(options: CpuBenchOptions): Promise<void> {
   const gguf = options.gguf ?? findGguf(options.model);
-  const contexts = options.quick ? [512] : [512, 4096];
-  const batches = [1, 8];
-  const engine = await openEngine({ model: options.model, maxBatch: 8 });
+  const contexts = options.contexts ?? [512, 4096];
+  const batches = options.requests ?? [1, 8];
+  const threads = options.threads || os.cpus().length;
+  const engine = await openEngine({ model: options.model, maxBatch: 8, threads });
   const rows: Row[] = [];
   const loadBefore = os.loadavg();
   const ourThreads = engine.stats().threads;
@@ -121,7 +134,7 @@ export async function runCpuBench(options: CpuBenchOptions): Promise<void> {
         process.stderr.write(`ctx ${contextTokens} x ${requests}: ours...`);
         const ours = await runOurs(engine, prompts);
         process.stderr.write(' node-llama-cpp...');
-        const llamaCpp = runLlamaCpp(gguf, prompts);
+        const llamaCpp = runLlamaCpp(gguf, prompts, threads);
         process.stderr.write(' done\n');
         const row: Row = { contextTokens, requests, ours, llamaCpp };
         if (!('error' in llamaCpp)) {
@@ -162,9 +175,8 @@ export async function runCpuBench(options: CpuBenchOptions): Promise<void> {
       'same token ids (Moby-Dick windows) to both; prefill tok/s = prompt tokens / time to the last first token; decode tok/s = tokens after that / their time; greedy, no stop tokens',
     rows,
   };
-  const outDir = path.join(ROOT, 'bench', 'results');
-  mkdirSync(outDir, { recursive: true });
-  const outFile = path.join(outDir, 'cpu-smollm2.json');
+  const outFile = options.out ?? path.join(ROOT, 'bench', 'results', 'cpu-smollm2.json');
+  mkdirSync(path.dirname(outFile), { recursive: true });
   writeFileSync(outFile, `${JSON.stringify(result, null, 2)}\n`);
 
   const lines = [
@@ -186,10 +198,14 @@ if (require.main === module) {
     const i = args.indexOf(name);
     return i >= 0 ? args[i + 1] : undefined;
   };
+  const list = (v: string | undefined) => v?.split(',').map(Number);
   runCpuBench({
     model: arg('--model') ?? path.join(ROOT, 'models', 'smollm2-135m-instruct'),
     gguf: arg('--gguf'),
-    quick: args.includes('--quick'),
+    contexts: list(arg('--contexts')),
+    requests: list(arg('--requests')),
+    out: arg('--out'),
+    threads: Number(arg('--threads') ?? 0),
   }).catch((err) => {
     process.stderr.write(`bench-cpu: ${err instanceof Error ? err.message : String(err)}\n`);
     process.exitCode = 1;
