@@ -25,7 +25,7 @@ Napi::Value Backends(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Array list = Napi::Array::New(env);
   list.Set(0u, "cpu");
-#ifdef SPX_WITH_CUDA
+#ifdef SPX_HAVE_CUDA  // set by native/cuda.cmake when the CUDA backend is linked
   list.Set(1u, "cuda");
 #endif
   return list;
