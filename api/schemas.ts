@@ -40,8 +40,7 @@ export const truncationSchema = z
 const nonBlank = (what: string) =>
   z
     .string({ error: `${what} must be a string` })
-    .min(1, `${what} is empty`)
-    .refine((s) => s.trim().length > 0, `${what} is only whitespace`);
+    .refine((s) => s.trim().length > 0, `${what} is empty (or only whitespace)`);
 
 export const jobRequestShape = {
   document: nonBlank('document'),

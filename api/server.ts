@@ -88,6 +88,7 @@ export async function buildApi(d: ApiDeps): Promise<FastifyInstance> {
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_req, body, done) => {
     try {
       const text = decodeUtf8(body as Buffer);
+      if (!text.trim()) throw new BadRequest('request body is empty');
       try {
         done(null, JSON.parse(text));
       } catch (err) {
