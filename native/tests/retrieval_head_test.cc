@@ -52,7 +52,8 @@ void check_head_matches_target(const std::string& name) {
   // Decode steps: target captures q; head (layer 1 or 0) scores.
   const int layer = c.num_layers - 1;
   std::unique_ptr<PrunedHead> head;
-  ASSERT_TRUE(PrunedHead::make(model.get(), layer, &head).ok);
+  // Pooled over every layer: block p holds layer p's scores.
+  ASSERT_TRUE(PrunedHead::make(model.get(), layer, &head, c.num_layers).ok);
   ASSERT_TRUE(head->open(7, cap).ok);
   std::vector<HeadChunk> hc = {{7, tokens.data(), T0, nullptr}};
   ASSERT_TRUE(head->forward(hc).ok);
@@ -68,17 +69,19 @@ void check_head_matches_target(const std::string& name) {
     dec.q_capture = &q;
     ASSERT_TRUE(model->forward(dec, &logits).ok);
     const int T = pos + 1;
-    ASSERT_EQ(scores.size(), static_cast<size_t>(H * T));
-    const float* kc = kv->k[layer].f32();  // [kvh, cap, D]
+    const int L = c.num_layers;
+    ASSERT_EQ(scores.size(), static_cast<size_t>(L * H * T));
     double max_err = 0, max_ref = 0;
-    for (int h = 0; h < H; ++h) {
-      for (int t = 0; t < T; ++t) {
-        double dot = 0;
-        for (int d = 0; d < D; ++d)
-          dot += q[(layer * H + h) * D + d] * kc[((h / G) * cap + t) * D + d];
-        dot /= std::sqrt(static_cast<double>(D));
-        max_err = std::max(max_err, std::fabs(dot - scores[h * T + t]));
-        max_ref = std::max(max_ref, std::fabs(dot));
+    for (int l = 0; l < L; ++l) {
+      const float* kc = kv->k[l].f32();  // [kvh, cap, D]
+      for (int h = 0; h < H; ++h) {
+        for (int t = 0; t < T; ++t) {
+          double dot = 0;
+          for (int d = 0; d < D; ++d) dot += q[(l * H + h) * D + d] * kc[((h / G) * cap + t) * D + d];
+          dot /= std::sqrt(static_cast<double>(D));
+          max_err = std::max(max_err, std::fabs(dot - scores[(l * H + h) * T + t]));
+          max_ref = std::max(max_ref, std::fabs(dot));
+        }
       }
     }
     EXPECT_LT(max_err, 1e-4 * std::max(1.0, max_ref)) << "step " << s;

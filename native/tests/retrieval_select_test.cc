@@ -22,9 +22,11 @@ struct Ref {
   std::vector<double> mass;               // [kv_heads]
 };
 
-Ref reference(const std::vector<float>& logits, int qh, int kvh, int T, const SelectOptions& o) {
-  std::vector<std::vector<double>> p(qh, std::vector<double>(T));
-  for (int q = 0; q < qh; ++q) {
+Ref reference(const std::vector<float>& logits, int qh, int kvh, int T, const SelectOptions& o,
+              int pool = 1) {
+  const int rows = pool * qh;
+  std::vector<std::vector<double>> p(rows, std::vector<double>(T));
+  for (int q = 0; q < rows; ++q) {
     double mx = -1e30, s = 0;
     for (int t = 0; t < T; ++t) mx = std::max(mx, static_cast<double>(logits[q * T + t]));
     for (int t = 0; t < T; ++t) s += p[q][t] = std::exp(logits[q * T + t] - mx);
@@ -37,7 +39,11 @@ Ref reference(const std::vector<float>& logits, int qh, int kvh, int T, const Se
     std::vector<std::tuple<int, double, int>> keys;
     for (int t = 0; t < T; ++t) {
       double m = 0;
-      for (int j = 0; j < g; ++j) m = std::max(m, p[h * g + j][t]);
+      for (int b = 0; b < pool; ++b)
+        for (int j = 0; j < g; ++j) {
+          const double x = p[b * qh + h * g + j][t];
+          m = o.reduce == spx::retrieval::GroupReduce::Max ? std::max(m, x) : m + x / (pool * g);
+        }
       const int cls = t < o.n_sink ? 0 : (t >= T - o.n_recent ? 1 : 2);
       keys.emplace_back(cls, -m, t);
     }
@@ -46,10 +52,11 @@ Ref reference(const std::vector<float>& logits, int qh, int kvh, int T, const Se
     for (int i = 0; i < o.budget; ++i) s.push_back(std::get<2>(keys[i]));
     std::sort(s.begin(), s.end());
     double mass = 0;
-    for (int j = 0; j < g; ++j)
-      for (int32_t t : s) mass += p[h * g + j][t];
+    for (int b = 0; b < pool; ++b)
+      for (int j = 0; j < g; ++j)
+        for (int32_t t : s) mass += p[b * qh + h * g + j][t];
     r.sel.push_back(s);
-    r.mass.push_back(mass / g);
+    r.mass.push_back(mass / (pool * g));
   }
   return r;
 }
@@ -87,6 +94,34 @@ TEST(RetrievalSelect, MatchesBruteForceOnRandomScores) {
     }
     EXPECT_NEAR(res.min_mass, min_mass, 1e-4);
     EXPECT_NEAR(res.mean_mass, mean, 1e-4);
+  }
+}
+
+TEST(RetrievalSelect, PooledLayersAndMeanReduceMatchBruteForce) {
+  Selector sel;
+  for (uint32_t seed = 100; seed < 130; ++seed) {
+    std::mt19937 rng(seed);
+    const int kvh = 1 + rng() % 3, g = 1 + rng() % 3, qh = kvh * g, pool = 1 + rng() % 4;
+    const int T = 20 + rng() % 300;
+    SelectOptions o;
+    o.budget = 1 + rng() % (T - 1);
+    o.n_sink = 0;
+    o.n_recent = 0;
+    o.reduce = seed % 2 ? spx::retrieval::GroupReduce::Mean : spx::retrieval::GroupReduce::Max;
+    std::normal_distribution<float> nd(0, 2.0f);
+    std::vector<float> logits(pool * qh * T);
+    for (auto& x : logits) x = nd(rng);
+    std::vector<int32_t> out(kvh * o.budget);
+    SelectResult res = sel.select(logits.data(), pool, qh, kvh, T, T, o, out.data());
+    Ref ref = reference(logits, qh, kvh, T, o, pool);
+    SCOPED_TRACE(testing::Message() << "seed " << seed << " pool " << pool);
+    double min_mass = 1;
+    for (int h = 0; h < kvh; ++h) {
+      std::vector<int32_t> got(out.begin() + h * o.budget, out.begin() + (h + 1) * o.budget);
+      ASSERT_EQ(got, ref.sel[h]) << "head " << h;
+      min_mass = std::min(min_mass, ref.mass[h]);
+    }
+    EXPECT_NEAR(res.min_mass, min_mass, 1e-4);
   }
 }
 

@@ -164,7 +164,7 @@ Status run_fidelity(Transformer* target, const std::vector<PrunedHead*>& heads,
       for (int s = 0; s < S; ++s) {
         const int T = N + s + 1;
         std::vector<int32_t> idx(static_cast<size_t>(KVH) * B);
-        SelectResult res = selector.select(scores[s].data(), H, KVH, T, T, so, idx.data());
+        SelectResult res = selector.select(scores[s].data(), head->pool(), H, KVH, T, T, so, idx.data());
         ForwardChunk ch{work, N + s, 1, LogitsMode::Last};
         if (!res.full || res.fallback) {
           run.sel[s] = idx;

@@ -9,6 +9,8 @@ int recommended_layers(const ModelConfig& target) {
   return std::max(1, target.num_layers / 4);
 }
 
+int recommended_pool(const ModelConfig& target) { return 1; }
+
 Status make_head(Transformer* target, Backend* backend, const HeadChoice& choice,
                  std::unique_ptr<Transformer>* dlm_model, std::unique_ptr<PrunedHead>* head,
                  std::string* kind) {
@@ -19,8 +21,10 @@ Status make_head(Transformer* target, Backend* backend, const HeadChoice& choice
     if (choice.oracle_layer >= c.num_layers)
       return Status::Error("oracle layer " + std::to_string(choice.oracle_layer) + " outside the target's " +
                            std::to_string(c.num_layers) + " layers");
-    *kind = "oracle layer " + std::to_string(choice.oracle_layer);
-    return PrunedHead::make(target, choice.oracle_layer, head);
+    const int pool = std::max(choice.pool, 1);
+    *kind = "oracle layer " + std::to_string(choice.oracle_layer) +
+            (pool > 1 ? ", pooled over " + std::to_string(pool) + " layers" : "");
+    return PrunedHead::make(target, choice.oracle_layer, head, pool);
   }
   if (!choice.dlm_dir.empty()) {
     Status st = Transformer::load(choice.dlm_dir, backend, dlm_model);
@@ -33,16 +37,19 @@ Status make_head(Transformer* target, Backend* backend, const HeadChoice& choice
       return Status::Error("the DLM's attention heads differ from the target's");
     const int k = choice.dlm_layers > 0 ? choice.dlm_layers : d.num_layers;
     if (k > d.num_layers) return Status::Error("dlm layers exceed the DLM's depth");
+    const int pool = std::max(choice.pool, 1);
     *kind = "dlm " + choice.dlm_dir + " scoring layer " + std::to_string(k - 1);
-    return PrunedHead::make(dlm_model->get(), k - 1, head);
+    return PrunedHead::make(dlm_model->get(), k - 1, head, pool);
   }
   const int k = choice.dlm_layers > 0 ? choice.dlm_layers : recommended_layers(c);
   if (k > c.num_layers)
     return Status::Error("dlm layers " + std::to_string(k) + " exceed the target's " +
                          std::to_string(c.num_layers) + " layers");
+  const bool rec = choice.dlm_layers <= 0;
+  const int pool = choice.pool > 0 ? choice.pool : (rec ? std::min(recommended_pool(c), k) : 1);
   *kind = "self-derived, first " + std::to_string(k) + " layers" +
-          (choice.dlm_layers > 0 ? "" : " (recommended)");
-  return PrunedHead::make(target, k - 1, head);
+          (pool > 1 ? ", pooled over the last " + std::to_string(pool) : "") + (rec ? " (recommended)" : "");
+  return PrunedHead::make(target, k - 1, head, pool);
 }
 
 }  // namespace spx::retrieval

@@ -19,11 +19,13 @@ struct HeadChoice {
   std::string dlm_dir;
   int dlm_layers = 0;
   int oracle_layer = -1;
+  int pool = 0;  // layers pooled, the scoring layer and those just below (0: recommended)
 };
 
 // Self-derived layers recommended for a target with no DLM (measured with
 // `specontext eval fidelity`, see docs/specontext.md).
 int recommended_layers(const ModelConfig& target);
+int recommended_pool(const ModelConfig& target);
 
 // Builds the head. A DLM is loaded onto `backend` into *dlm_model (kept alive
 // by the caller); `kind` describes the head for reports.

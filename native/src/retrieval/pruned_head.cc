@@ -20,6 +20,22 @@ uint64_t layer_params(const LayerWeights& l) {
   return n;
 }
 
+// out[h, t] = q[h] . k[h / group, t] * scale for t < T; k is [kv_heads, cap, D].
+void score_rows(const float* q, const float* k, int64_t heads, int64_t group, int64_t T, int64_t cap,
+                int64_t D, float scale, float* out) {
+  for (int64_t h = 0; h < heads; ++h) {
+    const float* qv = q + h * D;
+    const float* kc = k + (h / group) * cap * D;
+    float* o = out + h * T;
+    for (int64_t t = 0; t < T; ++t) {
+      const float* kr = kc + t * D;
+      float dot = 0;
+      for (int64_t d = 0; d < D; ++d) dot += qv[d] * kr[d];
+      o[t] = dot * scale;
+    }
+  }
+}
+
 }  // namespace
 
 uint64_t model_param_count(const Transformer& model) {
@@ -30,15 +46,20 @@ uint64_t model_param_count(const Transformer& model) {
   return n;
 }
 
-Status PrunedHead::make(Transformer* model, int scoring_layer, std::unique_ptr<PrunedHead>* out) {
+Status PrunedHead::make(Transformer* model, int scoring_layer, std::unique_ptr<PrunedHead>* out,
+                        int pool) {
   const ModelConfig& c = model->config();
   if (scoring_layer < 0 || scoring_layer >= c.num_layers) {
     return Status::Error("retrieval head: scoring layer " + std::to_string(scoring_layer) +
                          " outside the model's " + std::to_string(c.num_layers) + " layers");
   }
+  if (pool < 1 || pool > scoring_layer + 1)
+    return Status::Error("retrieval head: cannot pool " + std::to_string(pool) + " layers up to layer " +
+                         std::to_string(scoring_layer));
   auto h = std::unique_ptr<PrunedHead>(new PrunedHead());
   h->model_ = model;
   h->layer_ = scoring_layer;
+  h->pool_ = pool;
   h->store_ = std::make_unique<KvStore>(model->backend(), scoring_layer, c.num_kv_heads, c.head_dim);
   const ModelWeights& w = model->weights();
   h->head_params_ = params(w.embed);
@@ -142,6 +163,7 @@ Status PrunedHead::forward(const std::vector<HeadChunk>& chunks) {
   const int n = static_cast<int>(batch.tokens.size());
   Tensor x;
   batch.hidden_out = &x;
+  if (pool_ > 1) batch.q_capture = &qcap_;
   std::vector<float> unused;
   Status st = model_->forward(batch, &unused);
   if (!st.ok) return st;
@@ -175,8 +197,9 @@ Status PrunedHead::forward(const std::vector<HeadChunk>& chunks) {
 
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const int64_t group = heads / kvh;
-  int row = 0;
+  int row = 0, ci = -1;
   for (const HeadChunk& hc : chunks) {
+    ++ci;
     Request& r = reqs_[hc.id];
     for (int t = 0; t < hc.n; ++t) {
       const int pos = r.n_tokens + t;
@@ -190,18 +213,18 @@ Status PrunedHead::forward(const std::vector<HeadChunk>& chunks) {
       const int64_t T = r.n_tokens;
       qh_.resize(static_cast<size_t>(heads * D));
       if (!(st = be.download(q.rows(row + hc.n - 1, 1), qh_.data())).ok) return st;
-      hc.scores->resize(static_cast<size_t>(heads * T));
-      for (int64_t hd = 0; hd < heads; ++hd) {
-        const float* qv = &qh_[static_cast<size_t>(hd * D)];
-        const float* kc = &r.k[static_cast<size_t>((hd / group) * r.capacity * D)];
-        float* out = hc.scores->data() + hd * T;
-        for (int64_t t = 0; t < T; ++t) {
-          const float* kr = kc + t * D;
-          float dot = 0;
-          for (int64_t d = 0; d < D; ++d) dot += qv[d] * kr[d];
-          out[t] = dot * scale;
-        }
+      hc.scores->resize(static_cast<size_t>(pool_ * heads * T));
+      // Pooled layers below: their captured query against their own K cache.
+      for (int p = 0; p + 1 < pool_; ++p) {
+        const int l = layer_ - pool_ + 1 + p;
+        kbuf_.resize(static_cast<size_t>(r.kv->k[l].numel()));
+        if (!(st = be.download(r.kv->k[l], kbuf_.data())).ok) return st;
+        const float* ql = &qcap_[(static_cast<size_t>(ci) * layer_ + l) * heads * D];
+        score_rows(ql, kbuf_.data(), heads, group, T, r.capacity, D, scale,
+                   hc.scores->data() + static_cast<size_t>(p) * heads * T);
       }
+      score_rows(qh_.data(), r.k.data(), heads, group, T, r.capacity, D, scale,
+                 hc.scores->data() + static_cast<size_t>(pool_ - 1) * heads * T);
     }
     row += hc.n;
   }

@@ -5,7 +5,8 @@
 //   - the scoring layer's Q and K projections, with its norms and RoPE,
 //   - its own K cache of the scoring layer over the whole context,
 // and drops the scoring layer's V, O and MLP, every layer above it, the final
-// norm and the LM head.
+// norm and the LM head. Optionally it pools scores over the layers just
+// below the scoring layer (their K caches are there anyway).
 //
 // Cut from the target itself it is the self-derived head (`--dlm-layers k`:
 // scoring layer k-1) or, scoring at a deep layer, the oracle (the target's
@@ -32,8 +33,9 @@ struct HeadChunk {
   uint64_t id = 0;              // request
   const int32_t* tokens = nullptr;
   int n = 0;                    // tokens appended at the request's current length
-  // When set: the last token's scores q.k/sqrt(d), [q_heads, T] with T the
-  // request's length after this chunk (row stride T).
+  // When set: the last token's scores q.k/sqrt(d), [pool, q_heads, T] with T
+  // the request's length after this chunk (row stride T), one block per
+  // pooled layer, the scoring layer last.
   std::vector<float>* scores = nullptr;
 };
 
@@ -42,8 +44,11 @@ uint64_t model_param_count(const Transformer& model);
 
 class PrunedHead {
  public:
-  // `model` outlives the head; scoring_layer in [0, layers).
-  static Status make(Transformer* model, int scoring_layer, std::unique_ptr<PrunedHead>* out);
+  // `model` outlives the head; scoring_layer in [0, layers). pool > 1 also
+  // scores at the pool-1 layers below the scoring layer, whose K the head
+  // keeps anyway (their full KV caches), for selection pooled over layers.
+  static Status make(Transformer* model, int scoring_layer, std::unique_ptr<PrunedHead>* out,
+                     int pool = 1);
 
   Status open(uint64_t id, int capacity);
   void close(uint64_t id);
@@ -60,6 +65,7 @@ class PrunedHead {
   const Transformer* source() const { return model_; }
 
   int scoring_layer() const { return layer_; }
+  int pool() const { return pool_; }
   int q_heads() const { return model_->config().num_heads; }
   int kv_heads() const { return model_->config().num_kv_heads; }
   // Parameters the head computes with, and the whole model's, for the
@@ -80,12 +86,15 @@ class PrunedHead {
 
   Transformer* model_ = nullptr;
   int layer_ = 0;
+  int pool_ = 1;
+  std::vector<float> qcap_;      // [chunks, layer_, heads*hd] captured queries below
   std::unique_ptr<KvStore> store_;
   std::map<uint64_t, Request> reqs_;
   Tensor h_, q_, k_;             // [cap, hidden], [cap, heads*hd], [cap, kvh*hd]
   Tensor cos_, sin_;             // [cap, hd/2]
   int ws_cap_ = 0;
   std::vector<float> qh_, kh_;   // host copies of one chunk's q / k rows
+  std::vector<float> kbuf_;      // host copy of a pooled layer's K cache
   uint64_t head_params_ = 0, model_params_ = 0;
 };
 

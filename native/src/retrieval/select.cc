@@ -18,7 +18,7 @@ void softmax_row(const float* x, int n, float* out) {
   for (int i = 0; i < n; ++i) out[i] *= inv;
 }
 
-SelectResult Selector::select(const float* logits, int q_heads, int kv_heads, int T,
+SelectResult Selector::select(const float* logits, int pool, int q_heads, int kv_heads, int T,
                               int64_t stride, const SelectOptions& opt, int32_t* out) {
   const int B = opt.budget;
   SelectResult res;
@@ -36,10 +36,14 @@ SelectResult Selector::select(const float* logits, int q_heads, int kv_heads, in
   }
   res.count = B;
   const int group = q_heads / kv_heads;
-  probs_.resize(static_cast<size_t>(q_heads) * T);
+  const int rows = pool * q_heads;
+  probs_.resize(static_cast<size_t>(rows) * T);
   group_.resize(T);
   order_.resize(T);
-  for (int q = 0; q < q_heads; ++q) softmax_row(logits + q * stride, T, &probs_[static_cast<size_t>(q) * T]);
+  for (int q = 0; q < rows; ++q) softmax_row(logits + q * stride, T, &probs_[static_cast<size_t>(q) * T]);
+  // Rows of KV head h: block p, query heads h*group .. h*group+group-1.
+  auto row = [&](int h, int p, int g) { return &probs_[(static_cast<size_t>(p) * q_heads + h * group + g) * T]; };
+  const int members = pool * group;
 
   // Forced tokens outrank any probability (<= 1): sinks first, then the newest.
   const int n_sink = std::min(std::max(opt.n_sink, 0), T);
@@ -47,11 +51,20 @@ SelectResult Selector::select(const float* logits, int q_heads, int kv_heads, in
   double mass_sum = 0;
   res.min_mass = 1.0f;
   for (int h = 0; h < kv_heads; ++h) {
-    const float* p0 = &probs_[static_cast<size_t>(h) * group * T];
-    for (int t = 0; t < T; ++t) {
-      float m = p0[t];
-      for (int g = 1; g < group; ++g) m = std::max(m, p0[static_cast<size_t>(g) * T + t]);
-      group_[t] = m;
+    std::fill(group_.begin(), group_.end(), 0.0f);
+    if (opt.reduce == GroupReduce::Max) {
+      for (int p = 0; p < pool; ++p)
+        for (int g = 0; g < group; ++g) {
+          const float* pr = row(h, p, g);
+          for (int t = 0; t < T; ++t) group_[t] = std::max(group_[t], pr[t]);
+        }
+    } else {
+      for (int p = 0; p < pool; ++p)
+        for (int g = 0; g < group; ++g) {
+          const float* pr = row(h, p, g);
+          for (int t = 0; t < T; ++t) group_[t] += pr[t];
+        }
+      for (int t = 0; t < T; ++t) group_[t] /= members;
     }
     for (int t = recent_from; t < T; ++t) group_[t] = 2.0f;
     for (int t = 0; t < n_sink; ++t) group_[t] = 3.0f;
@@ -64,11 +77,12 @@ SelectResult Selector::select(const float* logits, int q_heads, int kv_heads, in
     std::copy(order_.begin(), order_.begin() + B, o);
     std::sort(o, o + B);
     double mass = 0;
-    for (int g = 0; g < group; ++g) {
-      const float* p = p0 + static_cast<size_t>(g) * T;
-      for (int i = 0; i < B; ++i) mass += p[o[i]];
-    }
-    const float m = static_cast<float>(mass / group);
+    for (int p = 0; p < pool; ++p)
+      for (int g = 0; g < group; ++g) {
+        const float* pr = row(h, p, g);
+        for (int i = 0; i < B; ++i) mass += pr[o[i]];
+      }
+    const float m = static_cast<float>(mass / members);
     res.min_mass = std::min(res.min_mass, m);
     mass_sum += m;
   }
