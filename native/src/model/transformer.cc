@@ -96,7 +96,8 @@ Status Transformer::forward(const ForwardBatch& batch, std::vector<float>* logit
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   std::vector<AttentionSegment> segs(batch.chunks.size());
   const int n_layers = batch.n_layers >= 0 ? std::min(batch.n_layers, c.num_layers) : c.num_layers;
-  if (batch.q_capture) batch.q_capture->resize(static_cast<size_t>(n_layers * heads * D));
+  const int64_t n_chunks = static_cast<int64_t>(batch.chunks.size());
+  if (batch.q_capture) batch.q_capture->resize(static_cast<size_t>(n_chunks * n_layers * heads * D));
   for (int l = 0; l < n_layers; ++l) {
     const LayerWeights& w = w_.layers[static_cast<size_t>(l)];
     be.rmsnorm(x, w.attn_norm, eps, &h);
@@ -112,8 +113,12 @@ Status Transformer::forward(const ForwardBatch& batch, std::vector<float>* logit
     be.rope(&q3, cos, sin);
     be.rope(&k3, cos, sin);
     if (batch.q_capture) {
-      st = be.download(q.rows(N - 1, 1), batch.q_capture->data() + l * heads * D);
-      if (!st.ok) return st;
+      int64_t last = -1;
+      for (int64_t i = 0; i < n_chunks; ++i) {
+        last += batch.chunks[static_cast<size_t>(i)].n_tokens;
+        st = be.download(q.rows(last, 1), batch.q_capture->data() + (i * n_layers + l) * heads * D);
+        if (!st.ok) return st;
+      }
     }
     int row = 0;
     for (size_t i = 0; i < batch.chunks.size(); ++i) {

@@ -39,8 +39,8 @@ struct ForwardBatch {
   // rows [n, hidden] after them (a workspace view, valid until the next call).
   int n_layers = -1;
   Tensor* hidden_out = nullptr;
-  // When set: [layers, heads * head_dim], the post-RoPE query of the batch's
-  // last row at every layer (attention-recall measurement).
+  // When set: [chunks, layers run, heads * head_dim], the post-RoPE query of
+  // each chunk's last token at every layer (retrieval-head pooling, recall).
   std::vector<float>* q_capture = nullptr;
 };
 
