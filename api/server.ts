@@ -119,7 +119,7 @@ export async function buildApi(d: ApiDeps): Promise<FastifyInstance> {
       message = err.validation
         .map(
           (v) =>
-            `${err.validationContext ?? 'body'}${v.instancePath.replaceAll('/', '.')}: ${v.message}`,
+            `${[err.validationContext ?? 'body', ...v.instancePath.split('/').filter(Boolean)].join('.')}: ${v.message}`,
         )
         .join('; ');
     } else if (err instanceof JobRejected) {
