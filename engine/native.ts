@@ -5,6 +5,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import { AddonMissingError } from './errors';
+import type { EngineStats, GenerationStats, ModelInfo } from './types';
 
 /** Opaque: only the addon can make or read one. */
 export interface NativeHandle {
@@ -33,39 +34,12 @@ export interface NativeRequest {
   budget?: number;
 }
 
-export interface NativeRequestStats {
-  promptTokens: number;
-  generatedTokens: number;
-  prefillMs: number;
-  decodeMs: number;
-  prefillTokensPerS: number;
-  decodeTokensPerS: number;
-  finishReason: 'stop' | 'length' | 'cancelled' | 'error';
-}
-
-export interface NativeEngineStats {
-  activeRequests: number;
-  queuedRequests: number;
-  completedRequests: number;
-  cancelledRequests: number;
-  kvBytesInUse: number;
-  prefillTokens: number;
-  decodeTokens: number;
-  threads: number;
-  device: string;
-}
-
-export interface NativeModelInfo {
-  architecture: string;
-  vocabSize: number;
-  hiddenSize: number;
-  numLayers: number;
-  numHeads: number;
-  numKvHeads: number;
-  headDim: number;
-  maxContext: number;
-  eosTokenIds: number[];
-}
+/** The engine's own shapes, as in engine/types.ts; finishReason may also be 'error'. */
+export type NativeRequestStats = Omit<GenerationStats, 'finishReason'> & {
+  finishReason: GenerationStats['finishReason'] | 'error';
+};
+export type NativeEngineStats = EngineStats;
+export type NativeModelInfo = ModelInfo;
 
 /** Called on the JS thread for every token, then once with 'done' or 'error'. */
 export type NativeEventCallback = {
