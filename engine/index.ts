@@ -41,19 +41,30 @@ export async function openEngine(options: EngineOptions): Promise<Engine> {
     throw new ModelLoadError(`model directory not found: ${dir}`);
   }
   const native = loadNative();
-  const tokenizer = ModelTokenizer.load(dir);
+  // The model loads on a worker thread while this thread parses the tokenizer.
+  const opening = native.open({
+    modelDir: dir,
+    device: options.device,
+    threads: options.threads,
+    maxBatch: options.maxBatch,
+    maxContext: options.maxContext,
+    prefillChunk: options.prefillChunk,
+    dlmDir: options.dlm,
+    dlmLayers: options.dlmLayers,
+  });
+  let tokenizer: ModelTokenizer | undefined;
+  try {
+    tokenizer = ModelTokenizer.load(dir);
+  } catch (err) {
+    opening.then(
+      (h) => native.close(h),
+      () => {},
+    );
+    throw err;
+  }
   let handle: NativeHandle;
   try {
-    handle = await native.open({
-      modelDir: dir,
-      device: options.device,
-      threads: options.threads,
-      maxBatch: options.maxBatch,
-      maxContext: options.maxContext,
-      prefillChunk: options.prefillChunk,
-      dlmDir: options.dlm,
-      dlmLayers: options.dlmLayers,
-    });
+    handle = await opening;
   } catch (err) {
     throw toEngineError(err);
   }

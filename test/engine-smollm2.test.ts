@@ -1,7 +1,8 @@
 // The real model (models/smollm2-135m-instruct, made by `tools/convert_smollm2.py`
 // during setup) through the TypeScript API: tokenizer and chat template agree
 // with Hugging Face, the Paris check, streaming, cancellation, batching.
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { type Engine, openEngine } from '../engine';
@@ -122,5 +123,35 @@ describe.skipIf(!haveModel)('SmolLM2-135M-Instruct', () => {
     for (const r of requests) alone.push((await engine.generate(r)).tokens);
     const together = await Promise.all(requests.map((r) => engine.generate(r)));
     expect(together.map((r) => r.tokens)).toEqual(alone);
+  });
+
+  test('native open and generate never block the event loop', async () => {
+    // Without tokenizer.json only native work remains (tokenizer parsing is JS).
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'spx-smollm2-'));
+    for (const f of ['config.json', 'model.safetensors'])
+      symlinkSync(path.join(SMOLLM2, f), path.join(dir, f));
+    let last = performance.now();
+    let maxGap = 0;
+    const timer = setInterval(() => {
+      const now = performance.now();
+      maxGap = Math.max(maxGap, now - last);
+      last = now;
+    }, 5);
+    const started = performance.now();
+    try {
+      const second = await openEngine({ model: dir, threads: 1 });
+      try {
+        await second.generate({ tokens: [12800, 549, 46588, 30], maxTokens: 4, stopTokenIds: [] });
+      } finally {
+        await second.close();
+      }
+    } finally {
+      clearInterval(timer);
+      rmSync(dir, { recursive: true, force: true });
+    }
+    const took = performance.now() - started;
+    // Loading 0.5 GB and running the model take seconds; the JS thread stays free.
+    expect(took).toBeGreaterThan(1000);
+    expect(maxGap).toBeLessThan(Math.min(300, took / 4));
   });
 });
