@@ -76,6 +76,9 @@ async function runOurs(engine: Engine, prompts: number[][]): Promise<Throughput>
   return throughput(runs);
 }
 
+/** What node-llama-cpp reported it ran on (gpu false: the CPU prebuilt). */
+let llamaBackend: { gpu: string | false; buildType: string; threads: number } | undefined;
+
 function runLlamaCpp(
   gguf: string,
   prompts: number[][],
@@ -106,7 +109,13 @@ function runLlamaCpp(
   );
   if (child.status !== 0)
     return { error: (child.stderr || `exit ${child.status}`).trim().slice(-2000) };
-  const out = JSON.parse(child.stdout) as { runs: { promptTokens: number; times: number[] }[] };
+  const out = JSON.parse(child.stdout) as {
+    gpu: string | false;
+    buildType: string;
+    threads: number;
+    runs: { promptTokens: number; times: number[] }[];
+  };
+  llamaBackend = { gpu: out.gpu, buildType: out.buildType, threads: out.threads };
   return throughput(out.runs);
 }
 
