@@ -26,12 +26,4 @@ export class StreamDecoder {
     }
     return '';
   }
-
-  /** Whatever is left at the end (an incomplete character decodes as U+FFFD). */
-  flush(): string {
-    const prefix = this.decode(this.tokens.slice(this.prefixOffset, this.readOffset));
-    const full = this.decode(this.tokens.slice(this.prefixOffset));
-    this.prefixOffset = this.readOffset = this.tokens.length;
-    return full.length > prefix.length ? full.slice(prefix.length) : '';
-  }
 }

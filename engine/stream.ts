@@ -43,7 +43,6 @@ export class RequestStream implements GenerationStream {
     const finishReason = (
       ['stop', 'length', 'cancelled'].includes(stats.finishReason) ? stats.finishReason : 'stop'
     ) as GenerationStats['finishReason'];
-    this.decoder?.flush();
     this.resolveResult({
       text: this.decode ? this.decode(this.tokens) : '',
       tokens: [...this.tokens],
