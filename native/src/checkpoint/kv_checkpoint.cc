@@ -1,0 +1,211 @@
+#include "checkpoint/kv_checkpoint.h"
+
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "checkpoint/crc32c.h"
+
+namespace spx {
+
+namespace {
+
+constexpr char kMagic[8] = {'S', 'P', 'X', 'K', 'V', 'C', 'K', '1'};
+constexpr uint32_t kSegmentMagic = 0x4D474553;  // "SEGM"
+
+template <typename T>
+void put(uint8_t* p, size_t off, T v) {
+  std::memcpy(p + off, &v, sizeof(T));
+}
+template <typename T>
+T get(const uint8_t* p, size_t off) {
+  T v;
+  std::memcpy(&v, p + off, sizeof(T));
+  return v;
+}
+
+// Writes every piece, retrying short writes (writev may stop anywhere).
+Status write_all(int fd, std::vector<iovec> iov) {
+  size_t i = 0;
+  while (i < iov.size()) {
+    const int n = static_cast<int>(std::min<size_t>(iov.size() - i, 512));
+    const ssize_t w = ::writev(fd, &iov[i], n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return Status::Error(std::string("checkpoint write failed: ") + std::strerror(errno));
+    }
+    size_t left = static_cast<size_t>(w);
+    while (i < iov.size() && left >= iov[i].iov_len) left -= iov[i++].iov_len;
+    if (left > 0) {
+      iov[i].iov_base = static_cast<char*>(iov[i].iov_base) + left;
+      iov[i].iov_len -= left;
+    }
+  }
+  return Status::Ok();
+}
+
+std::string pos(size_t off) { return " at byte " + std::to_string(off); }
+
+}  // namespace
+
+uint64_t CheckpointGeometry::segment_payload(int n) const {
+  const uint64_t rows = static_cast<uint64_t>(n);
+  return rows * 4 + 2ull * layers * kv_heads * rows * head_dim * 4 +
+         static_cast<uint64_t>(rk_heads) * rows * rk_dim * 4;
+}
+
+Status write_checkpoint_header(int fd, const CheckpointHeader& h) {
+  uint8_t b[kCheckpointHeaderBytes] = {};
+  std::memcpy(b, kMagic, 8);
+  put<uint32_t>(b, 8, kCheckpointVersion);
+  put<uint32_t>(b, 12, static_cast<uint32_t>(kCheckpointHeaderBytes));
+  put<uint64_t>(b, 16, h.identity);
+  const CheckpointGeometry& g = h.geometry;
+  put<int32_t>(b, 24, g.layers);
+  put<int32_t>(b, 28, g.kv_heads);
+  put<int32_t>(b, 32, g.head_dim);
+  put<int32_t>(b, 36, g.rk_heads);
+  put<int32_t>(b, 40, g.rk_dim);
+  put<int32_t>(b, 44, h.prompt_tokens);
+  put<uint64_t>(b, 48, h.seed);
+  put<uint32_t>(b, 60, crc32c(0, b, 60));
+  return write_all(fd, {iovec{b, sizeof(b)}});
+}
+
+Status append_checkpoint_segment(int fd, const CheckpointGeometry& g, const SegmentSource& s,
+                                 uint64_t* bytes) {
+  const int n = s.to - s.from;
+  if (n <= 0) return Status::Error("checkpoint segment is empty");
+  if (static_cast<int>(s.k.size()) != g.layers || static_cast<int>(s.v.size()) != g.layers)
+    return Status::Error("checkpoint segment has the wrong number of layers");
+  // Each head's rows [from, to) are contiguous in a [heads, capacity, dim] cache.
+  std::vector<iovec> pieces;
+  pieces.push_back(iovec{const_cast<int32_t*>(s.tokens), static_cast<size_t>(n) * 4});
+  auto add_cache = [&](const CacheRows& c, int heads, int dim) {
+    for (int h = 0; h < heads; ++h) {
+      const float* p = c.data + (static_cast<size_t>(h) * c.capacity + s.from) * dim;
+      pieces.push_back(iovec{const_cast<float*>(p), static_cast<size_t>(n) * dim * 4});
+    }
+  };
+  for (int l = 0; l < g.layers; ++l) {
+    add_cache(s.k[static_cast<size_t>(l)], g.kv_heads, g.head_dim);
+    add_cache(s.v[static_cast<size_t>(l)], g.kv_heads, g.head_dim);
+  }
+  if (g.rk_heads > 0) {
+    if (s.retrieval_k.data == nullptr)
+      return Status::Error("checkpoint segment lacks the retrieval head's K cache");
+    add_cache(s.retrieval_k, g.rk_heads, g.rk_dim);
+  }
+  uint32_t crc = 0;
+  uint64_t payload = 0;
+  for (const iovec& v : pieces) {
+    crc = crc32c(crc, v.iov_base, v.iov_len);
+    payload += v.iov_len;
+  }
+  uint8_t hb[kSegmentHeaderBytes] = {};
+  put<uint32_t>(hb, 0, kSegmentMagic);
+  put<int32_t>(hb, 4, s.from);
+  put<int32_t>(hb, 8, s.to);
+  put<int32_t>(hb, 12, s.next_token);
+  put<int32_t>(hb, 16, s.generated);
+  put<uint64_t>(hb, 24, s.draws);
+  put<uint64_t>(hb, 32, payload);
+  put<uint32_t>(hb, 40, crc);
+  put<uint32_t>(hb, 44, crc32c(0, hb, 44));
+  pieces.insert(pieces.begin(), iovec{hb, sizeof(hb)});
+  if (bytes) *bytes = payload + sizeof(hb);
+  return write_all(fd, std::move(pieces));
+}
+
+Status CheckpointReader::open(const std::string& path, uint64_t expected_identity,
+                              const CheckpointGeometry& expected) {
+  Status st = file_.open(path);
+  if (!st.ok) return Status::Error("checkpoint missing or unreadable: " + st.message);
+  const uint8_t* b = file_.data();
+  const size_t size = file_.size();
+  if (size < kCheckpointHeaderBytes)
+    return Status::Error("checkpoint truncated: " + std::to_string(size) +
+                         " bytes, shorter than its header");
+  if (std::memcmp(b, kMagic, 8) != 0) return Status::Error("not a checkpoint file (bad magic)");
+  const uint32_t version = get<uint32_t>(b, 8);
+  if (version != kCheckpointVersion)
+    return Status::Error("unsupported checkpoint version " + std::to_string(version) +
+                         " (this engine reads version " + std::to_string(kCheckpointVersion) + ")");
+  if (get<uint32_t>(b, 60) != crc32c(0, b, 60))
+    return Status::Error("checkpoint header checksum mismatch");
+  header_.identity = get<uint64_t>(b, 16);
+  CheckpointGeometry& g = header_.geometry;
+  g.layers = get<int32_t>(b, 24);
+  g.kv_heads = get<int32_t>(b, 28);
+  g.head_dim = get<int32_t>(b, 32);
+  g.rk_heads = get<int32_t>(b, 36);
+  g.rk_dim = get<int32_t>(b, 40);
+  header_.prompt_tokens = get<int32_t>(b, 44);
+  header_.seed = get<uint64_t>(b, 48);
+  if (header_.identity != expected_identity)
+    return Status::Error("checkpoint model hash mismatch: written for identity " +
+                         std::to_string(header_.identity) + ", this engine is " +
+                         std::to_string(expected_identity));
+  if (!(g == expected))
+    return Status::Error("checkpoint KV geometry mismatch (layers/kv_heads/head_dim/retrieval)");
+
+  size_t off = kCheckpointHeaderBytes;
+  int expect_from = 0;
+  while (off < size) {
+    const size_t k = segments_.size();
+    const std::string which = "segment " + std::to_string(k);
+    if (size - off < kSegmentHeaderBytes)
+      return Status::Error("checkpoint truncated: " + which + " header cut short" + pos(off));
+    const uint8_t* h = b + off;
+    if (get<uint32_t>(h, 0) != kSegmentMagic || get<uint32_t>(h, 44) != crc32c(0, h, 44))
+      return Status::Error("checkpoint " + which + " header checksum mismatch" + pos(off));
+    const int from = get<int32_t>(h, 4), to = get<int32_t>(h, 8);
+    if (from != expect_from || to <= from)
+      return Status::Error("checkpoint " + which + " covers tokens [" + std::to_string(from) + ", " +
+                           std::to_string(to) + "), expected to start at " +
+                           std::to_string(expect_from));
+    const uint64_t payload = get<uint64_t>(h, 32);
+    if (payload != g.segment_payload(to - from))
+      return Status::Error("checkpoint " + which + " payload size does not match its geometry");
+    if (payload > size - off - kSegmentHeaderBytes)
+      return Status::Error("checkpoint truncated: " + which + " needs " + std::to_string(payload) +
+                           " payload bytes, " + std::to_string(size - off - kSegmentHeaderBytes) +
+                           " remain");
+    const uint8_t* p = h + kSegmentHeaderBytes;
+    if (crc32c(0, p, payload) != get<uint32_t>(h, 40))
+      return Status::Error("checkpoint " + which + " checksum mismatch (payload corrupted)");
+    const size_t ntok = static_cast<size_t>(to - from);
+    const size_t old = token_ids_.size();
+    token_ids_.resize(old + ntok);
+    std::memcpy(token_ids_.data() + old, p, ntok * 4);
+    next_token_ = get<int32_t>(h, 12);
+    generated_ = get<int32_t>(h, 16);
+    draws_ = get<uint64_t>(h, 24);
+    segments_.push_back(Segment{from, to, p});
+    expect_from = to;
+    off += kSegmentHeaderBytes + payload;
+  }
+  if (segments_.empty()) return Status::Error("checkpoint has no segments");
+  tokens_ = expect_from;
+  return Status::Ok();
+}
+
+void CheckpointReader::copy(int block, float* dst, int capacity) const {
+  const CheckpointGeometry& g = header_.geometry;
+  const bool retrieval = block == 2 * g.layers;
+  const int heads = retrieval ? g.rk_heads : g.kv_heads;
+  const int dim = retrieval ? g.rk_dim : g.head_dim;
+  for (const Segment& s : segments_) {
+    const int n = s.to - s.from;
+    const size_t kv_block = static_cast<size_t>(g.kv_heads) * n * g.head_dim;
+    const uint8_t* base = s.payload + static_cast<size_t>(n) * 4 + static_cast<size_t>(block) * kv_block * 4;
+    const float* src = reinterpret_cast<const float*>(base);
+    for (int h = 0; h < heads; ++h)
+      std::memcpy(dst + (static_cast<size_t>(h) * capacity + s.from) * dim,
+                  src + static_cast<size_t>(h) * n * dim, static_cast<size_t>(n) * dim * 4);
+  }
+}
+
+}  // namespace spx

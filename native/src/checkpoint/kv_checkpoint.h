@@ -1,0 +1,119 @@
+// The checkpoint of a running request: what a new engine needs to continue it
+// exactly where the old one stopped, written as one file of segments.
+//
+// File (little-endian, every offset a multiple of 4):
+//   header   64 bytes: magic "SPXKVCK1", version, model/DLM/options identity,
+//            KV geometry, seed, prompt length; CRC32C of the header itself.
+//   segment  48-byte header (KV positions [from, to), the token sampled but
+//            not yet fed, tokens generated, sampler draws, payload size,
+//            payload CRC32C, header CRC32C), then the payload:
+//              tokens   i32 [to - from]        the tokens fed at those positions
+//              per layer K f32 [kv_heads, to - from, head_dim], then V alike
+//              retrieval K f32 [rk_heads, to - from, rk_dim] when rk_heads > 0
+//   segment  ... each starts where the previous one ended (incremental: a
+//            checkpoint after the first appends only the new positions).
+// The last segment's token/sampler fields describe the request as a whole.
+//
+// KV is stored as f32, the CPU backend's own layout, so a checkpoint restores
+// with memcpy. Everything a reader finds wrong comes back as a Status whose
+// message names the problem (version, truncation, checksum, identity).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/engine.h"
+#include "util/mapped_file.h"
+
+namespace spx {
+
+inline constexpr uint32_t kCheckpointVersion = 1;
+inline constexpr size_t kCheckpointHeaderBytes = 64;
+inline constexpr size_t kSegmentHeaderBytes = 48;
+
+struct CheckpointGeometry {
+  int32_t layers = 0;
+  int32_t kv_heads = 0;
+  int32_t head_dim = 0;
+  int32_t rk_heads = 0;  // retrieval head K cache heads; 0: no retrieval head
+  int32_t rk_dim = 0;
+
+  bool operator==(const CheckpointGeometry& o) const {
+    return layers == o.layers && kv_heads == o.kv_heads && head_dim == o.head_dim &&
+           rk_heads == o.rk_heads && rk_dim == o.rk_dim;
+  }
+  // Payload bytes of a segment of n positions.
+  uint64_t segment_payload(int n) const;
+};
+
+struct CheckpointHeader {
+  uint64_t identity = 0;
+  CheckpointGeometry geometry;
+  uint64_t seed = 0;
+  int32_t prompt_tokens = 0;  // of the request that wrote the first segment
+};
+
+// Rows of a cache laid out [heads, capacity, dim], as the KV store keeps them.
+struct CacheRows {
+  const float* data = nullptr;
+  int capacity = 0;
+};
+
+// What one segment writes: positions [from, to) of every cache.
+struct SegmentSource {
+  int from = 0;
+  int to = 0;
+  const int32_t* tokens = nullptr;  // [to - from]
+  int32_t next_token = 0;           // sampled, not yet fed
+  int32_t generated = 0;            // tokens the request has sampled so far
+  uint64_t draws = 0;               // sampler RNG draws so far
+  std::vector<CacheRows> k, v;      // per layer
+  CacheRows retrieval_k;            // when geometry.rk_heads > 0
+};
+
+// fd open for writing at the end of the file. The header starts a new file;
+// segments append. *bytes gets what was written.
+Status write_checkpoint_header(int fd, const CheckpointHeader& header);
+Status append_checkpoint_segment(int fd, const CheckpointGeometry& geometry,
+                                 const SegmentSource& segment, uint64_t* bytes);
+
+// Maps a checkpoint file and validates all of it (header, identity, geometry,
+// every segment's checksum and continuity) before exposing anything.
+class CheckpointReader {
+ public:
+  Status open(const std::string& path, uint64_t expected_identity,
+              const CheckpointGeometry& expected_geometry);
+
+  const CheckpointHeader& header() const { return header_; }
+  int tokens() const { return tokens_; }  // KV positions covered
+  const std::vector<int32_t>& token_ids() const { return token_ids_; }  // fed, [tokens()]
+  int32_t next_token() const { return next_token_; }
+  int32_t generated() const { return generated_; }
+  uint64_t draws() const { return draws_; }
+  size_t file_bytes() const { return file_.size(); }
+
+  // Copies positions [0, tokens()) of one cache into dst [heads, capacity, dim].
+  void copy_k(int layer, float* dst, int capacity) const { copy(2 * layer, dst, capacity); }
+  void copy_v(int layer, float* dst, int capacity) const { copy(2 * layer + 1, dst, capacity); }
+  void copy_retrieval_k(float* dst, int capacity) const { copy(2 * header_.geometry.layers, dst, capacity); }
+
+ private:
+  struct Segment {
+    int from, to;
+    const uint8_t* payload;
+  };
+  // block: 2*layer (K), 2*layer+1 (V), 2*layers (retrieval K).
+  void copy(int block, float* dst, int capacity) const;
+
+  MappedFile file_;
+  CheckpointHeader header_;
+  std::vector<Segment> segments_;
+  std::vector<int32_t> token_ids_;
+  int tokens_ = 0;
+  int32_t next_token_ = 0;
+  int32_t generated_ = 0;
+  uint64_t draws_ = 0;
+};
+
+}  // namespace spx

@@ -1,0 +1,253 @@
+// The checkpoint file format: round trip, incremental segments, and every way
+// a file can be wrong (version, truncation, checksum, identity, geometry,
+// gaps) rejected with a message naming it.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <random>
+
+#include "checkpoint/crc32c.h"
+#include "checkpoint/kv_checkpoint.h"
+
+namespace spx {
+namespace {
+
+constexpr uint64_t kIdentity = 0x1234abcd5678ef01ull;
+
+// A request's caches as the KV store lays them out, filled with seeded noise.
+struct FakeCaches {
+  CheckpointGeometry g;
+  int capacity;
+  std::vector<std::vector<float>> k, v;
+  std::vector<float> rk;
+  std::vector<int32_t> tokens;
+
+  FakeCaches(CheckpointGeometry geo, int cap, uint32_t seed) : g(geo), capacity(cap) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> u(-1, 1);
+    auto fill = [&](std::vector<float>& x, size_t n) {
+      x.resize(n);
+      for (float& f : x) f = u(rng);
+    };
+    for (int l = 0; l < g.layers; ++l) {
+      k.emplace_back();
+      v.emplace_back();
+      fill(k.back(), static_cast<size_t>(g.kv_heads) * cap * g.head_dim);
+      fill(v.back(), static_cast<size_t>(g.kv_heads) * cap * g.head_dim);
+    }
+    fill(rk, static_cast<size_t>(g.rk_heads) * cap * g.rk_dim);
+    for (int i = 0; i < cap; ++i) tokens.push_back(static_cast<int32_t>(rng() % 1000));
+  }
+
+  SegmentSource segment(int from, int to) const {
+    SegmentSource s;
+    s.from = from;
+    s.to = to;
+    s.tokens = tokens.data() + from;
+    s.next_token = 7 + to;
+    s.generated = to / 2;
+    s.draws = static_cast<uint64_t>(to) * 3;
+    for (int l = 0; l < g.layers; ++l) {
+      s.k.push_back(CacheRows{k[static_cast<size_t>(l)].data(), capacity});
+      s.v.push_back(CacheRows{v[static_cast<size_t>(l)].data(), capacity});
+    }
+    s.retrieval_k = CacheRows{rk.data(), capacity};
+    return s;
+  }
+};
+
+std::string temp_path(const std::string& name) {
+  return ::testing::TempDir() + "/spx-ckpt-" + name + "-" + std::to_string(::getpid());
+}
+
+void write_file(const std::string& path, const FakeCaches& c, const std::vector<int>& cuts,
+                uint64_t identity = kIdentity) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  ASSERT_GE(fd, 0);
+  CheckpointHeader h;
+  h.identity = identity;
+  h.geometry = c.g;
+  h.seed = 42;
+  h.prompt_tokens = cuts.front();
+  ASSERT_TRUE(write_checkpoint_header(fd, h).ok);
+  ::close(fd);
+  for (size_t i = 0; i + 1 < cuts.size(); ++i) {
+    // Each append reopens the file, as the writer thread does per checkpoint.
+    fd = ::open(path.c_str(), O_WRONLY | O_APPEND);
+    ASSERT_GE(fd, 0);
+    uint64_t bytes = 0;
+    Status st = append_checkpoint_segment(fd, c.g, c.segment(cuts[i], cuts[i + 1]), &bytes);
+    ASSERT_TRUE(st.ok) << st.message;
+    EXPECT_EQ(bytes, kSegmentHeaderBytes + c.g.segment_payload(cuts[i + 1] - cuts[i]));
+    ::close(fd);
+  }
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+void spit(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f << bytes;
+}
+
+const CheckpointGeometry kGeo{3, 2, 8, 1, 4};  // 3 layers, 2 KV heads, head_dim 8, retrieval K 1x4
+
+void expect_restores(const std::string& path, const FakeCaches& c, int tokens) {
+  CheckpointReader r;
+  Status st = r.open(path, kIdentity, c.g);
+  ASSERT_TRUE(st.ok) << st.message;
+  ASSERT_EQ(r.tokens(), tokens);
+  EXPECT_EQ(r.token_ids(), std::vector<int32_t>(c.tokens.begin(), c.tokens.begin() + tokens));
+  EXPECT_EQ(r.next_token(), 7 + tokens);
+  EXPECT_EQ(r.generated(), tokens / 2);
+  EXPECT_EQ(r.draws(), static_cast<uint64_t>(tokens) * 3);
+  EXPECT_EQ(r.header().seed, 42u);
+  const int cap = tokens + 5;  // the restoring engine's capacity differs from the writer's
+  const int hd = c.g.head_dim;
+  for (int l = 0; l < c.g.layers; ++l) {
+    std::vector<float> k(static_cast<size_t>(c.g.kv_heads) * cap * hd, -9.f), v = k;
+    r.copy_k(l, k.data(), cap);
+    r.copy_v(l, v.data(), cap);
+    for (int h = 0; h < c.g.kv_heads; ++h)
+      for (int t = 0; t < tokens; ++t)
+        for (int d = 0; d < hd; ++d) {
+          const size_t src = (static_cast<size_t>(h) * c.capacity + t) * hd + d;
+          const size_t dst = (static_cast<size_t>(h) * cap + t) * hd + d;
+          ASSERT_EQ(k[dst], c.k[static_cast<size_t>(l)][src]) << "K layer " << l << " head " << h << " token " << t;
+          ASSERT_EQ(v[dst], c.v[static_cast<size_t>(l)][src]) << "V layer " << l;
+        }
+    EXPECT_EQ(k[static_cast<size_t>(tokens) * hd], -9.f) << "rows past the checkpoint untouched";
+  }
+  std::vector<float> rk(static_cast<size_t>(c.g.rk_heads) * cap * c.g.rk_dim);
+  r.copy_retrieval_k(rk.data(), cap);
+  for (int t = 0; t < tokens; ++t)
+    for (int d = 0; d < c.g.rk_dim; ++d)
+      ASSERT_EQ(rk[static_cast<size_t>(t) * c.g.rk_dim + d], c.rk[static_cast<size_t>(t) * c.g.rk_dim + d]);
+}
+
+TEST(Crc32c, KnownAnswer) {
+  EXPECT_EQ(crc32c(0, "123456789", 9), 0xE3069283u);
+  // Continuing over pieces equals one pass.
+  EXPECT_EQ(crc32c(crc32c(0, "12345", 5), "6789", 4), 0xE3069283u);
+}
+
+TEST(CheckpointFormat, RoundTripOneSegment) {
+  FakeCaches c(kGeo, 40, 1);
+  const std::string path = temp_path("one");
+  write_file(path, c, {0, 33});
+  expect_restores(path, c, 33);
+  std::remove(path.c_str());
+}
+
+TEST(CheckpointFormat, IncrementalSegmentsAppendOnlyNewTokens) {
+  FakeCaches c(kGeo, 64, 2);
+  const std::string path = temp_path("incr");
+  write_file(path, c, {0, 20});
+  const size_t first = slurp(path).size();
+  write_file(path, c, {0, 20, 21, 37, 50});
+  const size_t all = slurp(path).size();
+  // Appends cost only their own tokens, not a rewrite.
+  EXPECT_EQ(all - first, 3 * kSegmentHeaderBytes + kGeo.segment_payload(30));
+  expect_restores(path, c, 50);
+  std::remove(path.c_str());
+}
+
+TEST(CheckpointFormat, WithoutRetrievalHead) {
+  CheckpointGeometry g{2, 1, 4, 0, 0};
+  FakeCaches c(g, 10, 3);
+  const std::string path = temp_path("norh");
+  write_file(path, c, {0, 4, 9});
+  CheckpointReader r;
+  Status st = r.open(path, kIdentity, g);
+  ASSERT_TRUE(st.ok) << st.message;
+  EXPECT_EQ(r.tokens(), 9);
+  std::remove(path.c_str());
+}
+
+class Corruption : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path = temp_path("bad");
+    write_file(path, caches, {0, 12, 20});
+    good = slurp(path);
+  }
+  void TearDown() override { std::remove(path.c_str()); }
+  // Rewrites the file and expects the reader to refuse it with `reason`.
+  void expect_rejected(const std::string& bytes, const std::string& reason,
+                       uint64_t identity = kIdentity, CheckpointGeometry g = kGeo) {
+    spit(path, bytes);
+    CheckpointReader r;
+    Status st = r.open(path, identity, g);
+    EXPECT_FALSE(st.ok);
+    EXPECT_NE(st.message.find(reason), std::string::npos) << st.message;
+  }
+  FakeCaches caches{kGeo, 24, 4};
+  std::string path, good;
+};
+
+TEST_F(Corruption, Missing) {
+  std::remove(path.c_str());
+  CheckpointReader r;
+  Status st = r.open(path, kIdentity, kGeo);
+  EXPECT_FALSE(st.ok);
+  EXPECT_NE(st.message.find("missing"), std::string::npos) << st.message;
+}
+
+TEST_F(Corruption, NotACheckpoint) { expect_rejected(std::string(100, 'x'), "bad magic"); }
+
+TEST_F(Corruption, WrongVersion) {
+  std::string b = good;
+  b[8] = 2;  // version field; the header CRC is checked after the version
+  expect_rejected(b, "unsupported checkpoint version 2");
+}
+
+TEST_F(Corruption, HeaderChecksum) {
+  std::string b = good;
+  b[50] ^= 1;  // inside the seed
+  expect_rejected(b, "header checksum");
+}
+
+TEST_F(Corruption, ModelHashMismatch) { expect_rejected(good, "model hash mismatch", kIdentity + 1); }
+
+TEST_F(Corruption, GeometryMismatch) {
+  CheckpointGeometry g = kGeo;
+  g.layers = 4;
+  expect_rejected(good, "geometry mismatch", kIdentity, g);
+}
+
+TEST_F(Corruption, TruncatedHeader) { expect_rejected(good.substr(0, 30), "truncated"); }
+
+TEST_F(Corruption, TruncatedSegmentHeader) {
+  expect_rejected(good.substr(0, kCheckpointHeaderBytes + 10), "truncated");
+}
+
+TEST_F(Corruption, TruncatedPayload) { expect_rejected(good.substr(0, good.size() - 1), "truncated"); }
+
+TEST_F(Corruption, PayloadBitFlip) {
+  std::string b = good;
+  b[b.size() - 5] ^= 0x10;  // last KV float of the second segment
+  expect_rejected(b, "segment 1 checksum mismatch");
+}
+
+TEST_F(Corruption, SegmentHeaderBitFlip) {
+  std::string b = good;
+  b[kCheckpointHeaderBytes + 8] ^= 1;  // first segment's `to`
+  expect_rejected(b, "segment 0 header checksum");
+}
+
+TEST_F(Corruption, NoSegments) { expect_rejected(good.substr(0, kCheckpointHeaderBytes), "no segments"); }
+
+TEST_F(Corruption, Gap) {
+  // Drop the first segment: the second starts at 12, not 0.
+  const size_t first = kSegmentHeaderBytes + kGeo.segment_payload(12);
+  expect_rejected(good.substr(0, kCheckpointHeaderBytes) + good.substr(kCheckpointHeaderBytes + first),
+                  "expected to start at 0");
+}
+
+}  // namespace
+}  // namespace spx
