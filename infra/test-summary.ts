@@ -25,14 +25,15 @@ interface VitestReport {
   numFailedTests: number;
   numPendingTests: number;
   numTodoTests: number;
-  testResults: { status: string; assertionResults: unknown[] }[];
+  testResults: { status: string; assertionResults: { status: string }[] }[];
 }
 
 function vitestCounts(file: string): Counts {
   const r = JSON.parse(readFileSync(file, 'utf8')) as VitestReport;
-  // A file that failed to load ran no test, but it is a failure all the same.
+  // A file that failed outside its tests (import, setup hook) has no failed
+  // test, its tests count as skipped, but it is a failure all the same.
   const brokenFiles = r.testResults.filter(
-    (f) => f.status === 'failed' && f.assertionResults.length === 0,
+    (f) => f.status === 'failed' && !f.assertionResults.some((a) => a.status === 'failed'),
   ).length;
   return {
     passed: r.numPassedTests,
