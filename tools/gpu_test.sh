@@ -102,6 +102,7 @@ if [[ $bench == 1 ]]; then
   res="$out"
   models=(llama-3.1-8b qwen3-8b)
   args=(--prefill 2048,16384,32768 --decode 2048,32768 --batch 1,8,32)
+  kernels=(--kernels mma,simt)
   if [[ $quick == 1 ]]; then
     models=(llama-3.1-8b)
     args=(--prefill 2048 --decode 2048,32768 --batch 1,8)
@@ -109,7 +110,7 @@ if [[ $bench == 1 ]]; then
   ours=() hf=()
   for m in "${models[@]}"; do
     t0=$SECONDS
-    if "$build/dense_bench" --model "$m" "${args[@]}" --json "$res/ours-$m.json" \
+    if "$build/dense_bench" --model "$m" "${args[@]}" "${kernels[@]}" --json "$res/ours-$m.json" \
         >"$res/bench-$m.log" 2>&1; then
       ours+=("$res/ours-$m.json")
       note "dense_bench $m ok ($((SECONDS - t0)) s)"

@@ -187,7 +187,7 @@ class Runner {
 };
 
 struct Row {
-  std::string phase;
+  std::string phase, kernel = "mma";
   int context = 0, batch = 0, requested_batch = 0;
   double ms = 0, tokens_per_s = 0, eager_ms = 0, roofline_ms = 0, bytes = 0;
   std::string note;
@@ -261,7 +261,7 @@ Status bench_prefill(const Model& m, cudaStream_t stream, cuda::Gemm* gemm, int 
 }
 
 Status bench_decode(const Model& m, cudaStream_t stream, cuda::Gemm* gemm, int ctx, int batch,
-                    int steps, int num_sms, Row* row) {
+                    int steps, int num_sms, bool simt, Row* row) {
   const ModelShape& s = m.s;
   Buffers b;
   Runner r(m, stream, gemm);
@@ -320,9 +320,11 @@ Status bench_decode(const Model& m, cudaStream_t stream, cuda::Gemm* gemm, int c
     SPX_CUDA_TRY(cuda::embedding_forward(r.x_, m.embed, tokens, batch, s.hidden, s.vocab, stream));
     SPX_STATUS_TRY(r.layers(batch, pos, slots, kc, vc, layer_elems, cap,
                             [&](int l, bf16*, bf16*) -> Status {
-                              SPX_CUDA_TRY(cuda::decode_attention_forward(
-                                  r.attn_, r.q_, seqs + size_t(l) * batch, len, batch, s.heads,
-                                  s.kv_heads, s.head_dim, scale, split, w, stream));
+                              auto attend = simt ? cuda::decode_attention_simt_forward
+                                                 : cuda::decode_attention_forward;
+                              SPX_CUDA_TRY(attend(r.attn_, r.q_, seqs + size_t(l) * batch, len,
+                                                  batch, s.heads, s.kv_heads, s.head_dim, scale,
+                                                  split, w, stream));
                               return Status::Ok();
                             }));
     SPX_STATUS_TRY(gemm->run(logits, r.h_, m.lm_head, batch, s.vocab, s.hidden, true, false,
@@ -374,6 +376,7 @@ Status bench_decode(const Model& m, cudaStream_t stream, cuda::Gemm* gemm, int c
     if (t < 0 || t >= s.vocab) return Status::Error("decode produced token id " + std::to_string(t));
 
   row->phase = "decode";
+  row->kernel = simt ? "simt" : "mma";
   row->context = ctx;
   row->batch = batch;
   row->ms = ms / steps;
@@ -399,6 +402,7 @@ int run(int argc, char** argv) {
   std::string model = "llama-3.1-8b", json;
   std::vector<int> prefill = {2048, 16384, 32768}, decode = {2048, 32768}, batches = {1, 8, 32};
   int steps = 32, chunk = 8192;
+  std::vector<std::string> kernels = {"mma"};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--model") model = v;
@@ -408,6 +412,12 @@ int run(int argc, char** argv) {
     else if (k == "--steps") steps = std::atoi(v.c_str());
     else if (k == "--chunk") chunk = std::atoi(v.c_str());
     else if (k == "--json") json = v;
+    else if (k == "--kernels") {
+      kernels.clear();
+      std::stringstream ks(v);
+      std::string item;
+      while (std::getline(ks, item, ',')) kernels.push_back(item);
+    }
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
@@ -457,16 +467,20 @@ int run(int argc, char** argv) {
       const int fit = int((double(free_b) - 6e9) / per_req);
       const int use = std::min(B, std::max(fit, 0));
       if (use < 1) continue;
-      Row r;
-      st = bench_decode(m, stream, &gemm, ctx, use, steps, num_sms, &r);
-      if (!st.ok) return fail(st);
-      r.requested_batch = B;
-      if (use < B) r.note += "; batch " + std::to_string(B) + " does not fit, ran " + std::to_string(use);
-      std::printf("decode ctx %6d batch %3d: %7.2f ms/step (eager %7.2f)  %8.1f tokens/s  "
-                  "roofline %6.2f ms  ratio %.2f\n",
-                  ctx, use, r.ms, r.eager_ms, r.tokens_per_s, r.roofline_ms, r.ms / r.roofline_ms);
-      std::fflush(stdout);
-      rows.push_back(r);
+      for (const std::string& kernel : kernels) {
+        Row r;
+        st = bench_decode(m, stream, &gemm, ctx, use, steps, num_sms, kernel == "simt", &r);
+        if (!st.ok) return fail(st);
+        r.requested_batch = B;
+        if (use < B)
+          r.note += "; batch " + std::to_string(B) + " does not fit, ran " + std::to_string(use);
+        std::printf("decode %-4s ctx %6d batch %3d: %7.2f ms/step (eager %7.2f)  %8.1f tokens/s  "
+                    "roofline %6.2f ms  ratio %.2f\n",
+                    kernel.c_str(), ctx, use, r.ms, r.eager_ms, r.tokens_per_s, r.roofline_ms,
+                    r.ms / r.roofline_ms);
+        std::fflush(stdout);
+        rows.push_back(r);
+      }
     }
 
   if (!json.empty()) {
@@ -474,7 +488,8 @@ int run(int argc, char** argv) {
     f << "{\"model\": \"" << model << "\", \"system\": \"specontext-cuda-kernels\", \"rows\": [\n";
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
-      f << "  {\"phase\": \"" << r.phase << "\", \"context\": " << r.context
+      f << "  {\"phase\": \"" << r.phase << "\", \"kernel\": \"" << r.kernel
+        << "\", \"context\": " << r.context
         << ", \"batch\": " << r.batch << ", \"requested_batch\": " << r.requested_batch
         << ", \"ms\": " << r.ms << ", \"tokens_per_s\": " << r.tokens_per_s
         << ", \"eager_ms\": " << r.eager_ms << ", \"bytes_per_step\": " << r.bytes

@@ -43,12 +43,14 @@ def main():
     for model, d in ours.items():
         hf_rows = {key(r): r for r in hf.get(model, {}).get("rows", [])}
         for r in d["rows"]:
-            h = hf_rows.get(key(r))
+            kernel = r.get("kernel", "mma")
+            h = hf_rows.get(key(r)) if kernel == "mma" else None
             # HF at the same batch only; where ours ran a smaller batch (memory), no ratio.
             same = h is not None and h["batch"] == r["batch"]
             row = dict(
                 model=model,
                 phase=r["phase"],
+                kernel=kernel if r["phase"] == "decode" else "mma",
                 context=r["context"],
                 batch=r["batch"],
                 requested_batch=r["requested_batch"],
@@ -70,12 +72,16 @@ def main():
 
     def pick(model, phase, ctx, batch):
         for r in rows:
-            if (r["model"], r["phase"], r["context"], r["requested_batch"]) == (model, phase, ctx, batch):
+            if r["kernel"] == "mma" and (r["model"], r["phase"], r["context"], r["requested_batch"]) == (model, phase, ctx, batch):
                 return r
         return None
 
     def worst_ratio(batch):
-        vals = [r["roofline_ratio"] for r in rows if r["model"] == HEADLINE and r["phase"] == "decode" and r["batch"] == batch]
+        vals = [
+            r["roofline_ratio"]
+            for r in rows
+            if r["model"] == HEADLINE and r["phase"] == "decode" and r["kernel"] == "mma" and r["batch"] == batch
+        ]
         return max(vals) if vals else None
 
     s = pick(HEADLINE, "decode", 32768, 8)
@@ -94,7 +100,7 @@ def main():
     hf_versions = next((d.get("versions") for d in hf.values()), None)
     doc = dict(
         device=a.device,
-        ours="bench/cuda/dense_bench.cu: native/src/cuda kernels + cuBLASLt, decode step as one CUDA graph",
+        ours="bench/cuda/dense_bench.cu: native/src/cuda kernels + cuBLASLt, decode step as one CUDA graph; attention 'mma' = tensor-core flash-decoding (default), 'simt' = CUDA-core kernel",
         baseline=dict(system="Hugging Face transformers, attn_implementation=sdpa, bf16", versions=hf_versions),
         weights="seeded random bf16, generated on the GPU (speed does not depend on values)",
         summary=summary,
@@ -107,13 +113,13 @@ def main():
         return "-" if x is None else format(x, spec)
 
     lines = [
-        "| model | phase | context | batch | ours ms | ours tok/s | HF tok/s | speedup | roofline ms | ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | phase | attention | context | batch | ours ms | ours tok/s | HF tok/s | speedup | roofline ms | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         b = str(r["batch"]) + ("" if r["batch"] == r["requested_batch"] else f" (asked {r['requested_batch']})")
         lines.append(
-            f"| {r['model']} | {r['phase']} | {r['context']} | {b} | {r['ours_ms']:.2f} | {r['ours_tokens_per_s']:.0f} | "
+            f"| {r['model']} | {r['phase']} | {r['kernel']} | {r['context']} | {b} | {r['ours_ms']:.2f} | {r['ours_tokens_per_s']:.0f} | "
             f"{fmt(r['hf_tokens_per_s'], '.0f')} | {fmt(r['speedup_vs_hf'], '.2f')} | "
             f"{fmt(r.get('roofline_ms'), '.2f')} | {fmt(r.get('roofline_ratio'), '.2f')} |"
         )
@@ -137,7 +143,7 @@ def main():
         models = list(ours)
         fig, axes = plt.subplots(2, len(models), figsize=(6.5 * len(models), 8), squeeze=False)
         for i, model in enumerate(models):
-            dec = [r for r in rows if r["model"] == model and r["phase"] == "decode"]
+            dec = [r for r in rows if r["model"] == model and r["phase"] == "decode" and r["kernel"] == "mma"]
             labels = [f"{r['context'] // 1024}k\nbs{r['batch']}" for r in dec]
             x = range(len(dec))
             ax = axes[0][i]

@@ -53,7 +53,7 @@ Cache random_cache(int slots, int kv_heads, int capacity, int head_dim, uint32_t
 }
 
 void run_decode_case(int q_heads, int kv_heads, int head_dim, std::vector<int> lengths,
-                     int split_tokens) {
+                     int split_tokens, bool simt = false) {
   const int batch = int(lengths.size());
   const int capacity = *std::max_element(lengths.begin(), lengths.end()) + 3;
   const int slots = batch + 1;
@@ -83,8 +83,9 @@ void run_decode_case(int q_heads, int kv_heads, int head_dim, std::vector<int> l
                              reinterpret_cast<float*>(ws.ptr) +
                                  size_t(batch) * q_heads * max_splits * head_dim,
                              max_splits};
-  ASSERT_EQ(decode_attention_forward(dout.bf(), dq.bf(), dseq.ptr, dlen.ptr, batch, q_heads,
-                                     kv_heads, head_dim, float(scale), split_tokens, w, 0),
+  auto launch = simt ? decode_attention_simt_forward : decode_attention_forward;
+  ASSERT_EQ(launch(dout.bf(), dq.bf(), dseq.ptr, dlen.ptr, batch, q_heads, kv_heads, head_dim,
+                   float(scale), split_tokens, w, 0),
             cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const auto got = dout.download_f();
@@ -96,7 +97,7 @@ void run_decode_case(int q_heads, int kv_heads, int head_dim, std::vector<int> l
                  scale, &ref[size_t(h) * head_dim]);
     std::vector<float> g(got.begin() + size_t(b) * q_heads * head_dim,
                          got.begin() + size_t(b + 1) * q_heads * head_dim);
-    const std::string name = "decode hq" + std::to_string(q_heads) + " hk" +
+    const std::string name = std::string(simt ? "simt " : "mma ") + "decode hq" + std::to_string(q_heads) + " hk" +
                              std::to_string(kv_heads) + " d" + std::to_string(head_dim) +
                              " len" + std::to_string(lengths[b]) + " split" +
                              std::to_string(split_tokens);
@@ -107,11 +108,14 @@ void run_decode_case(int q_heads, int kv_heads, int head_dim, std::vector<int> l
 
 TEST(CudaAttention, DecodeBatchedRaggedGqa) {
   SPX_REQUIRE_GPU();
-  run_decode_case(32, 8, 128, {17, 4099, 1, 97}, 128);    // Llama / Qwen3 group of 4
-  run_decode_case(32, 8, 128, {17, 4099, 1, 97}, 4128);   // one split each
-  run_decode_case(9, 3, 64, {97, 17, 4099}, 160);         // SmolLM2: group of 3, d 64
-  run_decode_case(4, 4, 64, {4099}, 4096);                // MHA, ragged last split
-  run_decode_case(16, 2, 128, {33, 2048}, 256);           // group of 8
+  for (bool simt : {false, true}) {
+    run_decode_case(32, 8, 128, {17, 4099, 1, 97}, 128, simt);   // Llama / Qwen3 group of 4
+    run_decode_case(32, 8, 128, {17, 4099, 1, 97}, 4128, simt);  // one split each
+    run_decode_case(9, 3, 64, {97, 17, 4099}, 160, simt);        // SmolLM2: group of 3, d 64
+    run_decode_case(4, 4, 64, {4099}, 4096, simt);               // MHA, ragged last split
+    run_decode_case(16, 2, 128, {33, 2048}, 256, simt);          // group of 8
+    run_decode_case(12, 2, 16, {5, 300}, 128, simt);             // tiny fixture shapes
+  }
 }
 
 TEST(CudaAttention, DecodeSplitPlanCoversCapacity) {

@@ -2,8 +2,12 @@
 // ops.h, so .cc code (backend, tests, tools) never needs nvcc.
 #include "cuda/ops.h"
 
+#include <cstdlib>
+#include <string>
+
 #include "cuda/kernels/bias_add.cuh"
 #include "cuda/kernels/decode_attention.cuh"
+#include "cuda/kernels/decode_attention_mma.cuh"
 #include "cuda/kernels/elementwise.cuh"
 #include "cuda/kernels/embedding.cuh"
 #include "cuda/kernels/kv_append.cuh"
@@ -76,20 +80,24 @@ int decode_attention_split_tokens(int batch, int kv_heads, int max_len, int num_
   return split < 4 * kDecodeTile ? 4 * kDecodeTile : split;
 }
 
-cudaError_t decode_attention_forward(bf16* out, const bf16* q, const DecodeSeq* seqs,
-                                     const int32_t* lengths, int batch, int q_heads,
-                                     int kv_heads, int head_dim, float scale, int split_tokens,
-                                     DecodeAttentionWorkspace ws, cudaStream_t stream) {
+static cudaError_t decode_attention_impl(bool mma, bf16* out, const bf16* q,
+                                         const DecodeSeq* seqs, const int32_t* lengths, int batch,
+                                         int q_heads, int kv_heads, int head_dim, float scale,
+                                         int split_tokens, DecodeAttentionWorkspace ws,
+                                         cudaStream_t stream) {
   if (batch <= 0) return cudaSuccess;
   if (kv_heads <= 0 || q_heads % kv_heads || split_tokens <= 0 || ws.max_splits <= 0)
     return cudaErrorInvalidValue;
   const int group = q_heads / kv_heads;
   // Head sizes of the real models (64, 128) and of the tiny test fixtures (16, 32).
-#define SPX_DECODE_D(d)                                                                       \
-  case d:                                                                                     \
-    return decode_attention_launch_d<d>(group, out, q, seqs, lengths, batch, kv_heads, scale, \
-                                        split_tokens, ws.partial_o, ws.partial_ml,            \
-                                        ws.max_splits, stream);
+#define SPX_DECODE_D(d)                                                                        \
+  case d:                                                                                      \
+    return mma ? decode_attention_mma_launch_d<d>(group, out, q, seqs, lengths, batch,         \
+                                                  kv_heads, scale, split_tokens, ws.partial_o, \
+                                                  ws.partial_ml, ws.max_splits, stream)        \
+               : decode_attention_launch_d<d>(group, out, q, seqs, lengths, batch, kv_heads,   \
+                                              scale, split_tokens, ws.partial_o,               \
+                                              ws.partial_ml, ws.max_splits, stream);
   switch (head_dim) {
     SPX_DECODE_D(16)
     SPX_DECODE_D(32)
@@ -99,6 +107,34 @@ cudaError_t decode_attention_forward(bf16* out, const bf16* q, const DecodeSeq* 
       return cudaErrorInvalidValue;
   }
 #undef SPX_DECODE_D
+}
+
+// The tensor-core kernel serves groups of up to 8 heads; SPX_DECODE_KERNEL=simt
+// forces the SIMT kernel (for comparisons).
+static bool use_mma_decode(int group) {
+  static const bool simt = [] {
+    const char* e = std::getenv("SPX_DECODE_KERNEL");
+    return e != nullptr && std::string(e) == "simt";
+  }();
+  return !simt && group <= 8;
+}
+
+cudaError_t decode_attention_forward(bf16* out, const bf16* q, const DecodeSeq* seqs,
+                                     const int32_t* lengths, int batch, int q_heads,
+                                     int kv_heads, int head_dim, float scale, int split_tokens,
+                                     DecodeAttentionWorkspace ws, cudaStream_t stream) {
+  const bool mma = kv_heads > 0 && use_mma_decode(q_heads / kv_heads);
+  return decode_attention_impl(mma, out, q, seqs, lengths, batch, q_heads, kv_heads, head_dim,
+                               scale, split_tokens, ws, stream);
+}
+
+cudaError_t decode_attention_simt_forward(bf16* out, const bf16* q, const DecodeSeq* seqs,
+                                          const int32_t* lengths, int batch, int q_heads,
+                                          int kv_heads, int head_dim, float scale,
+                                          int split_tokens, DecodeAttentionWorkspace ws,
+                                          cudaStream_t stream) {
+  return decode_attention_impl(false, out, q, seqs, lengths, batch, q_heads, kv_heads, head_dim,
+                               scale, split_tokens, ws, stream);
 }
 
 cudaError_t prefill_attention_forward(bf16* out, const bf16* q, const bf16* k_cache,

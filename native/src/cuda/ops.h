@@ -81,7 +81,8 @@ cudaError_t kv_append_forward(bf16* k_cache,             // [slots, kv_heads, ca
 // Flash-decoding over contiguous per-request KV caches: one query token per
 // request, requests of different lengths, each split along the sequence
 // into chunks of split_tokens; a second kernel merges the chunks. GQA: the
-// query heads of a group share one pass over their KV head.
+// query heads of a group share one pass over their KV head, on the tensor
+// cores for groups of up to 8 (kernels/decode_attention_mma.cuh).
 struct DecodeSeq {
   const bf16* k;  // [kv_heads, capacity, head_dim] of this request (and layer)
   const bf16* v;  // [kv_heads, capacity, head_dim]
@@ -104,6 +105,15 @@ cudaError_t decode_attention_forward(bf16* out,               // [batch, q_heads
                                      int batch, int q_heads, int kv_heads, int head_dim,
                                      float scale, int split_tokens, DecodeAttentionWorkspace ws,
                                      cudaStream_t stream);
+
+// The same with the SIMT kernel, which decode_attention_forward uses only
+// for groups of more than 8 heads or when SPX_DECODE_KERNEL=simt; kept for
+// comparison and tests.
+cudaError_t decode_attention_simt_forward(bf16* out, const bf16* q, const DecodeSeq* seqs,
+                                          const int32_t* lengths, int batch, int q_heads,
+                                          int kv_heads, int head_dim, float scale,
+                                          int split_tokens, DecodeAttentionWorkspace ws,
+                                          cudaStream_t stream);
 
 // Causal prefill attention for one request's chunk of queries, flash-style
 // (tensor-core tiles, online softmax). Query i sits at position start + i and
