@@ -42,12 +42,25 @@ struct SamplingParams {
   uint64_t seed = 0;
 };
 
+// Checkpoints of a running request (native/src/checkpoint, docs/checkpoints.md).
+// A resumed request's prompt is the old prompt plus every token it had
+// generated; `resumed_generated` says how many of those trailing tokens were
+// sampled (the sampler continues from that position).
+struct CheckpointSpec {
+  std::string path;            // checkpoint file the engine writes; empty: none
+  int every_tokens = 0;        // write after this many new tokens (0: off)
+  int every_ms = 0;            // or after this long (0: off); either also writes once after prefill
+  bool restore = false;        // load the prompt's KV prefix from `path` first
+  int resumed_generated = 0;   // trailing prompt tokens that were sampled earlier
+};
+
 struct GenerateRequest {
   std::vector<int32_t> prompt;            // token ids
   int max_new_tokens = 128;               // > 0
   SamplingParams sampling;
   std::vector<int32_t> stop_token_ids;    // generation ends after emitting one
   int budget = 0;                         // sparse KV budget B; 0: full attention
+  CheckpointSpec checkpoint;
 };
 
 struct RequestStats {
@@ -58,6 +71,22 @@ struct RequestStats {
   double prefill_tokens_per_s = 0;
   double decode_tokens_per_s = 0;
   std::string finish_reason;              // "stop" | "length" | "cancelled" | "error"
+  int restored_tokens = 0;                // KV positions loaded from a checkpoint
+  std::string restore_error;              // why a requested restore fell back to prefill
+  int checkpoints = 0;                    // checkpoint segments written
+};
+
+// One checkpoint write of a request, reported after it reached the file.
+struct CheckpointEvent {
+  bool ok = true;
+  std::string message;         // why it failed
+  std::string path;
+  int tokens = 0;              // KV positions in the file
+  int generated = 0;           // tokens sampled so far (resumed ones included)
+  uint64_t bytes = 0;          // written by this checkpoint
+  uint64_t file_bytes = 0;
+  double stall_ms = 0;         // the engine's step spent taking the snapshot
+  double write_ms = 0;         // on the writer thread
 };
 
 class RequestSink {
@@ -67,6 +96,8 @@ class RequestSink {
   // Exactly one of on_done / on_error is called, once, last.
   virtual void on_done(const RequestStats& stats) = 0;
   virtual void on_error(const std::string& message) = 0;
+  // After each checkpoint write (before on_done/on_error); engine thread.
+  virtual void on_checkpoint(const CheckpointEvent& event) {}
 };
 
 struct ModelInfo {
@@ -105,6 +136,11 @@ class Engine {
   // Cancels a queued or running request; its sink gets on_done with
   // finish_reason "cancelled" and its KV is freed. Unknown ids are ignored.
   virtual void cancel(uint64_t id) = 0;
+  // Writes a checkpoint of a running request at the next step boundary (for
+  // SIGTERM); its sink gets on_checkpoint. Unknown ids are ignored.
+  virtual void checkpoint_now(uint64_t id) {}
+  // Hash of the model/DLM/options a checkpoint must match to be restored.
+  virtual uint64_t identity() const { return 0; }
   virtual EngineStats stats() const = 0;
   virtual ModelInfo info() const = 0;
   // Cancels everything, joins the scheduler thread, frees the model. Idempotent.

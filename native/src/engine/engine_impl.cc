@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "backend/registry.h"
+#include "checkpoint/model_identity.h"
 #include "util/thread_pool.h"
 
 namespace spx {
@@ -70,6 +71,13 @@ std::unique_ptr<Engine> EngineImpl::create(const EngineOptions& o, Status* statu
 
   e->kv_ = std::make_unique<KvStore>(e->backend_.get(), c.num_layers, c.num_kv_heads, c.head_dim);
   e->sched_ = std::make_unique<Scheduler>(o.max_batch, o.prefill_chunk);
+  e->identity_ = model_identity(o);
+  e->ckpt_ = std::make_unique<Checkpointer>(
+      e->backend_.get(), e->identity_,
+      CheckpointGeometry{c.num_layers, c.num_kv_heads, c.head_dim, 0, 0}, [p = e.get()] {
+        std::lock_guard<std::mutex> lk(p->mu_);
+        p->cv_.notify_all();
+      });
   e->stats_.threads = e->options_.threads;
   e->stats_.device = e->backend_->name();
   e->thread_ = std::thread([p = e.get()] { p->run(); });
@@ -102,7 +110,7 @@ Status EngineImpl::validate(const GenerateRequest& r, const RequestSink* sink) c
   if (p.top_k < 0) return Status::Error("top_k must be >= 0");
   if (!(p.top_p > 0 && p.top_p <= 1)) return Status::Error("top_p must be in (0, 1]");
   if (r.budget < 0) return Status::Error("budget must be >= 0");
-  return Status::Ok();
+  return Checkpointer::validate(r);
 }
 
 uint64_t EngineImpl::submit(GenerateRequest request, std::shared_ptr<RequestSink> sink,
@@ -151,6 +159,7 @@ void EngineImpl::close() {
     if (thread_.get_id() == std::this_thread::get_id()) return;
     thread_.join();
   }
+  ckpt_.reset();  // writes what is queued; before the tensors' backend goes
   requests_.clear();
   kv_.reset();
   model_.reset();
@@ -206,6 +215,7 @@ bool EngineImpl::admit(uint64_t id) {
     return false;
   }
   r->kv_capacity = capacity;
+  if (int n = ckpt_->restore(r)) sched_->skip_prefill(id, n);
   return true;
 }
 
@@ -216,7 +226,8 @@ void EngineImpl::run() {
     {
       std::unique_lock<std::mutex> lk(mu_);
       cv_.wait(lk, [&] {
-        return stopping_ || !incoming_.empty() || !cancels_.empty() || !sched_->idle();
+        return stopping_ || !incoming_.empty() || !cancels_.empty() || !sched_->idle() ||
+               ckpt_->has_work();
       });
       if (stopping_) break;
       incoming.swap(incoming_);
@@ -224,12 +235,16 @@ void EngineImpl::run() {
     }
     for (auto& r : incoming) {
       sched_->enqueue(r->id, static_cast<int>(r->req.prompt.size()));
+      // A resumed request's sampler continues where the earlier one stopped.
+      if (r->req.sampling.temperature > 0)
+        r->sampler.skip(static_cast<uint64_t>(r->req.checkpoint.resumed_generated));
       requests_[r->id] = std::move(r);
     }
     for (uint64_t id : cancels) {
       auto it = requests_.find(id);
       if (it != requests_.end()) finish(it->second.get(), "cancelled");
     }
+    ckpt_->deliver(requests_);
     publish_stats();
     try {
       step();
@@ -335,6 +350,7 @@ void EngineImpl::step() {
       finish(r, "length");
     }
   }
+  ckpt_->after_step(requests_);
   publish_stats();
 }
 

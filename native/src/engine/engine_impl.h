@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "checkpoint/checkpointer.h"
 #include "engine/engine.h"
 #include "engine/request_state.h"
 #include "kv/kv_store.h"
@@ -29,6 +30,8 @@ class EngineImpl final : public Engine {
   uint64_t submit(GenerateRequest request, std::shared_ptr<RequestSink> sink,
                   Status* status) override;
   void cancel(uint64_t id) override;
+  void checkpoint_now(uint64_t id) override { ckpt_->force(id); }
+  uint64_t identity() const override { return identity_; }
   EngineStats stats() const override;
   ModelInfo info() const override;
   void close() override;
@@ -53,6 +56,8 @@ class EngineImpl final : public Engine {
   std::unique_ptr<Transformer> model_;
   std::unique_ptr<KvStore> kv_;
   std::unique_ptr<Scheduler> sched_;
+  std::unique_ptr<Checkpointer> ckpt_;  // checkpoints (native/src/checkpoint)
+  uint64_t identity_ = 0;
   std::map<uint64_t, std::unique_ptr<RequestState>> requests_;  // scheduler thread only
 
   mutable std::mutex mu_;

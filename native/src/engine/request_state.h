@@ -5,6 +5,7 @@
 #include <memory>
 #include <vector>
 
+#include "checkpoint/checkpoint_state.h"
 #include "engine/engine.h"
 #include "kv/kv_store.h"
 #include "sampling/sampler.h"
@@ -27,6 +28,7 @@ struct RequestState {
   RequestStats stats;
   Clock::time_point prefill_start{}, first_token{};
   bool prefill_started = false;
+  CheckpointState ckpt;
 };
 
 }  // namespace spx

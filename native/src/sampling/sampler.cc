@@ -14,7 +14,10 @@ int32_t argmax(const float* logits, int vocab) {
 
 // std::uniform_real_distribution is implementation-defined; this is not, so a
 // seed means the same tokens on every platform.
-double Sampler::uniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
+double Sampler::uniform() {
+  ++draws_;
+  return static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+}
 
 int32_t Sampler::sample(const float* logits, int vocab) {
   if (!(p_.temperature > 0)) return argmax(logits, vocab);

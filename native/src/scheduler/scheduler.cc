@@ -11,6 +11,11 @@ void Scheduler::enqueue(uint64_t id, int prompt_tokens) {
   queue_.push_back(Entry{id, prompt_tokens, 0});
 }
 
+void Scheduler::skip_prefill(uint64_t id, int tokens) {
+  for (auto& e : queue_)
+    if (e.id == id) e.prefilled = std::min(tokens, e.prompt - 1);
+}
+
 bool Scheduler::remove(uint64_t id) {
   for (auto it = queue_.begin(); it != queue_.end(); ++it) {
     if (it->id == id) {

@@ -36,6 +36,9 @@ class Scheduler {
   Scheduler(int max_batch, int prefill_chunk);
 
   void enqueue(uint64_t id, int prompt_tokens);
+  // A queued request whose first `tokens` prompt tokens already have KV (a
+  // restored checkpoint): only the rest is prefilled.
+  void skip_prefill(uint64_t id, int tokens);
   // Drops a queued or running request; false when unknown.
   bool remove(uint64_t id);
   // admit(id) returns false to stop admitting for this step (e.g. no memory).

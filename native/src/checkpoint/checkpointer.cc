@@ -1,0 +1,226 @@
+#include "checkpoint/checkpointer.h"
+
+#include <algorithm>
+
+namespace spx {
+
+namespace {
+double ms_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
+}
+}  // namespace
+
+Checkpointer::Checkpointer(Backend* backend, uint64_t identity, CheckpointGeometry geometry,
+                           std::function<void()> wake)
+    : backend_(backend), identity_(identity), geometry_(geometry), wake_(std::move(wake)) {
+  writer_ = std::make_unique<CheckpointWriter>([this](CheckpointResult r) {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      done_.push_back(std::move(r));
+    }
+    wake_();
+  });
+}
+
+Checkpointer::~Checkpointer() { writer_.reset(); }
+
+Status Checkpointer::validate(const GenerateRequest& r) {
+  const CheckpointSpec& c = r.checkpoint;
+  if (c.every_tokens < 0 || c.every_ms < 0)
+    return Status::Error("checkpoint every_tokens and every_ms must be >= 0");
+  if (c.resumed_generated < 0 || c.resumed_generated >= static_cast<int>(r.prompt.size()) + 1)
+    return Status::Error("checkpoint resumed_generated must be in [0, prompt length]");
+  if (c.restore && c.path.empty()) return Status::Error("checkpoint restore needs a path");
+  return Status::Ok();
+}
+
+int Checkpointer::restore(RequestState* r) {
+  const CheckpointSpec& spec = r->req.checkpoint;
+  if (!spec.restore) return 0;
+  if (r->req.budget > 0) {
+    // The sparse decoder's retrieval K cache is not in checkpoints yet.
+    r->stats.restore_error = "restore of a sparse (budget > 0) request is not supported: recomputed";
+    return 0;
+  }
+  CheckpointReader reader;
+  Status st = reader.open(spec.path, identity_, geometry_);
+  const std::vector<int32_t>& prompt = r->req.prompt;
+  // The last prompt token is always fed, to get the logits of the next one.
+  const int usable = std::min(reader.tokens(), static_cast<int>(prompt.size()) - 1);
+  if (st.ok && !std::equal(reader.token_ids().begin(), reader.token_ids().begin() + usable,
+                           prompt.begin()))
+    st = Status::Error("checkpoint tokens differ from the request's prompt");
+  if (st.ok && usable > r->kv->capacity) st = Status::Error("checkpoint longer than the KV capacity");
+  if (!st.ok) {
+    r->stats.restore_error = st.message;
+    return 0;
+  }
+  KvSequence* kv = r->kv;
+  const bool host = backend_->name() == "cpu";
+  std::vector<float> buf;
+  for (int l = 0; l < geometry_.layers; ++l) {
+    for (int which = 0; which < 2; ++which) {
+      Tensor& t = which == 0 ? kv->k[static_cast<size_t>(l)] : kv->v[static_cast<size_t>(l)];
+      float* dst = t.f32();
+      if (!host) {
+        buf.assign(static_cast<size_t>(t.numel()), 0.f);
+        dst = buf.data();
+      }
+      if (which == 0) reader.copy_k(l, dst, kv->capacity);
+      else reader.copy_v(l, dst, kv->capacity);
+      if (!host) {
+        st = backend_->upload(buf.data(), &t);
+        if (!st.ok) {
+          r->stats.restore_error = "checkpoint upload failed: " + st.message;
+          return 0;
+        }
+      }
+    }
+  }
+  kv->n_tokens = usable;
+  // Appends continue the same file when it ends where this request's KV does.
+  r->ckpt.written_tokens = usable == reader.tokens() ? usable : 0;
+  r->ckpt.written_generated = 0;
+  r->ckpt.last = std::chrono::steady_clock::now();
+  r->stats.restored_tokens = usable;
+  return usable;
+}
+
+std::unique_ptr<CheckpointJob> Checkpointer::snapshot(RequestState* r, int n) {
+  auto job = std::make_unique<CheckpointJob>();
+  const CheckpointSpec& spec = r->req.checkpoint;
+  const std::vector<int32_t>& prompt = r->req.prompt;
+  const int from = r->ckpt.written_tokens;
+  job->request_id = r->id;
+  job->path = spec.path;
+  job->fresh = from == 0;
+  job->header.identity = identity_;
+  job->header.geometry = geometry_;
+  job->header.seed = r->req.sampling.seed;
+  job->header.prompt_tokens = static_cast<int>(prompt.size()) - spec.resumed_generated;
+  const int P = static_cast<int>(prompt.size());
+  for (int i = from; i < n; ++i)
+    job->tokens.push_back(i < P ? prompt[static_cast<size_t>(i)] : r->generated[static_cast<size_t>(i - P)]);
+  SegmentSource& s = job->segment;
+  s.from = from;
+  s.to = n;
+  s.tokens = job->tokens.data();
+  s.next_token = r->generated.back();
+  s.generated = spec.resumed_generated + static_cast<int>(r->generated.size());
+  s.draws = r->sampler.draws();
+  KvSequence* kv = r->kv;
+  const bool host = backend_->name() == "cpu";
+  for (int l = 0; l < geometry_.layers; ++l) {
+    for (const Tensor* t : {&kv->k[static_cast<size_t>(l)], &kv->v[static_cast<size_t>(l)]}) {
+      const float* data;
+      if (host) {
+        job->keep.push_back(t->owner);
+        data = t->f32();
+      } else {
+        // A device cache is copied whole on this thread: simple, and slow.
+        job->host.emplace_back(static_cast<size_t>(t->numel()));
+        backend_->download(*t, job->host.back().data());
+        data = job->host.back().data();
+      }
+      (t == &kv->k[static_cast<size_t>(l)] ? s.k : s.v).push_back(CacheRows{data, kv->capacity});
+    }
+  }
+  return job;
+}
+
+void Checkpointer::after_step(Requests& requests) {
+  std::set<uint64_t> forced;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    forced.swap(forced_);
+  }
+  for (uint64_t id : forced) {
+    auto it = requests.find(id);
+    if (it != requests.end()) it->second->ckpt.forced = true;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  for (auto& [id, rp] : requests) {
+    RequestState* r = rp.get();
+    const CheckpointSpec& spec = r->req.checkpoint;
+    if (spec.path.empty() && r->ckpt.forced) {
+      r->ckpt.forced = false;
+      CheckpointEvent ev;
+      ev.ok = false;
+      ev.message = "request has no checkpoint path";
+      r->sink->on_checkpoint(ev);
+      continue;
+    }
+    if (spec.path.empty() || r->ckpt.pending) continue;
+    if (r->kv == nullptr || r->generated.empty()) {
+      if (r->ckpt.forced) {
+        r->ckpt.forced = false;
+        CheckpointEvent ev;
+        ev.ok = false;
+        ev.message = "request is still in its prefill";
+        r->sink->on_checkpoint(ev);
+      }
+      continue;
+    }
+    const int n = r->kv->n_tokens;
+    const int new_tokens = static_cast<int>(r->generated.size()) - r->ckpt.written_generated;
+    const bool cadence = spec.every_tokens > 0 || spec.every_ms > 0;
+    const bool due =
+        r->ckpt.forced || (cadence && r->ckpt.written_tokens == 0) ||
+        (spec.every_tokens > 0 && new_tokens >= spec.every_tokens) ||
+        (spec.every_ms > 0 && std::chrono::duration<double, std::milli>(now - r->ckpt.last).count() >= spec.every_ms);
+    if (!due) continue;
+    if (n <= r->ckpt.written_tokens) {
+      // Nothing new since the last write: the file is already current.
+      if (r->ckpt.forced) {
+        r->ckpt.forced = false;
+        CheckpointEvent ev;
+        ev.path = spec.path;
+        ev.tokens = r->ckpt.written_tokens;
+        ev.generated = spec.resumed_generated + static_cast<int>(r->generated.size());
+        r->sink->on_checkpoint(ev);
+      }
+      continue;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    std::unique_ptr<CheckpointJob> job = snapshot(r, n);
+    job->stall_ms = ms_since(t0);
+    r->ckpt.written_tokens = n;
+    r->ckpt.written_generated = static_cast<int>(r->generated.size());
+    r->ckpt.last = now;
+    r->ckpt.pending = true;
+    r->ckpt.forced = false;
+    writer_->push(std::move(job));
+  }
+}
+
+void Checkpointer::deliver(Requests& requests) {
+  std::vector<CheckpointResult> done;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    done.swap(done_);
+  }
+  for (CheckpointResult& d : done) {
+    auto it = requests.find(d.request_id);
+    if (it == requests.end()) continue;  // ended meanwhile
+    RequestState* r = it->second.get();
+    r->ckpt.pending = false;
+    if (d.event.ok) r->stats.checkpoints++;
+    else r->ckpt.written_tokens = 0;  // the file is suspect: the next write starts it again
+    r->sink->on_checkpoint(d.event);
+  }
+}
+
+void Checkpointer::force(uint64_t id) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    forced_.insert(id);
+  }
+  wake_();
+}
+
+bool Checkpointer::has_work() {
+  std::lock_guard<std::mutex> lk(mu_);
+  return !done_.empty() || !forced_.empty();
+}
+
+}  // namespace spx
