@@ -35,7 +35,7 @@ Ref reference(const std::vector<float>& logits, int qh, int kvh, int T, const Se
   const int g = qh / kvh;
   Ref r;
   for (int h = 0; h < kvh; ++h) {
-    // Rank: 0 sinks, 1 recents, 2 the rest by score; ties to the older token.
+    // Rank: -1 the newest, 0 sinks, 1 recents, 2 the rest by score; ties to the older token.
     std::vector<std::tuple<int, double, int>> keys;
     for (int t = 0; t < T; ++t) {
       double m = 0;
@@ -44,8 +44,9 @@ Ref reference(const std::vector<float>& logits, int qh, int kvh, int T, const Se
           const double x = p[b * qh + h * g + j][t];
           m = o.reduce == spx::retrieval::GroupReduce::Max ? std::max(m, x) : m + x / (pool * g);
         }
-      const int cls = t < o.n_sink ? 0 : (t >= T - o.n_recent ? 1 : 2);
-      keys.emplace_back(cls, -m, t);
+      const int cls = (o.n_recent > 0 && t == T - 1) ? -1 : t < o.n_sink ? 0 : (t >= T - o.n_recent ? 1 : 2);
+      // Forced classes: sinks older first, recent tokens newer first.
+      keys.emplace_back(cls, cls == 2 ? -m : cls == 1 ? -static_cast<double>(t) : 0.0, t);
     }
     std::sort(keys.begin(), keys.end());
     std::vector<int32_t> s;
@@ -73,7 +74,7 @@ TEST(RetrievalSelect, MatchesBruteForceOnRandomScores) {
     o.budget = 1 + rng() % (T - 1);  // < T: sparse
     o.n_sink = rng() % 5;
     o.n_recent = rng() % 9;
-    if (o.n_sink + o.n_recent > o.budget) o.n_recent = 0, o.n_sink = std::min(o.n_sink, o.budget);
+    // Forced tokens may exceed B (then the priority order decides).
     std::normal_distribution<float> nd(0, 2.5f);
     std::vector<float> logits(qh * T);
     for (auto& x : logits) x = nd(rng);

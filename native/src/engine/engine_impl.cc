@@ -70,6 +70,12 @@ std::unique_ptr<Engine> EngineImpl::create(const EngineOptions& o, Status* statu
   info.eos_token_ids = c.eos_token_ids;
 
   e->kv_ = std::make_unique<KvStore>(e->backend_.get(), c.num_layers, c.num_kv_heads, c.head_dim);
+  retrieval::HeadChoice head;
+  head.dlm_dir = o.dlm_dir;
+  head.dlm_layers = o.dlm_layers;
+  *status = retrieval::SparseDecoder::make(e->model_.get(), e->backend_.get(), head,
+                                           retrieval::SelectOptions{}, &e->sparse_);
+  if (!status->ok) return nullptr;
   e->sched_ = std::make_unique<Scheduler>(o.max_batch, o.prefill_chunk);
   e->identity_ = model_identity(o);
   e->ckpt_ = std::make_unique<Checkpointer>(
@@ -161,6 +167,7 @@ void EngineImpl::close() {
   }
   ckpt_.reset();  // writes what is queued; before the tensors' backend goes
   requests_.clear();
+  sparse_.reset();
   kv_.reset();
   model_.reset();
   backend_.reset();
@@ -177,6 +184,7 @@ void EngineImpl::publish_stats() {
 
 void EngineImpl::finish(RequestState* r, const std::string& reason, const std::string& error) {
   kv_->free(r->id);
+  sparse_->release(r->id);
   sched_->remove(r->id);
   RequestStats s = r->stats;
   s.prompt_tokens = static_cast<int>(r->req.prompt.size());
@@ -215,6 +223,12 @@ bool EngineImpl::admit(uint64_t id) {
     return false;
   }
   r->kv_capacity = capacity;
+  st = sparse_->admit(id, capacity, r->req.budget);
+  if (!st.ok) {
+    kv_->free(id);
+    r->kv = nullptr;
+    return false;
+  }
   if (int n = ckpt_->restore(r)) sched_->skip_prefill(id, n);
   return true;
 }
@@ -286,6 +300,7 @@ void EngineImpl::step() {
   if (plan.work.empty()) return;
 
   ForwardBatch batch;
+  std::vector<uint64_t> chunk_ids;      // request of each chunk (SpeContext)
   std::vector<RequestState*> samplers;  // one per logits row, in order
   uint64_t prefill_tokens = 0, decode_tokens = 0;
   const Clock::time_point now = Clock::now();
@@ -311,14 +326,17 @@ void EngineImpl::step() {
       ch.logits = LogitsMode::Last;
       decode_tokens++;
     }
-    // Sparse decoding (issue 4) sets ch.selection / ch.budget here from the
-    // retrieval head's [requests, kv_heads, B] output when r->req.budget > 0.
+    // Sparse decoding: sparse_->before_forward() sets ch.selection / ch.budget
+    // from the retrieval head when r->req.budget > 0 (retrieval/sparse_decoder.h).
     if (ch.logits != LogitsMode::None) samplers.push_back(r);
     batch.chunks.push_back(ch);
+    chunk_ids.push_back(w.id);
   }
 
   std::vector<float> logits;
-  Status st = model_->forward(batch, &logits);
+  Status st = sparse_->before_forward(chunk_ids, &batch);
+  if (st.ok) st = model_->forward(batch, &logits);
+  if (st.ok) st = sparse_->after_forward(chunk_ids, batch);
   if (!st.ok) {
     for (const ScheduledWork& w : plan.work) {
       auto it = requests_.find(w.id);

@@ -18,6 +18,7 @@
 #include "engine/request_state.h"
 #include "kv/kv_store.h"
 #include "model/transformer.h"
+#include "retrieval/sparse_decoder.h"
 #include "scheduler/scheduler.h"
 
 namespace spx {
@@ -58,6 +59,7 @@ class EngineImpl final : public Engine {
   std::unique_ptr<Scheduler> sched_;
   std::unique_ptr<Checkpointer> ckpt_;  // checkpoints (native/src/checkpoint)
   uint64_t identity_ = 0;
+  std::unique_ptr<retrieval::SparseDecoder> sparse_;  // SpeContext (requests with a budget)
   std::map<uint64_t, std::unique_ptr<RequestState>> requests_;  // scheduler thread only
 
   mutable std::mutex mu_;

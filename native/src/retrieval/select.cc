@@ -45,7 +45,8 @@ SelectResult Selector::select(const float* logits, int pool, int q_heads, int kv
   auto row = [&](int h, int p, int g) { return &probs_[(static_cast<size_t>(p) * q_heads + h * group + g) * T]; };
   const int members = pool * group;
 
-  // Forced tokens outrank any probability (<= 1): sinks first, then the newest.
+  // Forced tokens outrank any probability (<= 1): the newest token, the
+  // sinks, then the other recent tokens.
   const int n_sink = std::min(std::max(opt.n_sink, 0), T);
   const int recent_from = std::max(T - std::max(opt.n_recent, 0), 0);
   double mass_sum = 0;
@@ -66,8 +67,11 @@ SelectResult Selector::select(const float* logits, int pool, int q_heads, int kv
         }
       for (int t = 0; t < T; ++t) group_[t] /= members;
     }
-    for (int t = recent_from; t < T; ++t) group_[t] = 2.0f;
+    // Recent tokens in [2, 3), newer first should they exceed the budget.
+    for (int t = recent_from; t < T; ++t)
+      group_[t] = 2.0f + static_cast<float>(t - recent_from) / static_cast<float>(T - recent_from + 1);
     for (int t = 0; t < n_sink; ++t) group_[t] = 3.0f;
+    if (recent_from < T) group_[T - 1] = 4.0f;  // the newest token before all others
     for (int t = 0; t < T; ++t) order_[t] = t;
     auto better = [&](int32_t a, int32_t b) {
       return group_[a] != group_[b] ? group_[a] > group_[b] : a < b;

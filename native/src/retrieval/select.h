@@ -8,6 +8,7 @@
 //     MQA: one group) and over pooled blocks;
 //   - the first n_sink tokens (attention sink) and the newest n_recent tokens
 //     always included (our addition; the paper keeps none unconditionally);
+//     if they exceed B, the newest token first, then sinks, then recent ones;
 //   - the top of the rest by group score, by partial selection (nth_element),
 //     ties to the older token;
 //   - T <= B: full attention.

@@ -1,0 +1,72 @@
+// SpeContext in the engine's step loop: the retrieval head runs before the
+// target on every decode step and its selection [kv_heads, B] feeds the
+// target's attention in all layers (ForwardChunk::selection).
+//
+// The engine calls, on its scheduler thread:
+//   admit(id, capacity, budget)   a request with budget > 0 joins
+//   before_forward(ids, &batch)   head step + selection for decode chunks
+//   after_forward(ids, batch)     the head takes the prompt's KV once prefilled
+//   release(id)                   the request ends
+// Requests with budget 0 are untouched (full attention). A context no longer
+// than B attends fully; so does a step whose selection carries less than
+// `fallback_mass` of the head's attention (counted).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "kv/slot_map.h"
+#include "model/transformer.h"
+#include "retrieval/head_choice.h"
+#include "retrieval/pruned_head.h"
+#include "retrieval/select.h"
+
+namespace spx::retrieval {
+
+struct SparseStats {
+  uint64_t sparse_steps = 0;    // decode steps that attended to a selection
+  uint64_t full_steps = 0;      // decode steps with budget whose context was <= B
+  uint64_t fallback_steps = 0;  // selection mass under the threshold
+  ElasticStats elastic;         // slot-map traffic for host-tier layers
+};
+
+class SparseDecoder {
+ public:
+  static Status make(Transformer* target, Backend* backend, const HeadChoice& choice,
+                     const SelectOptions& select, std::unique_ptr<SparseDecoder>* out);
+
+  Status admit(uint64_t id, int capacity, int budget);
+  void release(uint64_t id);
+  bool tracks(uint64_t id) const { return reqs_.count(id) != 0; }
+
+  // ids[i] is the request of batch.chunks[i].
+  Status before_forward(const std::vector<uint64_t>& ids, ForwardBatch* batch);
+  Status after_forward(const std::vector<uint64_t>& ids, const ForwardBatch& batch);
+
+  const SparseStats& stats() const { return stats_; }
+  const std::string& head_kind() const { return kind_; }
+  const PrunedHead& head() const { return *head_; }
+
+ private:
+  struct Request {
+    int budget = 0;
+    std::vector<int32_t> selection;  // [kv_heads, B], valid during one step
+    std::vector<float> scores;       // [pool, q_heads, T]
+  };
+  SparseDecoder() = default;
+
+  Transformer* target_ = nullptr;
+  std::unique_ptr<Transformer> dlm_;
+  std::unique_ptr<PrunedHead> head_;
+  std::string kind_;
+  SelectOptions select_;
+  Selector selector_;
+  SlotTable slots_;
+  std::map<uint64_t, int> slot_row_;  // request -> SlotTable row
+  std::map<uint64_t, Request> reqs_;
+  SparseStats stats_;
+};
+
+}  // namespace spx::retrieval
