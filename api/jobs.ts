@@ -134,8 +134,12 @@ export class JobService {
         const started = desc.raw.pendingActivities?.some(
           (a) => String(a.state) === 'PENDING_ACTIVITY_STATE_STARTED' || a.state === 2,
         );
-        const status = progress.stage === 'generating' && started ? 'running' : 'queued';
-        return { ...base, status: progress.stage === 'queued' ? 'queued' : status, progress };
+        // Queued until the engine takes the job: waiting to be prepared, or for a batch slot.
+        const waiting =
+          progress.stage === 'queued' ||
+          progress.stage === 'preparing' ||
+          (progress.stage === 'generating' && !started);
+        return { ...base, status: waiting ? 'queued' : 'running', progress };
       }
       case 'COMPLETED': {
         const out = (await handle.result()) as DocumentJobOutput;

@@ -13,7 +13,7 @@ export class JobEvents {
     this.js = jetstream(nc);
   }
 
-  /** Terminal and start events: stored, deduplicated. */
+  /** Terminal events: stored, deduplicated by job and type. */
   async publish(event: JobEvent): Promise<void> {
     const data = JSON.stringify({ ...event, at: new Date().toISOString() });
     const msgID = event.type === 'progress' ? undefined : `${event.jobId}.${event.type}`;

@@ -150,7 +150,6 @@ export interface StoreResultInput {
 }
 
 export type JobEvent =
-  | { type: 'started'; jobId: string }
   | { type: 'progress'; jobId: string; index: number; tokensDone: number; text?: string }
   | { type: 'completed'; jobId: string; resultRef: string }
   | { type: 'failed'; jobId: string; error: string }
