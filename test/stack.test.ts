@@ -4,6 +4,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import { Connection } from '@temporalio/client';
@@ -15,7 +16,13 @@ import { type StackConfig, stackConfig } from '../config/stack';
 import { freePort, portIsFree } from '../infra/port';
 import { isOurs, pidFile } from '../infra/process';
 import { stackDown, stackServers, stackStatus, stackUp } from '../infra/stack';
-import { type IsolatedStack, isolatedStackEnv, startIsolatedStack } from './helpers/stack';
+import {
+  type IsolatedStack,
+  isolatedStackEnv,
+  startIsolatedStack,
+  sweepDeadTestStacks,
+  testDataRoot,
+} from './helpers/stack';
 
 async function listNamespaces(c: StackConfig): Promise<string[]> {
   const conn = await Connection.connect({ address: c.temporal.address });
@@ -115,6 +122,24 @@ describe('isolated stack', () => {
     }
     expect(await allPortsFree(stack.config)).toBe(true);
     expect(await stackDown(stack.config)).toEqual([]);
+  });
+});
+
+describe('test stacks left by a run that died', () => {
+  it('are stopped and removed by the next run', async () => {
+    // A pid that certainly belonged to a process that has exited.
+    const gone = spawn(process.execPath, ['-e', '0']);
+    await once(gone, 'exit');
+    const env = await isolatedStackEnv('orphan');
+    env.SPECONTEXT_DATA_DIR = path.join(testDataRoot, `orphan-${gone.pid}`);
+    const c = stackConfig({ ...process.env, ...env });
+    await stackUp(c);
+    const pids = (await stackStatus(c)).map((r) => r.pid as number);
+    expect(await sweepDeadTestStacks()).toContain(`orphan-${gone.pid}`);
+    for (const [i, s] of stackServers(c).entries())
+      expect(isOurs(pids[i] as number, s.bin)).toBe(false);
+    expect(existsSync(c.dataDir)).toBe(false);
+    expect(await allPortsFree(c)).toBe(true);
   });
 });
 

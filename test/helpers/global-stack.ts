@@ -3,7 +3,7 @@
 // so code under test that reads stackConfig() reaches this stack, not the
 // developer's default one.
 import type { TestProject } from 'vitest/node';
-import { startIsolatedStack } from './stack';
+import { startIsolatedStack, sweepDeadTestStacks } from './stack';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -12,6 +12,7 @@ declare module 'vitest' {
 }
 
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  await sweepDeadTestStacks();
   const stack = await startIsolatedStack('shared');
   project.provide('stackEnv', stack.env);
   return () => stack.stop();
