@@ -123,15 +123,71 @@ function fmt(n: number): string {
   return Number.isFinite(n) ? n.toFixed(1) : '-';
 }
 
+const TABLE_HEAD = [
+  '| context | requests | ours prefill tok/s | llama.cpp prefill tok/s | ratio | ours decode tok/s | llama.cpp decode tok/s | ratio |',
+  '|---|---|---|---|---|---|---|---|',
+];
+
+function tableRow(r: Row): string {
+  const l = 'error' in r.llamaCpp ? undefined : r.llamaCpp;
+  const cells = [
+    r.ours.prefillTokensPerS,
+    l?.prefillTokensPerS ?? Number.NaN,
+    r.ratio?.prefill ?? Number.NaN,
+    r.ours.decodeTokensPerS,
+    l?.decodeTokensPerS ?? Number.NaN,
+    r.ratio?.decode ?? Number.NaN,
+  ];
+  return `| ${r.contextTokens} | ${r.requests} | ${cells.map(fmt).join(' | ')} |`;
+}
+
 export async function runCpuBench(options: CpuBenchOptions): Promise<void> {
   const gguf = options.gguf ?? findGguf(options.model);
   const contexts = options.contexts ?? [512, 4096];
   const batches = options.requests ?? [1, 8];
   const threads = options.threads || os.cpus().length;
+  const outFile = options.out ?? path.join(ROOT, 'bench', 'results', 'cpu-smollm2.json');
+  mkdirSync(path.dirname(outFile), { recursive: true });
   const engine = await openEngine({ model: options.model, maxBatch: 8, threads });
   const rows: Row[] = [];
   const loadBefore = os.loadavg();
   const ourThreads = engine.stats().threads;
+
+  // Rewritten after every row, so a long run that is cut short keeps what it measured.
+  const write = (complete: boolean) => {
+    const result = {
+      benchmark: 'cpu-smollm2',
+      complete,
+      date: new Date().toISOString(),
+      model: 'SmolLM2-135M-Instruct',
+      ours: {
+        weights: 'model.safetensors as converted (f32, dequantized from the Q4_1 GGUF)',
+        device: 'cpu',
+        threads: ourThreads,
+      },
+      llamaCpp: {
+        package: 'node-llama-cpp@3.21.1',
+        weights: `${path.basename(gguf)} (Q4_1)`,
+        build: 'prebuilt CPU',
+        threads,
+        reported: llamaBackend,
+      },
+      generatedTokensPerRequest: GEN_TOKENS,
+      machine: {
+        cpuCores: os.cpus().length,
+        cpuModel: os.cpus()[0]?.model ?? 'unknown',
+        loadAverageBefore: loadBefore,
+        loadAverageNow: os.loadavg(),
+        sharedMachine: true,
+      },
+      method:
+        'same token ids (Moby-Dick windows) to both; prefill tok/s = prompt tokens / time to the last first token; decode tok/s = tokens after that / their time; greedy, no stop tokens; ratio = ours / llama.cpp',
+      rows,
+    };
+    writeFileSync(outFile, `${JSON.stringify(result, null, 2)}\n`);
+  };
+
+  process.stderr.write(`${TABLE_HEAD.join('\n')}\n`);
   try {
     await runOurs(
       engine,
@@ -140,11 +196,8 @@ export async function runCpuBench(options: CpuBenchOptions): Promise<void> {
     for (const contextTokens of contexts) {
       for (const requests of batches) {
         const prompts = promptWindows((t) => engine.tokenize(t), contextTokens, requests);
-        process.stderr.write(`ctx ${contextTokens} x ${requests}: ours...`);
         const ours = await runOurs(engine, prompts);
-        process.stderr.write(' node-llama-cpp...');
         const llamaCpp = runLlamaCpp(gguf, prompts, threads);
-        process.stderr.write(' done\n');
         const row: Row = { contextTokens, requests, ours, llamaCpp };
         if (!('error' in llamaCpp)) {
           row.ratio = {
@@ -153,52 +206,17 @@ export async function runCpuBench(options: CpuBenchOptions): Promise<void> {
           };
         }
         rows.push(row);
+        process.stderr.write(`${tableRow(row)}\n`);
+        write(false);
       }
     }
   } finally {
     await engine.close();
   }
-  const result = {
-    benchmark: 'cpu-smollm2',
-    date: new Date().toISOString(),
-    model: 'SmolLM2-135M-Instruct',
-    ours: {
-      weights: 'model.safetensors as converted (dequantized from the Q4_1 GGUF)',
-      device: 'cpu',
-      threads: ourThreads,
-    },
-    llamaCpp: {
-      package: 'node-llama-cpp@3.21.1',
-      weights: `${path.basename(gguf)} (Q4_1)`,
-      build: 'prebuilt CPU',
-    },
-    generatedTokensPerRequest: GEN_TOKENS,
-    machine: {
-      cpuCores: os.cpus().length,
-      cpuModel: os.cpus()[0]?.model ?? 'unknown',
-      loadAverageBefore: loadBefore,
-      loadAverageAfter: os.loadavg(),
-      sharedMachine: true,
-    },
-    method:
-      'same token ids (Moby-Dick windows) to both; prefill tok/s = prompt tokens / time to the last first token; decode tok/s = tokens after that / their time; greedy, no stop tokens',
-    rows,
-  };
-  const outFile = options.out ?? path.join(ROOT, 'bench', 'results', 'cpu-smollm2.json');
-  mkdirSync(path.dirname(outFile), { recursive: true });
-  writeFileSync(outFile, `${JSON.stringify(result, null, 2)}\n`);
-
-  const lines = [
-    '| context | requests | ours prefill tok/s | llama.cpp prefill tok/s | ratio | ours decode tok/s | llama.cpp decode tok/s | ratio |',
-    '|---|---|---|---|---|---|---|---|',
-  ];
-  for (const r of rows) {
-    const l = 'error' in r.llamaCpp ? undefined : r.llamaCpp;
-    lines.push(
-      `| ${r.contextTokens} | ${r.requests} | ${fmt(r.ours.prefillTokensPerS)} | ${fmt(l?.prefillTokensPerS ?? Number.NaN)} | ${fmt(r.ratio?.prefill ?? Number.NaN)} | ${fmt(r.ours.decodeTokensPerS)} | ${fmt(l?.decodeTokensPerS ?? Number.NaN)} | ${fmt(r.ratio?.decode ?? Number.NaN)} |`,
-    );
-  }
-  process.stdout.write(`${lines.join('\n')}\n\n${os.cpus().length} cores; wrote ${outFile}\n`);
+  write(true);
+  process.stdout.write(
+    `${[...TABLE_HEAD, ...rows.map(tableRow)].join('\n')}\n\n${os.cpus().length} cores; wrote ${outFile}\n`,
+  );
 }
 
 if (require.main === module) {
