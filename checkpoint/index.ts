@@ -1,0 +1,2 @@
+export { type CheckpointConfig, checkpointConfig } from './config';
+export { CheckpointStore, type CheckpointStoreOptions, type CheckpointUsage } from './store';
