@@ -2,6 +2,7 @@
 // factory shape): tests build the same activities over a real engine and stores.
 import type { Client } from '@temporalio/client';
 import type { BlobStore } from '../blobstore/store';
+import type { CheckpointDeps } from '../checkpoint/resume';
 import type { Engine } from '../engine/types';
 import type { JobEvents } from '../nats/events';
 
@@ -17,4 +18,6 @@ export interface ActivityDeps {
   device: string;
   /** How often progress (and streamed text) goes out on NATS. */
   progressIntervalMs: number;
+  /** KV checkpoints in the host store, and their cadence (checkpoint/); absent: none. */
+  checkpoints?: CheckpointDeps;
 }

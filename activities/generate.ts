@@ -5,11 +5,15 @@
 // request, which frees its batch slot at once.
 //
 // Resuming: on a retry, the last heartbeat (GenerateHeartbeat) says how far the
-// previous attempt got and where. Today every resume recomputes; the preemption
-// work adds `checkpointId` and restores instead (see planResume).
+// previous attempt got and where. With a checkpoint store (deps.checkpoints) the
+// engine checkpoints the request into host memory and the heartbeat carries
+// its `checkpointId`; a retry restores from it when it is present and valid,
+// and otherwise recomputes (checkpoint/resume.ts). Without one, see planResume.
 import { ApplicationFailure, CancelledFailure, Context } from '@temporalio/activity';
 import { getText, putJson } from '../blobstore/store';
-import type { GenerationResult } from '../engine/types';
+import { planCheckpointResume, type Resume } from '../checkpoint/resume';
+import { CheckpointStore } from '../checkpoint/store';
+import type { CheckpointEvent, GenerationResult } from '../engine/types';
 import { tokensDoneSignal } from '../workflows/definitions';
 import type {
   GenerateHeartbeat,
@@ -43,16 +47,56 @@ export function planResume(prior: GenerateHeartbeat | undefined): ResumePlan {
   };
 }
 
+/**
+ * The error for an aborted generation: a cancellation when the job was
+ * cancelled, but a retryable failure when the worker is shutting down, so
+ * Temporal hands the work to another worker (with this attempt's heartbeat).
+ */
+function stopped(ctx: Context): Error {
+  const reason = (ctx.cancellationSignal.reason as Error | undefined)?.message;
+  if (reason === 'WORKER_SHUTDOWN') {
+    return ApplicationFailure.retryable(
+      'worker shut down during generation; handed back',
+      'WorkerShutdown',
+    );
+  }
+  return new CancelledFailure('generation cancelled');
+}
+
 export function makeGenerate(deps: ActivityDeps) {
   const { engine, blobs, events, client, host, hostTaskQueue, device } = deps;
 
   return async function generateAnswer(input: GenerateInput): Promise<GenerateOutput> {
     const ctx = Context.current();
-    const plan = planResume(ctx.info.heartbeatDetails as GenerateHeartbeat | undefined);
+    const prior = ctx.info.heartbeatDetails as GenerateHeartbeat | undefined;
     const { options } = input;
     const document = await getText(blobs, input.preparedRef);
+    const messages = messagesFor(document, input.instruction);
+    let resume: Resume | undefined;
+    if (deps.checkpoints) {
+      try {
+        const id = CheckpointStore.idFor(input.jobId, input.index);
+        const prompt = engine.applyChatTemplate(messages);
+        resume = planCheckpointResume(
+          deps.checkpoints,
+          engine,
+          id,
+          prompt,
+          options.maxTokens,
+          prior,
+          ctx.log,
+        );
+      } catch (err) {
+        if ((err as Error).name === 'InvalidRequestError') throw badInput((err as Error).message);
+        throw err;
+      }
+    }
+    const plan = resume?.plan ?? planResume(prior);
+    const resumed = resume?.generated ?? [];
+    // Set once a checkpoint of this request exists (restored, or written by this attempt).
+    let checkpointId = resume?.plan.resumedFrom === 'checkpoint' ? resume.id : undefined;
 
-    let tokensDone = 0;
+    let tokensDone = resumed.length;
     const beat = () =>
       ctx.heartbeat({
         index: input.index,
@@ -60,7 +104,17 @@ export function makeGenerate(deps: ActivityDeps) {
         host,
         taskQueue: hostTaskQueue,
         resumes: plan.resumes,
+        checkpointId,
       } satisfies GenerateHeartbeat);
+    const onCheckpoint = (e: CheckpointEvent) => {
+      if (!e.ok) {
+        ctx.log.warn('checkpoint write failed', { reason: e.message });
+        return;
+      }
+      checkpointId = resume?.id;
+      beat();
+      deps.checkpoints?.store.enforce();
+    };
     beat();
     const idle = setInterval(beat, IDLE_HEARTBEAT_MS);
 
@@ -86,10 +140,12 @@ export function makeGenerate(deps: ActivityDeps) {
     };
 
     let result: GenerationResult;
+    if (resume) deps.checkpoints?.store.acquire(resume.id);
     try {
       const stream = engine.stream({
-        messages: messagesFor(document, input.instruction),
-        maxTokens: options.maxTokens,
+        ...(resume
+          ? resume.request(options.maxTokens, onCheckpoint)
+          : { messages, maxTokens: options.maxTokens }),
         temperature: options.temperature,
         topP: options.topP,
         topK: options.topK,
@@ -106,21 +162,36 @@ export function makeGenerate(deps: ActivityDeps) {
       }
       result = await stream.result;
     } catch (err) {
-      if (ctx.cancellationSignal.aborted) throw new CancelledFailure('generation cancelled');
+      if (ctx.cancellationSignal.aborted) throw stopped(ctx);
       if ((err as Error).name === 'InvalidRequestError') throw badInput((err as Error).message);
       throw ApplicationFailure.retryable((err as Error).message, (err as Error).name);
     } finally {
       clearInterval(idle);
+      if (resume) deps.checkpoints?.store.release(resume.id);
     }
     if (result.stats.finishReason === 'cancelled' || ctx.cancellationSignal.aborted) {
-      throw new CancelledFailure('generation cancelled');
+      throw stopped(ctx);
     }
     if (pendingText) emit(Date.now());
 
     const s = result.stats;
+    if (resume && plan.resumedFrom === 'checkpoint' && s.restoreError) {
+      // The engine refused the file it was given (it re-validates): it prefilled instead.
+      ctx.log.warn('checkpoint rejected by the engine, recomputed', { reason: s.restoreError });
+      Object.assign(plan, { resumedFrom: 'recompute', tokensRecomputed: prior?.tokensDone ?? 0 });
+    }
+    if (resumed.length > 0) {
+      result = {
+        ...result,
+        text: engine.detokenize([...resumed, ...result.tokens]),
+        tokens: [...resumed, ...result.tokens],
+      };
+    }
+    if (resume) deps.checkpoints?.store.remove(resume.id);
+    const generatedTokens = resumed.length + s.generatedTokens;
     const stats: ResultStats = {
-      promptTokens: s.promptTokens,
-      generatedTokens: s.generatedTokens,
+      promptTokens: resume ? resume.prompt.length : s.promptTokens,
+      generatedTokens,
       prefillMs: s.prefillMs,
       decodeMs: s.decodeMs,
       prefillTokensPerS: s.prefillTokensPerS,
@@ -135,7 +206,7 @@ export function makeGenerate(deps: ActivityDeps) {
     const answer: InstructionResult = { instruction: input.instruction, text: result.text, stats };
     return {
       resultRef: await putJson(blobs, answer),
-      generatedTokens: s.generatedTokens,
+      generatedTokens,
       finishReason: s.finishReason,
     };
   };

@@ -266,3 +266,26 @@ describe('batches', () => {
     }
   }, 330_000);
 });
+
+describe('worker shutdown', () => {
+  it('hands in-flight generation back: another worker finishes the job and records the resume', async () => {
+    const r = await post('/v1/jobs', {
+      document: FACTS.document,
+      instructions: [`${FACTS.question} Then describe Maria's day in detail.`],
+      options: { maxTokens: 40, temperature: 0 },
+    });
+    const { id } = (await r.json()) as { id: string };
+    await waitFor('tokens to stream', async () => {
+      const v = (await (await http(`/v1/jobs/${id}`)).json()) as JobView;
+      return (v.progress.instructions[0]?.tokensDone ?? 0) >= 2 && v;
+    });
+    await worker.stop(); // grace 1 s, then the activity is cancelled and handed back
+    expect(engine.stats().activeRequests).toBe(0);
+    worker = await startWorker(config, { engine, shutdownGraceS: 1 });
+    const view = await finished(id);
+    expect(view.status).toBe('completed');
+    expect(view.results?.[0]?.stats).toMatchObject({ resumes: 1, resumedFrom: 'recompute' });
+    expect(view.results?.[0]?.stats.tokensRecomputed).toBeGreaterThanOrEqual(2);
+    expect(view.results?.[0]?.text).toMatch(FACTS.answer);
+  }, 180_000);
+});
