@@ -8,7 +8,7 @@ import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { Client } from '@temporalio/client';
-import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import {
   hasZodFastifySchemaValidationErrors,
   jsonSchemaTransform,
@@ -47,6 +47,9 @@ function decodeUtf8(body: Buffer): string {
 }
 
 const idParams = z.strictObject({ id: jobIdSchema });
+
+const notFound = (reply: FastifyReply, what: string, id: string) =>
+  reply.status(404).send({ error: 'not found', message: `no ${what} ${id}` });
 const errorBody = z.object({ error: z.string(), message: z.string() });
 
 /** Lines of a JSONL batch; a line that is not a job keeps its reason and fails alone. */
@@ -179,22 +182,19 @@ export async function buildApi(d: ApiDeps): Promise<FastifyInstance> {
 
   app.get('/v1/jobs/:id', { schema: { params: idParams } }, async (req, reply) => {
     const view = await d.jobs.get(req.params.id);
-    if (!view)
-      return reply.status(404).send({ error: 'not found', message: `no job ${req.params.id}` });
+    if (!view) return notFound(reply, 'job', req.params.id);
     return view;
   });
 
   app.post('/v1/jobs/:id/cancel', { schema: { params: idParams } }, async (req, reply) => {
     const view = await d.jobs.cancel(req.params.id);
-    if (!view)
-      return reply.status(404).send({ error: 'not found', message: `no job ${req.params.id}` });
+    if (!view) return notFound(reply, 'job', req.params.id);
     return reply.status(202).send(view);
   });
 
   app.get('/v1/jobs/:id/events', { schema: { params: idParams } }, async (req, reply) => {
     const view = await d.jobs.get(req.params.id);
-    if (!view)
-      return reply.status(404).send({ error: 'not found', message: `no job ${req.params.id}` });
+    if (!view) return notFound(reply, 'job', req.params.id);
     await streamJobEvents(d.nc, view, reply);
   });
 
@@ -218,22 +218,19 @@ export async function buildApi(d: ApiDeps): Promise<FastifyInstance> {
 
   app.get('/v1/batches/:id', { schema: { params: idParams } }, async (req, reply) => {
     const view = await d.jobs.getBatch(req.params.id);
-    if (!view)
-      return reply.status(404).send({ error: 'not found', message: `no batch ${req.params.id}` });
+    if (!view) return notFound(reply, 'batch', req.params.id);
     return view;
   });
 
   app.post('/v1/batches/:id/cancel', { schema: { params: idParams } }, async (req, reply) => {
     const view = await d.jobs.cancelBatch(req.params.id);
-    if (!view)
-      return reply.status(404).send({ error: 'not found', message: `no batch ${req.params.id}` });
+    if (!view) return notFound(reply, 'batch', req.params.id);
     return reply.status(202).send(view);
   });
 
   app.get('/v1/batches/:id/results', { schema: { params: idParams } }, async (req, reply) => {
     const view = await d.jobs.getBatch(req.params.id);
-    if (!view)
-      return reply.status(404).send({ error: 'not found', message: `no batch ${req.params.id}` });
+    if (!view) return notFound(reply, 'batch', req.params.id);
     const lines = d.jobs.batchResults(req.params.id);
     const body = Readable.from(
       (async function* () {

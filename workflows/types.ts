@@ -2,6 +2,7 @@
 // progress they report, and the activity contracts. Plain types only, so the
 // workflow sandbox can import them. Documents and results never appear here,
 // only blob references (`sha256:<hex>`), which keep history small.
+import type { GenerationStats } from '../engine/types';
 
 export type Truncation = 'reject' | 'keep_start' | 'keep_end';
 
@@ -65,14 +66,7 @@ export interface DocumentJobOutput {
 }
 
 /** Per-instruction stats stored with each result (and shown by GET /v1/jobs/:id). */
-export interface ResultStats {
-  promptTokens: number;
-  generatedTokens: number;
-  prefillMs: number;
-  decodeMs: number;
-  prefillTokensPerS: number;
-  decodeTokensPerS: number;
-  finishReason: 'stop' | 'length' | 'cancelled';
+export interface ResultStats extends GenerationStats {
   attention: 'sparse' | 'full';
   budget?: number;
   host: string;
