@@ -186,6 +186,8 @@ export interface FidelityFlags {
   dlm?: string;
   dlmLayers?: number;
   oracleLayer?: number;
+  pool?: number;
+  reduce?: 'max' | 'mean';
   text: string;
   context: number;
   budgets: number[];
@@ -231,6 +233,8 @@ export async function evalFidelity(flags: FidelityFlags): Promise<NativeFidelity
     dlmDir: flags.dlm ? path.resolve(flags.dlm) : undefined,
     dlmLayers: flags.dlmLayers,
     oracleLayer: flags.oracleLayer,
+    pool: flags.pool,
+    reduce: flags.reduce,
     tokens: Int32Array.from(ids.slice(0, need)),
     context: flags.context,
     steps: flags.steps,
@@ -305,6 +309,19 @@ export function registerSparseCommands(program: Command): void {
     .option('--dlm <dir>', 'retrieval head from a distilled model sharing the tokenizer')
     .option('--dlm-layers <k>', "self-derived head: the target's first k layers", intArg(1))
     .option('--oracle-layer <l>', "the target's own attention at layer l (upper bound)", intArg(0))
+    .option(
+      '--pool <n>',
+      'pool selection scores over the scoring layer and the n-1 below it',
+      intArg(1),
+    )
+    .option(
+      '--reduce <how>',
+      'combine query heads and pooled layers: mean or max (the paper)',
+      (v: string) => {
+        if (v !== 'mean' && v !== 'max') throw new InvalidArgumentError('expected mean or max');
+        return v;
+      },
+    )
     .option('--text <file>', `text to feed, or "${MOBY_DICK}"`, MOBY_DICK)
     .requiredOption('--context <n>', 'tokens prefilled before the decode steps', intArg(1))
     .option(

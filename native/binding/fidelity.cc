@@ -101,11 +101,18 @@ Napi::Value EvalFidelity(const Napi::CallbackInfo& info) {
   req.threads = FidelityInt(env, js, "threads", 0);
   req.head.dlm_layers = FidelityInt(env, js, "dlmLayers", 0);
   req.head.oracle_layer = FidelityInt(env, js, "oracleLayer", -1);
+  req.head.pool = FidelityInt(env, js, "pool", 0);
   auto& o = req.options;
   o.context = FidelityInt(env, js, "context", 0);
   o.steps = FidelityInt(env, js, "steps", 32);
   o.select.n_sink = FidelityInt(env, js, "nSink", o.select.n_sink);
   o.select.n_recent = FidelityInt(env, js, "nRecent", o.select.n_recent);
+  Napi::Value reduce = js.Get("reduce");
+  if (reduce.IsString()) {
+    const std::string r = reduce.As<Napi::String>().Utf8Value();
+    if (r != "max" && r != "mean") Throw(env, "evalFidelity: reduce must be max or mean", kInvalidRequest);
+    o.select.reduce = r == "max" ? spx::retrieval::GroupReduce::Max : spx::retrieval::GroupReduce::Mean;
+  }
   Napi::Value fm = js.Get("fallbackMass");
   if (fm.IsNumber()) o.select.fallback_mass = fm.As<Napi::Number>().FloatValue();
   Napi::Value budgets = js.Get("budgets");
