@@ -82,6 +82,10 @@ export interface NativeFidelityInput {
   dlmDir?: string;
   dlmLayers?: number;
   oracleLayer?: number;
+  /** Layers pooled for selection, the scoring layer and those below (0: recommended). */
+  pool?: number;
+  /** How query heads of a group (and pooled layers) combine: 'mean' (default) or the paper's 'max'. */
+  reduce?: 'max' | 'mean';
   tokens: Int32Array;
   context: number;
   steps: number;
