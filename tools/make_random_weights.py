@@ -13,6 +13,7 @@ SPX_CUDA_MODEL_DIRS) compares against it.
 """
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -23,50 +24,35 @@ import transformers
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench", "cuda"))
 from hf_bench import SHAPES  # noqa: E402  (the 8B shapes live with the benchmark)
 
+
+def _derive(base, **overrides):
+    """A smaller model of the same family as one of the benchmark shapes."""
+    spec = copy.deepcopy(SHAPES[base])
+    spec["kw"].update(overrides)
+    return spec
+
+
+# Real head size, GQA and (for Llama) the llama3 rope scaling, small enough to test.
 MID = {
-    # Real head size, GQA and the llama3 rope scaling, small enough to test.
-    "llama-mid": dict(
-        cls="LlamaForCausalLM",
-        cfg="LlamaConfig",
-        kw=dict(
-            hidden_size=1024,
-            intermediate_size=2816,
-            num_hidden_layers=4,
-            num_attention_heads=8,
-            num_key_value_heads=2,
-            head_dim=128,
-            vocab_size=32000,
-            max_position_embeddings=131072,
-            rms_norm_eps=1e-5,
-            rope_theta=500000.0,
-            rope_scaling=dict(
-                rope_type="llama3",
-                factor=8.0,
-                low_freq_factor=1.0,
-                high_freq_factor=4.0,
-                original_max_position_embeddings=8192,
-            ),
-            tie_word_embeddings=False,
-            initializer_range=0.05,
-        ),
+    "llama-mid": _derive(
+        "llama-3.1-8b",
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=32000,
+        initializer_range=0.05,
     ),
-    "qwen3-mid": dict(
-        cls="Qwen3ForCausalLM",
-        cfg="Qwen3Config",
-        kw=dict(
-            hidden_size=1024,
-            intermediate_size=3072,
-            num_hidden_layers=4,
-            num_attention_heads=16,
-            num_key_value_heads=4,
-            head_dim=128,
-            vocab_size=32000,
-            max_position_embeddings=40960,
-            rms_norm_eps=1e-6,
-            rope_theta=1000000.0,
-            tie_word_embeddings=False,
-            initializer_range=0.05,
-        ),
+    "qwen3-mid": _derive(
+        "qwen3-8b",
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=4,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        vocab_size=32000,
+        initializer_range=0.05,
     ),
 }
 

@@ -197,6 +197,22 @@ size_t kv_bytes_per_token(const ModelShape& s) {
   return size_t(s.layers) * 2 * s.kv_heads * s.head_dim * sizeof(bf16);
 }
 
+// Milliseconds of `reps` calls of f on the stream, timed with events.
+template <typename F>
+Status time_ms(cudaStream_t stream, int reps, F f, float* ms) {
+  cudaEvent_t e0, e1;
+  SPX_CUDA_TRY(cudaEventCreate(&e0));
+  SPX_CUDA_TRY(cudaEventCreate(&e1));
+  SPX_CUDA_TRY(cudaEventRecord(e0, stream));
+  for (int i = 0; i < reps; ++i) SPX_STATUS_TRY(f());
+  SPX_CUDA_TRY(cudaEventRecord(e1, stream));
+  SPX_CUDA_TRY(cudaEventSynchronize(e1));
+  SPX_CUDA_TRY(cudaEventElapsedTime(ms, e0, e1));
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return Status::Ok();
+}
+
 Status bench_prefill(const Model& m, cudaStream_t stream, cuda::Gemm* gemm, int T, int chunk,
                      Row* row) {
   const ModelShape& s = m.s;
@@ -239,18 +255,9 @@ Status bench_prefill(const Model& m, cudaStream_t stream, cuda::Gemm* gemm, int 
   };
   SPX_STATUS_TRY(run());  // warm-up: cuBLASLt plans, module load
   SPX_CUDA_TRY(cudaStreamSynchronize(stream));
-  cudaEvent_t e0, e1;
-  SPX_CUDA_TRY(cudaEventCreate(&e0));
-  SPX_CUDA_TRY(cudaEventCreate(&e1));
   const int reps = T <= 4096 ? 3 : 1;
-  SPX_CUDA_TRY(cudaEventRecord(e0, stream));
-  for (int i = 0; i < reps; ++i) SPX_STATUS_TRY(run());
-  SPX_CUDA_TRY(cudaEventRecord(e1, stream));
-  SPX_CUDA_TRY(cudaEventSynchronize(e1));
   float ms = 0;
-  SPX_CUDA_TRY(cudaEventElapsedTime(&ms, e0, e1));
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
+  SPX_STATUS_TRY(time_ms(stream, reps, run, &ms));
   row->phase = "prefill";
   row->context = T;
   row->batch = row->requested_batch = 1;
@@ -335,18 +342,11 @@ Status bench_decode(const Model& m, cudaStream_t stream, cuda::Gemm* gemm, int c
     return Status::Ok();
   };
 
-  cudaEvent_t e0, e1;
-  SPX_CUDA_TRY(cudaEventCreate(&e0));
-  SPX_CUDA_TRY(cudaEventCreate(&e1));
   for (int i = 0; i < warm; ++i) SPX_STATUS_TRY(step());  // eager: plans, module load
   SPX_CUDA_TRY(cudaStreamSynchronize(stream));
   const int eager_steps = std::max(2, steps / 4);
-  SPX_CUDA_TRY(cudaEventRecord(e0, stream));
-  for (int i = 0; i < eager_steps; ++i) SPX_STATUS_TRY(step());
-  SPX_CUDA_TRY(cudaEventRecord(e1, stream));
-  SPX_CUDA_TRY(cudaEventSynchronize(e1));
   float eager_ms = 0;
-  SPX_CUDA_TRY(cudaEventElapsedTime(&eager_ms, e0, e1));
+  SPX_STATUS_TRY(time_ms(stream, eager_steps, step, &eager_ms));
 
   cudaGraph_t graph;
   cudaGraphExec_t exec;
@@ -358,16 +358,17 @@ Status bench_decode(const Model& m, cudaStream_t stream, cuda::Gemm* gemm, int c
   SPX_CUDA_TRY(cudaGraphInstantiate(&exec, graph, 0));
   SPX_CUDA_TRY(cudaGraphLaunch(exec, stream));  // warm the graph
   SPX_CUDA_TRY(cudaStreamSynchronize(stream));
-  SPX_CUDA_TRY(cudaEventRecord(e0, stream));
-  for (int i = 0; i < steps; ++i) SPX_CUDA_TRY(cudaGraphLaunch(exec, stream));
-  SPX_CUDA_TRY(cudaEventRecord(e1, stream));
-  SPX_CUDA_TRY(cudaEventSynchronize(e1));
   float ms = 0;
-  SPX_CUDA_TRY(cudaEventElapsedTime(&ms, e0, e1));
+  const Status timed = time_ms(
+      stream, steps,
+      [&]() -> Status {
+        SPX_CUDA_TRY(cudaGraphLaunch(exec, stream));
+        return Status::Ok();
+      },
+      &ms);
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
+  SPX_STATUS_TRY(timed);
 
   // Sanity: every request produced a token id in range.
   std::vector<int32_t> out(batch);

@@ -202,27 +202,12 @@ inline cudaError_t decode_attention_launch_dg(bf16* out, const bf16* q, const De
 
 template <int D>
 inline cudaError_t decode_attention_launch_d(int group, bf16* out, const bf16* q,
-                                             const DecodeSeq* seqs, const int32_t* lengths,
-                                             int batch, int kv_heads, float scale,
-                                             int split_tokens, float* po, float* pml,
-                                             int max_splits, cudaStream_t stream) {
-#define SPX_DECODE_G(g)                                                                      \
-  case g:                                                                                    \
-    return decode_attention_launch_dg<D, g>(out, q, seqs, lengths, batch, kv_heads, scale,   \
-                                            split_tokens, po, pml, max_splits, stream);
-  switch (group) {
-    SPX_DECODE_G(1)
-    SPX_DECODE_G(2)
-    SPX_DECODE_G(3)
-    SPX_DECODE_G(4)
-    SPX_DECODE_G(5)
-    SPX_DECODE_G(6)
-    SPX_DECODE_G(7)
-    SPX_DECODE_G(8)
-    default:
-      return cudaErrorInvalidValue;
-  }
-#undef SPX_DECODE_G
+    const DecodeSeq* seqs, const int32_t* lengths, int batch, int kv_heads, float scale,
+    int split_tokens, float* po, float* pml, int max_splits, cudaStream_t stream) {
+  return dispatch_group(group, [&](auto g) {
+    return decode_attention_launch_dg<D, decltype(g)::value>(out, q, seqs, lengths, batch, kv_heads,
+        scale, split_tokens, po, pml, max_splits, stream);
+  });
 }
 
 }  // namespace spx::cuda
