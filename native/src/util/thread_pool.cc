@@ -75,7 +75,12 @@ void ThreadPool::run(int64_t n, int64_t grain, const std::function<void(int64_t,
   }
   cv_.notify_all();
   work_on_current();
-  while (pending_.load(std::memory_order_acquire) != 0) cpu_relax();
+  // Workers that were descheduled (a busy machine) get the core back instead
+  // of the caller spinning on it.
+  for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    if (spins < 2000) cpu_relax();
+    else std::this_thread::yield();
+  }
 }
 
 ThreadPool::Bind::Bind(ThreadPool* pool) : prev_(t_pool) { t_pool = pool; }
