@@ -14,6 +14,8 @@ import { RequestStream } from './stream';
 import { ModelTokenizer } from './tokenizer';
 import type {
   ChatMessage,
+  CheckpointEvent,
+  CheckpointInspection,
   Engine,
   EngineOptions,
   EngineStats,
@@ -75,6 +77,11 @@ class NativeEngine implements Engine {
   readonly info: ModelInfo;
   private closed = false;
   private readonly defaultStops: number[];
+  /** Running requests that write checkpoints: id -> who waits for their next one. */
+  private readonly checkpointing = new Map<
+    number,
+    Array<(e: CheckpointEvent | undefined) => void>
+  >();
 
   constructor(
     private readonly native: NativeAddon,
@@ -125,15 +132,28 @@ class NativeEngine implements Engine {
           seed: request.seed,
           stopTokenIds: request.stopTokenIds ?? this.defaultStops,
           budget: request.budget,
+          checkpoint: request.checkpoint && {
+            path: request.checkpoint.path,
+            everyTokens: request.checkpoint.everyTokens,
+            everyMs: request.checkpoint.everyMs,
+            restore: request.checkpoint.restore,
+            resumedGenerated: request.checkpoint.resumedGenerated,
+          },
         },
         // Runs from the addon's thread-safe function: it must never throw.
         (kind: string, payload: unknown) => {
           try {
             if (kind === 'token') stream.onToken(payload as number);
-            else if (kind === 'done') {
+            else if (kind === 'checkpoint') {
+              const event = payload as CheckpointEvent;
+              for (const w of this.checkpointing.get(id)?.splice(0) ?? []) w(event);
+              request.checkpoint?.onCheckpoint?.(event);
+            } else if (kind === 'done') {
+              this.endCheckpointing(id);
               detach();
               stream.onDone(payload as Parameters<RequestStream['onDone']>[0]);
             } else {
+              this.endCheckpointing(id);
               detach();
               stream.onError(toEngineError(payload));
             }
@@ -146,11 +166,45 @@ class NativeEngine implements Engine {
     } catch (err) {
       throw toEngineError(err);
     }
+    if (request.checkpoint) this.checkpointing.set(id, []);
     if (request.signal) {
       onAbort = () => this.native.cancel(this.handle, id);
       request.signal.addEventListener('abort', onAbort, { once: true });
     }
     return stream;
+  }
+
+  inspectCheckpoint(file: string): CheckpointInspection {
+    this.assertOpen();
+    try {
+      return this.native.inspectCheckpoint(this.handle, file);
+    } catch (err) {
+      throw toEngineError(err);
+    }
+  }
+
+  async checkpointInFlight(timeoutMs = 10_000): Promise<CheckpointEvent[]> {
+    this.assertOpen();
+    const waits = [...this.checkpointing.entries()].map(
+      ([id, waiters]) =>
+        new Promise<CheckpointEvent | undefined>((resolve) => {
+          waiters.push(resolve);
+          this.native.checkpointNow(this.handle, id);
+        }),
+    );
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<undefined>((resolve) => {
+      timer = setTimeout(() => resolve(undefined), timeoutMs);
+    });
+    const events = await Promise.all(waits.map((w) => Promise.race([w, timeout])));
+    clearTimeout(timer);
+    return events.filter((e): e is CheckpointEvent => e !== undefined);
+  }
+
+  /** A request ended: whoever waits for its checkpoint stops waiting. */
+  private endCheckpointing(id: number): void {
+    for (const w of this.checkpointing.get(id) ?? []) w(undefined);
+    this.checkpointing.delete(id);
   }
 
   tokenize(text: string): number[] {

@@ -5,7 +5,13 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import { AddonMissingError } from './errors';
-import type { EngineStats, GenerationStats, ModelInfo } from './types';
+import type {
+  CheckpointEvent,
+  CheckpointInspection,
+  EngineStats,
+  GenerationStats,
+  ModelInfo,
+} from './types';
 
 /** Opaque: only the addon can make or read one. */
 export interface NativeHandle {
@@ -32,6 +38,16 @@ export interface NativeRequest {
   seed?: number;
   stopTokenIds?: number[];
   budget?: number;
+  checkpoint?: NativeCheckpointSpec;
+}
+
+/** GenerateRequest.checkpoint as the addon takes it (native/src/checkpoint). */
+export interface NativeCheckpointSpec {
+  path: string;
+  everyTokens?: number;
+  everyMs?: number;
+  restore?: boolean;
+  resumedGenerated?: number;
 }
 
 /** The engine's own shapes, as in engine/types.ts; finishReason may also be 'error'. */
@@ -46,6 +62,7 @@ export type NativeEventCallback = {
   (kind: 'token', token: number): void;
   (kind: 'done', stats: NativeRequestStats): void;
   (kind: 'error', error: Error): void;
+  (kind: 'checkpoint', event: CheckpointEvent): void;
 };
 
 /** Errors thrown or rejected by the addon carry one of these codes. */
@@ -73,6 +90,10 @@ export interface NativeAddon {
   plan(input: NativePlanInput): NativePlanResult;
   /** SpeContext fidelity evaluation (sparse vs full, teacher-forced); runs on a worker thread. */
   evalFidelity(input: NativeFidelityInput): Promise<NativeFidelityReport>;
+  /** Checkpoint a running request at the next step boundary; its callback gets 'checkpoint'. */
+  checkpointNow(handle: NativeHandle, id: number): void;
+  /** Validates a checkpoint file against this engine; synchronous (reads the file). */
+  inspectCheckpoint(handle: NativeHandle, path: string): CheckpointInspection;
 }
 
 export interface NativeFidelityInput {

@@ -38,7 +38,54 @@ export interface GenerateRequest extends SamplingOptions {
   /** Sparse KV budget B; undefined or 0: full attention. */
   budget?: number;
   signal?: AbortSignal;
+  /** Checkpoints of this request (docs/checkpoints.md). */
+  checkpoint?: CheckpointOptions;
 }
+
+export interface CheckpointOptions {
+  /** File the engine writes (and, with restore, reads) this request's checkpoint in. */
+  path: string;
+  /** Write after this many new tokens, and once right after prefill. */
+  everyTokens?: number;
+  /** Or after this many milliseconds. */
+  everyMs?: number;
+  /**
+   * Continue from the checkpoint at `path`: `tokens` must be the original prompt followed by
+   * the `resumedGenerated` tokens generated before. An unusable file is not an error: the
+   * request prefills instead and `stats.restoreError` says why.
+   */
+  restore?: boolean;
+  resumedGenerated?: number;
+  /** After each checkpoint write; must not throw. */
+  onCheckpoint?: (event: CheckpointEvent) => void;
+}
+
+export interface CheckpointEvent {
+  ok: boolean;
+  message?: string;
+  path: string;
+  /** KV positions in the file. */
+  tokens: number;
+  /** Tokens generated so far, resumed ones included. */
+  generated: number;
+  bytes: number;
+  fileBytes: number;
+  /** Time the engine's step spent on the snapshot. */
+  stallMs: number;
+  writeMs: number;
+}
+
+export type CheckpointInspection =
+  | { ok: false; reason: string }
+  | {
+      ok: true;
+      /** Every token of the request so far: prompt, generated, and the next one to feed. */
+      tokens: Int32Array;
+      kvTokens: number;
+      generated: number;
+      promptTokens: number;
+      fileBytes: number;
+    };
 
 export interface ChatMessage {
   role: 'system' | 'user' | 'assistant';
@@ -53,6 +100,12 @@ export interface GenerationStats {
   prefillTokensPerS: number;
   decodeTokensPerS: number;
   finishReason: 'stop' | 'length' | 'cancelled';
+  /** KV positions restored from a checkpoint (0: none). */
+  restoredTokens?: number;
+  /** Why a requested restore fell back to prefill. */
+  restoreError?: string;
+  /** Checkpoints written. */
+  checkpoints?: number;
 }
 
 export interface GenerationResult {
@@ -105,6 +158,13 @@ export interface Engine {
   applyChatTemplate(messages: ChatMessage[]): number[];
   stats(): EngineStats;
   close(): Promise<void>;
+  /** Validates a checkpoint file against this engine's model and returns its tokens. */
+  inspectCheckpoint?(path: string): CheckpointInspection;
+  /**
+   * Checkpoints every running request that has a checkpoint path (SIGTERM), resolving with
+   * one event per request once written, or when `timeoutMs` passes.
+   */
+  checkpointInFlight?(timeoutMs?: number): Promise<CheckpointEvent[]>;
 }
 
 export interface GenerationStream extends AsyncIterable<GenerationChunk> {

@@ -14,6 +14,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("backends", Napi::Function::New(env, Backends, "backends"));
   exports.Set("plan", Napi::Function::New(env, Plan, "plan"));
   exports.Set("evalFidelity", Napi::Function::New(env, EvalFidelity, "evalFidelity"));
+  exports.Set("checkpointNow", Napi::Function::New(env, CheckpointNow, "checkpointNow"));
+  exports.Set("inspectCheckpoint", Napi::Function::New(env, InspectCheckpoint, "inspectCheckpoint"));
   return exports;
 }
 

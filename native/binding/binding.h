@@ -44,6 +44,7 @@ spx::GenerateRequest ToGenerateRequest(Napi::Env env, const Napi::Object& js);
 Napi::Object FromRequestStats(Napi::Env env, const spx::RequestStats& stats);
 Napi::Object FromEngineStats(Napi::Env env, const spx::EngineStats& stats);
 Napi::Object FromModelInfo(Napi::Env env, const spx::ModelInfo& info);
+Napi::Object FromCheckpointEvent(Napi::Env env, const spx::CheckpointEvent& event);  // checkpoint.cc
 
 // Exported functions; each lives in the file named after it.
 Napi::Value Open(const Napi::CallbackInfo& info);       // open.cc
@@ -55,5 +56,7 @@ Napi::Value Info(const Napi::CallbackInfo& info);       // inspect.cc
 Napi::Value Backends(const Napi::CallbackInfo& info);   // inspect.cc
 Napi::Value Plan(const Napi::CallbackInfo& info);       // plan.cc (SpeContext memory planner)
 Napi::Value EvalFidelity(const Napi::CallbackInfo& info);  // fidelity.cc (sparse vs full)
+Napi::Value CheckpointNow(const Napi::CallbackInfo& info);      // checkpoint.cc
+Napi::Value InspectCheckpoint(const Napi::CallbackInfo& info);  // checkpoint.cc
 
 }  // namespace spx_binding

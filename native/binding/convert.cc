@@ -93,6 +93,15 @@ spx::GenerateRequest ToGenerateRequest(Napi::Env env, const Napi::Object& js) {
   }
   if (Has(js, "stopTokenIds")) r.stop_token_ids = Ids(env, js, "stopTokenIds");
   if (Has(js, "budget")) r.budget = Int(env, js, "budget");
+  if (Has(js, "checkpoint")) {
+    if (!js.Get("checkpoint").IsObject()) Throw(env, "checkpoint must be an object", kInvalidRequest);
+    Napi::Object c = js.Get("checkpoint").As<Napi::Object>();
+    r.checkpoint.path = String(env, c, "path");
+    if (Has(c, "everyTokens")) r.checkpoint.every_tokens = Int(env, c, "everyTokens");
+    if (Has(c, "everyMs")) r.checkpoint.every_ms = Int(env, c, "everyMs");
+    if (Has(c, "restore")) r.checkpoint.restore = c.Get("restore").ToBoolean().Value();
+    if (Has(c, "resumedGenerated")) r.checkpoint.resumed_generated = Int(env, c, "resumedGenerated");
+  }
   return r;
 }
 
@@ -105,6 +114,9 @@ Napi::Object FromRequestStats(Napi::Env env, const spx::RequestStats& s) {
   o.Set("prefillTokensPerS", s.prefill_tokens_per_s);
   o.Set("decodeTokensPerS", s.decode_tokens_per_s);
   o.Set("finishReason", s.finish_reason);
+  o.Set("restoredTokens", s.restored_tokens);
+  if (!s.restore_error.empty()) o.Set("restoreError", s.restore_error);
+  o.Set("checkpoints", s.checkpoints);
   return o;
 }
 

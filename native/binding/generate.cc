@@ -13,10 +13,11 @@ namespace spx_binding {
 namespace {
 
 struct Event {
-  enum Kind { kToken, kDone, kError } kind;
+  enum Kind { kToken, kDone, kError, kCheckpoint } kind;
   int32_t token = 0;
   spx::RequestStats stats;
   std::string message;
+  spx::CheckpointEvent checkpoint;
 };
 
 void Dispatch(Napi::Env env, Napi::Function callback, const Event& event) {
@@ -26,6 +27,9 @@ void Dispatch(Napi::Env env, Napi::Function callback, const Event& event) {
       break;
     case Event::kDone:
       callback.Call({Napi::String::New(env, "done"), FromRequestStats(env, event.stats)});
+      break;
+    case Event::kCheckpoint:
+      callback.Call({Napi::String::New(env, "checkpoint"), FromCheckpointEvent(env, event.checkpoint)});
       break;
     case Event::kError:
       callback.Call({Napi::String::New(env, "error"),
@@ -62,6 +66,12 @@ class ThreadSafeSink : public spx::RequestSink {
   void on_token(int32_t token) override {
     if (finished_.load()) return;
     Post(new Event{Event::kToken, token, {}, {}});
+  }
+  void on_checkpoint(const spx::CheckpointEvent& e) override {
+    if (finished_.load()) return;
+    Event* event = new Event{Event::kCheckpoint, 0, {}, {}};
+    event->checkpoint = e;
+    Post(event);
   }
   void on_done(const spx::RequestStats& stats) override {
     Finish(new Event{Event::kDone, 0, stats, {}});
