@@ -17,6 +17,8 @@ import {
 } from '@temporalio/worker';
 import { createActivities } from '../activities';
 import { openBlobStore } from '../blobstore';
+import { checkpointConfig } from '../checkpoint/config';
+import { CheckpointStore } from '../checkpoint/store';
 import type { ServiceConfig } from '../config/service';
 import { openEngine } from '../engine';
 import type { Device, Engine } from '../engine/types';
@@ -82,6 +84,20 @@ export async function startWorker(c: ServiceConfig, o: WorkerOptions = {}): Prom
   const connection = await NativeConnection.connect({ address: c.temporal.address });
   const client = new Client({ connection, namespace: c.temporal.namespace });
   const queue = hostTaskQueue(c.temporal.taskQueue, host);
+  // KV checkpoints in host memory (checkpoint/): a retry on this host resumes from them.
+  const ck = checkpointConfig(c.dataDir);
+  const checkpoints = ck.enabled
+    ? {
+        store: new CheckpointStore({
+          dir: ck.dir,
+          spillDir: ck.spillDir,
+          memoryCapBytes: ck.memoryCapBytes,
+          spillCapBytes: ck.spillCapBytes,
+        }),
+        everyTokens: ck.everyTokens,
+        everyMs: ck.everyMs,
+      }
+    : undefined;
   const activities = createActivities({
     engine,
     blobs,
@@ -91,6 +107,7 @@ export async function startWorker(c: ServiceConfig, o: WorkerOptions = {}): Prom
     hostTaskQueue: queue,
     device,
     progressIntervalMs: c.progressIntervalMs,
+    checkpoints,
   });
   const common = {
     connection,
@@ -134,6 +151,9 @@ export async function startWorker(c: ServiceConfig, o: WorkerOptions = {}): Prom
   })();
 
   const stop = async () => {
+    // Preemption notice (SIGTERM): checkpoint every in-flight request first, so
+    // whatever the grace time does not finish resumes from here.
+    if (checkpoints) await engine.checkpointInFlight?.(5_000).catch(() => []);
     for (const w of [main, routed]) if (w.getState() === 'RUNNING') w.shutdown();
     await done;
   };
