@@ -75,6 +75,8 @@ TEST(Config, Errors) {
             std::string::npos);
   EXPECT_NE(error_of(with(kLlama, "\"llama3\"", "\"yarn\"")).find("unsupported rope scaling"), std::string::npos);
   EXPECT_NE(error_of(with(kLlama, "[7, 9]", "[7, 900]")).find("eos_token_id"), std::string::npos);
+  EXPECT_NE(error_of(with(kLlama, "\"rms_norm_eps\"", "\"use_sliding_window\": true, \"rms_norm_eps\"")).find("sliding"),
+            std::string::npos);
   EXPECT_NE(error_of(with(kLlama, "\"tie_word_embeddings\": true", "\"tie_word_embeddings\": 1")).find("tie_word"),
             std::string::npos);
 }

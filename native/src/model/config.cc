@@ -137,6 +137,12 @@ Status parse_model_config(const std::string& text, ModelConfig* out) {
   if (!(st = parse_rope(root, &c.rope)).ok) return st;
   if (!(st = get_bool(root, "tie_word_embeddings", &c.tie_word_embeddings)).ok) return st;
 
+  // Qwen2 configs carry sliding-window fields; the engine attends over the
+  // whole context, so a config that really uses a window is refused.
+  bool sliding = false;
+  if (!(st = get_bool(root, "use_sliding_window", &sliding)).ok) return st;
+  if (sliding) return Status::Error("config.json: sliding-window attention (use_sliding_window) is not supported");
+
   const Json* act = root.find("hidden_act");
   if (act != nullptr && !(act->is_string() && act->as_string() == "silu"))
     return Status::Error("config.json: only hidden_act 'silu' is supported");
