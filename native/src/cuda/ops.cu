@@ -90,14 +90,11 @@ static cudaError_t decode_attention_impl(bool mma, bf16* out, const bf16* q,
     return cudaErrorInvalidValue;
   const int group = q_heads / kv_heads;
   // Head sizes of the real models (64, 128) and of the tiny test fixtures (16, 32).
-#define SPX_DECODE_D(d)                                                                        \
-  case d:                                                                                      \
-    return mma ? decode_attention_mma_launch_d<d>(group, out, q, seqs, lengths, batch,         \
-                                                  kv_heads, scale, split_tokens, ws.partial_o, \
-                                                  ws.partial_ml, ws.max_splits, stream)        \
-               : decode_attention_launch_d<d>(group, out, q, seqs, lengths, batch, kv_heads,   \
-                                              scale, split_tokens, ws.partial_o,               \
-                                              ws.partial_ml, ws.max_splits, stream);
+#define SPX_DECODE_D(d)                                                                       \
+  case d:                                                                                     \
+    return decode_attention_launch_d<d>(mma, group, out, q, seqs, lengths, batch, kv_heads,   \
+                                        scale, split_tokens, ws.partial_o, ws.partial_ml,     \
+                                        ws.max_splits, stream);
   switch (head_dim) {
     SPX_DECODE_D(16)
     SPX_DECODE_D(32)
@@ -109,21 +106,20 @@ static cudaError_t decode_attention_impl(bool mma, bf16* out, const bf16* q,
 #undef SPX_DECODE_D
 }
 
-// The tensor-core kernel serves groups of up to 8 heads; SPX_DECODE_KERNEL=simt
-// forces the SIMT kernel (for comparisons).
-static bool use_mma_decode(int group) {
+// SPX_DECODE_KERNEL=simt forces the SIMT kernel (for comparisons).
+static bool use_mma_decode() {
   static const bool simt = [] {
     const char* e = std::getenv("SPX_DECODE_KERNEL");
     return e != nullptr && std::string(e) == "simt";
   }();
-  return !simt && group <= 8;
+  return !simt;
 }
 
 cudaError_t decode_attention_forward(bf16* out, const bf16* q, const DecodeSeq* seqs,
                                      const int32_t* lengths, int batch, int q_heads,
                                      int kv_heads, int head_dim, float scale, int split_tokens,
                                      DecodeAttentionWorkspace ws, cudaStream_t stream) {
-  const bool mma = kv_heads > 0 && use_mma_decode(q_heads / kv_heads);
+  const bool mma = use_mma_decode();
   return decode_attention_impl(mma, out, q, seqs, lengths, batch, q_heads, kv_heads, head_dim,
                                scale, split_tokens, ws, stream);
 }

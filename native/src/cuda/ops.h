@@ -106,9 +106,9 @@ cudaError_t decode_attention_forward(bf16* out,               // [batch, q_heads
                                      float scale, int split_tokens, DecodeAttentionWorkspace ws,
                                      cudaStream_t stream);
 
-// The same with the SIMT kernel, which decode_attention_forward uses only
-// for groups of more than 8 heads or when SPX_DECODE_KERNEL=simt; kept for
-// comparison and tests.
+// The same with the SIMT (CUDA-core) kernel, which decode_attention_forward
+// uses only when SPX_DECODE_KERNEL=simt; kept for comparison and tests.
+// Both kernels serve GQA groups of 1 to 8 query heads per KV head.
 cudaError_t decode_attention_simt_forward(bf16* out, const bf16* q, const DecodeSeq* seqs,
                                           const int32_t* lengths, int batch, int q_heads,
                                           int kv_heads, int head_dim, float scale,

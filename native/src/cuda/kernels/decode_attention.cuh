@@ -183,31 +183,4 @@ __global__ void decode_attention_merge_kernel(bf16* out,                // [batc
   }
 }
 
-template <int D, int G>
-inline cudaError_t decode_attention_launch_dg(bf16* out, const bf16* q, const DecodeSeq* seqs,
-                                              const int32_t* lengths, int batch, int kv_heads,
-                                              float scale, int split_tokens, float* partial_o,
-                                              float* partial_ml, int max_splits,
-                                              cudaStream_t stream) {
-  const dim3 grid(max_splits, kv_heads, batch);
-  decode_attention_forward_kernel<D, G><<<grid, kDecodeThreads, 0, stream>>>(
-      q, seqs, lengths, partial_o, partial_ml, kv_heads, scale * 1.4426950408889634f,
-      split_tokens, max_splits);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-  decode_attention_merge_kernel<<<dim3(kv_heads * G, batch), D, 0, stream>>>(
-      out, partial_o, partial_ml, lengths, D, split_tokens, max_splits);
-  return cudaGetLastError();
-}
-
-template <int D>
-inline cudaError_t decode_attention_launch_d(int group, bf16* out, const bf16* q,
-    const DecodeSeq* seqs, const int32_t* lengths, int batch, int kv_heads, float scale,
-    int split_tokens, float* po, float* pml, int max_splits, cudaStream_t stream) {
-  return dispatch_group(group, [&](auto g) {
-    return decode_attention_launch_dg<D, decltype(g)::value>(out, q, seqs, lengths, batch, kv_heads,
-        scale, split_tokens, po, pml, max_splits, stream);
-  });
-}
-
 }  // namespace spx::cuda

@@ -213,26 +213,34 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   }
 }
 
+// Launches either decode kernel (tensor-core `mma`, or the SIMT one from
+// decode_attention.cuh), then the merge of the splits.
 template <int D, int G>
-inline cudaError_t decode_attention_mma_launch_dg(bf16* out, const bf16* q, const DecodeSeq* seqs,
-                                                  const int32_t* lengths, int batch, int kv_heads,
-                                                  float scale, int split_tokens, float* partial_o,
-                                                  float* partial_ml, int max_splits,
-                                                  cudaStream_t stream) {
-  constexpr size_t smem = decode_mma_smem_bytes<D>();
-  static bool configured = false;  // raising the limit is a host call: once per instantiation
-  if (!configured) {
-    const cudaError_t e = cudaFuncSetAttribute(decode_attention_mma_forward_kernel<D, G>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               static_cast<int>(smem));
-    if (e != cudaSuccess) return e;
-    configured = true;
-  }
+inline cudaError_t decode_attention_launch_dg(bool mma, bf16* out, const bf16* q,
+                                              const DecodeSeq* seqs, const int32_t* lengths,
+                                              int batch, int kv_heads, float scale,
+                                              int split_tokens, float* partial_o,
+                                              float* partial_ml, int max_splits,
+                                              cudaStream_t stream) {
   const dim3 grid(max_splits, kv_heads, batch);
-  decode_attention_mma_forward_kernel<D, G><<<grid, kMmaWarps * 32, smem, stream>>>(
-      q, seqs, lengths, partial_o, partial_ml, kv_heads, scale * 1.4426950408889634f,
-      split_tokens, max_splits);
-  cudaError_t err = cudaGetLastError();
+  const float scale_log2 = scale * 1.4426950408889634f;
+  if (mma) {
+    constexpr size_t smem = decode_mma_smem_bytes<D>();
+    static bool configured = false;  // raising the limit is a host call: once per instantiation
+    if (!configured) {
+      const cudaError_t e = cudaFuncSetAttribute(decode_attention_mma_forward_kernel<D, G>,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(smem));
+      if (e != cudaSuccess) return e;
+      configured = true;
+    }
+    decode_attention_mma_forward_kernel<D, G><<<grid, kMmaWarps * 32, smem, stream>>>(
+        q, seqs, lengths, partial_o, partial_ml, kv_heads, scale_log2, split_tokens, max_splits);
+  } else {
+    decode_attention_forward_kernel<D, G><<<grid, kDecodeThreads, 0, stream>>>(
+        q, seqs, lengths, partial_o, partial_ml, kv_heads, scale_log2, split_tokens, max_splits);
+  }
+  const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   decode_attention_merge_kernel<<<dim3(kv_heads * G, batch), D, 0, stream>>>(
       out, partial_o, partial_ml, lengths, D, split_tokens, max_splits);
@@ -240,12 +248,15 @@ inline cudaError_t decode_attention_mma_launch_dg(bf16* out, const bf16* q, cons
 }
 
 template <int D>
-inline cudaError_t decode_attention_mma_launch_d(int group, bf16* out, const bf16* q,
-    const DecodeSeq* seqs, const int32_t* lengths, int batch, int kv_heads, float scale,
-    int split_tokens, float* po, float* pml, int max_splits, cudaStream_t stream) {
+inline cudaError_t decode_attention_launch_d(bool mma, int group, bf16* out, const bf16* q,
+                                             const DecodeSeq* seqs, const int32_t* lengths,
+                                             int batch, int kv_heads, float scale,
+                                             int split_tokens, float* po, float* pml,
+                                             int max_splits, cudaStream_t stream) {
   return dispatch_group(group, [&](auto g) {
-    return decode_attention_mma_launch_dg<D, decltype(g)::value>(out, q, seqs, lengths, batch, kv_heads,
-        scale, split_tokens, po, pml, max_splits, stream);
+    return decode_attention_launch_dg<D, decltype(g)::value>(
+        mma, out, q, seqs, lengths, batch, kv_heads, scale, split_tokens, po, pml, max_splits,
+        stream);
   });
 }
 
