@@ -133,7 +133,17 @@ Status Transformer::forward(const ForwardBatch& batch, std::vector<float>* logit
       s.v_cache = &ch.kv->v[static_cast<size_t>(l)];
       s.selection = ch.selection;
       s.budget = ch.budget;
+      if (ch.tier_k && !(*ch.tier_k)[static_cast<size_t>(l)].empty()) {
+        // Host-tier layer: attend to the device slot buffer through slot indices.
+        s.k_cache = &(*ch.tier_k)[static_cast<size_t>(l)];
+        s.v_cache = &(*ch.tier_v)[static_cast<size_t>(l)];
+        s.selection = ch.tier_slots;
+      }
       row += ch.n_tokens;
+    }
+    if (batch.tier_load) {
+      st = batch.tier_load(l);  // this step's own K/V into host-tier slots
+      if (!st.ok) return st;
     }
     Tensor attn3 = attn.reshaped({N, heads, D});
     be.attention(q3, segs, scale, &attn3);

@@ -6,6 +6,7 @@
 // whole batch; attention then runs per chunk over that request's KV cache.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,6 +29,13 @@ struct ForwardChunk {
   // to, from the retrieval head; nullptr means full attention.
   const int32_t* selection = nullptr;
   int budget = 0;
+  // SpeContext host tier: where (*tier_k)[l] is non-empty, layer l attends to
+  // that device slot buffer ([kv_heads, budget, hd], likewise tier_v) through
+  // tier_slots ([kv_heads, budget] slot of each selected token) instead of
+  // the full cache, which then lives in host memory.
+  const std::vector<Tensor>* tier_k = nullptr;
+  const std::vector<Tensor>* tier_v = nullptr;
+  const int32_t* tier_slots = nullptr;
 };
 
 struct ForwardBatch {
@@ -42,6 +50,9 @@ struct ForwardBatch {
   // When set: [chunks, layers run, heads * head_dim], the post-RoPE query of
   // each chunk's last token at every layer (retrieval-head pooling, recall).
   std::vector<float>* q_capture = nullptr;
+  // Called at every layer after the chunks' K/V are written and before their
+  // attention: host-tier slot loads of the step's own token.
+  std::function<Status(int layer)> tier_load;
 };
 
 class Transformer {

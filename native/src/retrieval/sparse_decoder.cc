@@ -15,12 +15,36 @@ Status SparseDecoder::make(Transformer* target, Backend* backend, const HeadChoi
   return Status::Ok();
 }
 
+Status SparseDecoder::set_host_layers(int n) {
+  const ModelConfig& c = target_->config();
+  if (n < 0 || n > c.num_layers)
+    return Status::Error("host layers must be in [0, " + std::to_string(c.num_layers) + "]");
+  host_layers_ = n;
+  // Bytes moved per loaded token: K and V rows of every host layer.
+  slots_.configure(c.num_kv_heads, 2LL * c.head_dim * static_cast<int64_t>(sizeof(float)) * n);
+  return Status::Ok();
+}
+
 Status SparseDecoder::admit(uint64_t id, int capacity, int budget) {
   if (budget <= 0) return Status::Ok();
   Status st = head_->open(id, capacity);
   if (!st.ok) return st;
   Request r;
   r.budget = budget;
+  const ModelConfig& c = target_->config();
+  if (host_layers_ > 0) {
+    r.tier_k.resize(c.num_layers);
+    r.tier_v.resize(c.num_layers);
+    for (int l = c.num_layers - host_layers_; l < c.num_layers; ++l) {
+      const std::vector<int64_t> shape = {c.num_kv_heads, budget, c.head_dim};
+      st = target_->backend()->alloc(shape, DType::F32, &r.tier_k[l]);
+      if (st.ok) st = target_->backend()->alloc(shape, DType::F32, &r.tier_v[l]);
+      if (!st.ok) {
+        head_->close(id);
+        return st;
+      }
+    }
+  }
   reqs_[id] = std::move(r);
   int row = 0;
   while (true) {
@@ -69,6 +93,7 @@ Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBa
   Status st = head_->forward(hc);
   if (!st.ok) return st;
   const ModelConfig& c = target_->config();
+  std::vector<uint64_t> tiered;
   for (size_t i : decode_chunks) {
     ForwardChunk& ch = batch->chunks[i];
     Request& r = reqs_[ids[i]];
@@ -84,7 +109,10 @@ Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBa
       continue;  // full attention this step
     }
     ++stats_.sparse_steps;
-    slots_.update(slot_row_[ids[i]], r.selection.data(), r.budget, nullptr, nullptr);
+    r.tier_slots.resize(r.selection.size());
+    r.loads.assign(c.num_kv_heads, {});
+    if (!slots_.update(slot_row_[ids[i]], r.selection.data(), r.budget, &r.loads, r.tier_slots.data()))
+      return Status::Error("sparse decoding: invalid selection");
     const ElasticStats& last = slots_.last_step();
     stats_.elastic.steps += last.steps;
     stats_.elastic.loads += last.loads;
@@ -92,6 +120,53 @@ Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBa
     stats_.elastic.bytes += last.bytes;
     ch.selection = r.selection.data();
     ch.budget = r.budget;
+    if (host_layers_ > 0) {
+      // Older tokens load now (ahead of the forward: the prefetch); the step's
+      // own token once the forward has written its K/V (tier_load).
+      r.kv = ch.kv;
+      r.new_pos = ch.start_pos;
+      for (int l = c.num_layers - host_layers_; l < c.num_layers; ++l) {
+        if (!(st = load_rows(r, l, false)).ok) return st;
+      }
+      ch.tier_k = &r.tier_k;
+      ch.tier_v = &r.tier_v;
+      ch.tier_slots = r.tier_slots.data();
+      tiered.push_back(ids[i]);
+    }
+  }
+  if (!tiered.empty()) {
+    batch->tier_load = [this, tiered](int layer) -> Status {
+      if (layer < target_->config().num_layers - host_layers_) return Status::Ok();
+      for (uint64_t id : tiered) {
+        Status s = load_rows(reqs_[id], layer, true);
+        if (!s.ok) return s;
+      }
+      return Status::Ok();
+    };
+  }
+  return Status::Ok();
+}
+
+Status SparseDecoder::load_rows(Request& r, int layer, bool new_token_only) {
+  const ModelConfig& c = target_->config();
+  Backend* be = target_->backend();
+  const int64_t D = c.head_dim, cap = r.kv->capacity, B = r.budget;
+  // Row views: the full cache as [kv_heads * cap, D], the slots as [kv_heads * B, D].
+  const Tensor fk = r.kv->k[layer].reshaped({c.num_kv_heads * cap, D});
+  const Tensor fv = r.kv->v[layer].reshaped({c.num_kv_heads * cap, D});
+  Tensor sk = r.tier_k[layer].reshaped({c.num_kv_heads * B, D});
+  Tensor sv = r.tier_v[layer].reshaped({c.num_kv_heads * B, D});
+  row_.resize(static_cast<size_t>(D));
+  for (int h = 0; h < c.num_kv_heads; ++h) {
+    for (const SlotLoad& ld : r.loads[h]) {
+      if ((ld.token == r.new_pos) != new_token_only) continue;
+      for (auto [src, dst] : {std::make_pair(&fk, &sk), std::make_pair(&fv, &sv)}) {
+        Status st = be->download(src->rows(h * cap + ld.token, 1), row_.data());
+        if (!st.ok) return st;
+        Tensor d = dst->rows(h * B + ld.slot, 1);
+        if (!(st = be->upload(row_.data(), &d)).ok) return st;
+      }
+    }
   }
   return Status::Ok();
 }

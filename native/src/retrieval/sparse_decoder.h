@@ -45,6 +45,12 @@ class SparseDecoder {
   Status before_forward(const std::vector<uint64_t>& ids, ForwardBatch* batch);
   Status after_forward(const std::vector<uint64_t>& ids, const ForwardBatch& batch);
 
+  // The last n target layers keep their full KV in host memory and attend
+  // through a device buffer of B slots per request and KV head, filled by
+  // elastic loading (kv/slot_map.h). Applies to requests admitted afterwards.
+  Status set_host_layers(int n);
+  int host_layers() const { return host_layers_; }
+
   const SparseStats& stats() const { return stats_; }
   const std::string& head_kind() const { return kind_; }
   const PrunedHead& head() const { return *head_; }
@@ -54,7 +60,13 @@ class SparseDecoder {
     int budget = 0;
     std::vector<int32_t> selection;  // [kv_heads, B], valid during one step
     std::vector<float> scores;       // [pool, q_heads, T]
+    std::vector<Tensor> tier_k, tier_v;  // [layers]: [kv_heads, B, hd] for host layers, else empty
+    std::vector<int32_t> tier_slots;     // [kv_heads, B]
+    std::vector<std::vector<SlotLoad>> loads;  // [kv_heads] this step's
+    KvSequence* kv = nullptr;        // the target's cache (the host tier's full KV)
+    int new_pos = -1;                // this step's own token, loaded inside the forward
   };
+  Status load_rows(Request& r, int layer, bool new_token_only);
   SparseDecoder() = default;
 
   Transformer* target_ = nullptr;
@@ -67,6 +79,8 @@ class SparseDecoder {
   std::map<uint64_t, int> slot_row_;  // request -> SlotTable row
   std::map<uint64_t, Request> reqs_;
   SparseStats stats_;
+  int host_layers_ = 0;
+  std::vector<float> row_;           // one K or V row in transit
 };
 
 }  // namespace spx::retrieval
