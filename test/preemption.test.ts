@@ -1,0 +1,266 @@
+// Jobs survive preemption, on real parts: the test stack's Temporal and NATS,
+// workers in their own processes with the real engine and SmolLM2 on the CPU.
+// A worker is SIGKILLed at a random decode step and a new one started:
+//   - the job completes with the uninterrupted run's text, resumed from the
+//     checkpoint, recomputing at most one checkpoint interval of tokens;
+//   - with the checkpoint corrupted or deleted meanwhile, it completes by
+//     recompute with the same text;
+//   - a batch of five, the worker killed twice: five results, one event each.
+// Answers are short and greedy, so the CPU keeps up (CI has two cores).
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { Client, Connection } from '@temporalio/client';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { messagesFor } from '../activities/prompt';
+import { type RunningApi, startApi } from '../api';
+import type { JobView } from '../api/jobs';
+import { openBlobStore, putJson } from '../blobstore';
+import type { BlobStore } from '../blobstore/store';
+import { openEngine } from '../engine';
+import { connectNats } from '../nats/connection';
+import { batchJobWorkflow, documentJobWorkflow } from '../workflows';
+import { batchItemJobId } from '../workflows/batch';
+import type { BatchItem, GenerationOptions } from '../workflows/types';
+import { SMOLLM2 } from './engine-helpers';
+import { storedEvents, testServiceConfig, waitFor } from './service-helpers';
+
+const haveModel = existsSync(path.join(SMOLLM2, 'model.safetensors'));
+const ROOT = path.join(__dirname, '..');
+const BUILD = path.join(ROOT, 'native', 'build-ts-preemption');
+const EVERY = 8;
+const shm = mkdtempSync(path.join(existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'spx-pre-'));
+const env = {
+  SPECONTEXT_CHECKPOINT_EVERY_TOKENS: String(EVERY),
+  SPECONTEXT_CHECKPOINT_DIR: shm,
+  SPECONTEXT_THREADS: '1',
+};
+const config = testServiceConfig('preempt', env);
+const OPTIONS: GenerationOptions = { maxTokens: 56, temperature: 0, seed: 0 };
+const DOC =
+  'The lighthouse on Gull Rock was kept by Ines for forty years. Each night she climbed ' +
+  'one hundred and twelve steps to light the lamp, and each morning she wrote the weather ' +
+  'in a green notebook. During the great storm of 1953 the lamp failed twice.';
+const ASK = 'Tell the story of the storm night in detail.';
+
+let client: Client;
+let connection: Connection;
+let api: RunningApi;
+let nc: NatsConnection;
+let blobs: BlobStore;
+let reference: string;
+let worker: ChildProcess | undefined;
+
+/** Starts a worker process and waits until it polls. */
+async function startWorkerProcess(): Promise<ChildProcess> {
+  const child = spawn(
+    process.execPath,
+    [path.join(BUILD, 'test', 'helpers', 'checkpoint-worker.js')],
+    {
+      env: {
+        ...process.env,
+        ...env,
+        SPECONTEXT_TASK_QUEUE: config.temporal.taskQueue,
+        SPECONTEXT_MAX_BATCH: '5',
+        SPX_NATIVE_ADDON:
+          process.env.SPX_NATIVE_ADDON ??
+          path.join(ROOT, 'build', 'Release', 'specontext_native.node'),
+      },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
+  await new Promise<void>((resolve, reject) => {
+    child.stdout?.on('data', (d: Buffer) => {
+      if (d.toString().includes('ready')) resolve();
+    });
+    child.on('exit', (code) => reject(new Error(`worker exited with ${code}`)));
+  });
+  return child;
+}
+
+async function kill(child: ChildProcess): Promise<void> {
+  const gone = new Promise((r) => child.once('exit', r));
+  child.kill('SIGKILL');
+  await gone;
+}
+
+const view = async (id: string): Promise<JobView> =>
+  (await (await fetch(`${api.url}/v1/jobs/${id}`)).json()) as JobView;
+
+/** Tokens generated so far by a job's instruction (live progress from the API). */
+const tokensDone = async (id: string) =>
+  (await view(id)).progress?.instructions[0]?.tokensDone ?? 0;
+
+const checkpointFiles = () => readdirSync(shm).filter((f) => f.endsWith('.spxckpt'));
+
+async function startJob(id: string): Promise<void> {
+  await client.workflow.start(documentJobWorkflow, {
+    taskQueue: config.temporal.taskQueue,
+    workflowId: id,
+    args: [
+      {
+        jobId: id,
+        documentRef: await blobs.put(DOC),
+        instructions: [ASK],
+        options: OPTIONS,
+        truncation: 'reject',
+        heartbeatTimeoutMs: 4_000,
+      },
+    ],
+  });
+}
+
+/** Kills the worker once the job is past a random decode step with a checkpoint written. */
+async function killMidway(id: string): Promise<number> {
+  const step = EVERY + 2 + Math.floor(Math.random() * (OPTIONS.maxTokens / 2 - EVERY));
+  await waitFor(
+    `job ${id} at token ${step}`,
+    async () => (await tokensDone(id)) >= step,
+    180_000,
+    100,
+  );
+  await kill(worker as ChildProcess);
+  return step;
+}
+
+const finished = (id: string) =>
+  waitFor(
+    `job ${id}`,
+    async () => {
+      const v = await view(id);
+      return ['completed', 'failed', 'cancelled'].includes(v.status) && v;
+    },
+    240_000,
+  );
+
+beforeAll(async () => {
+  if (!haveModel) return;
+  // Workers run from JavaScript compiled here (tests run from the sources).
+  try {
+    execFileSync(
+      process.execPath,
+      [
+        require.resolve('typescript/bin/tsc'),
+        '-p',
+        ROOT,
+        '--outDir',
+        BUILD,
+        '--incremental',
+        '--tsBuildInfoFile',
+        path.join(BUILD, '.tsbuildinfo'),
+      ],
+      {
+        stdio: 'ignore',
+      },
+    );
+  } catch {
+    // Type errors elsewhere still emit; the worker entry must exist.
+  }
+  if (!existsSync(path.join(BUILD, 'test', 'helpers', 'checkpoint-worker.js'))) {
+    throw new Error('could not compile the worker entry');
+  }
+  const engine = await openEngine({ model: SMOLLM2, threads: 2 });
+  reference = (
+    await engine.generate({
+      messages: messagesFor(DOC, ASK),
+      maxTokens: OPTIONS.maxTokens,
+      temperature: 0,
+      seed: 0,
+    })
+  ).text;
+  await engine.close();
+  connection = await Connection.connect({ address: config.temporal.address });
+  client = new Client({ connection, namespace: config.temporal.namespace });
+  nc = await connectNats(config.nats.url, 'preempt-test');
+  blobs = await openBlobStore(config.blobs, nc);
+  api = await startApi(config, { port: 0 });
+}, 300_000);
+
+afterAll(async () => {
+  if (worker && worker.exitCode === null) await kill(worker);
+  await api?.stop();
+  await blobs?.close();
+  await nc?.drain();
+  await connection?.close();
+  rmSync(shm, { recursive: true, force: true });
+});
+
+describe.skipIf(!haveModel)('preemption (real Temporal, NATS, workers, SmolLM2)', () => {
+  it('a SIGKILLed job resumes from its checkpoint with the uninterrupted text', async () => {
+    worker = await startWorkerProcess();
+    const id = `pre-ck-${Date.now()}`;
+    await startJob(id);
+    const step = await killMidway(id);
+    expect(checkpointFiles().length).toBe(1);
+    worker = await startWorkerProcess();
+    const v = await finished(id);
+    expect(v.status).toBe('completed');
+    const r = v.results?.[0];
+    expect(r?.text).toBe(reference);
+    expect(r?.stats.resumes).toBe(1);
+    expect(r?.stats.resumedFrom).toBe('checkpoint');
+    expect(r?.stats.tokensRecomputed).toBeLessThanOrEqual(EVERY);
+    expect(step).toBeGreaterThan(EVERY);
+    expect(checkpointFiles()).toEqual([]); // removed once the job no longer needs it
+  });
+
+  for (const damage of ['corrupted', 'deleted'] as const) {
+    it(`with the checkpoint ${damage}, it completes by recompute with the same text`, async () => {
+      const id = `pre-${damage}-${Date.now()}`;
+      await startJob(id);
+      await killMidway(id);
+      const [file] = checkpointFiles();
+      expect(file).toBeDefined();
+      const full = path.join(shm, file as string);
+      if (damage === 'deleted') rmSync(full);
+      else writeFileSync(full, Buffer.alloc(4096, 7), { flag: 'r+' });
+      worker = await startWorkerProcess();
+      const v = await finished(id);
+      expect(v.status).toBe('completed');
+      expect(v.results?.[0]?.text).toBe(reference);
+      expect(v.results?.[0]?.stats.resumedFrom).toBe('recompute');
+      expect(v.results?.[0]?.stats.resumes).toBe(1);
+    });
+  }
+
+  it('five jobs in one batch, the worker killed twice: five results, one event each', async () => {
+    const batchId = `pre-batch-${Date.now()}`;
+    const items: BatchItem[] = Array.from({ length: 5 }, (_, i) => ({
+      customId: `c${i}`,
+      job: {
+        documentRef: '',
+        instructions: [ASK],
+        options: { ...OPTIONS, maxTokens: 24 + 4 * i },
+        truncation: 'reject',
+        heartbeatTimeoutMs: 4_000,
+      },
+    }));
+    const docRef = await blobs.put(DOC);
+    for (const it of items) if (it.job) it.job.documentRef = docRef;
+    await client.workflow.start(batchJobWorkflow, {
+      taskQueue: config.temporal.taskQueue,
+      workflowId: batchId,
+      args: [{ batchId, manifestRef: await putJson(blobs, items), total: 5, concurrency: 5 }],
+    });
+    const ids = items.map((_, i) => batchItemJobId(batchId, i));
+    for (const round of [1, 2]) {
+      await waitFor(
+        `batch progress before kill ${round}`,
+        async () => (await Promise.all(ids.map(tokensDone))).some((n) => n >= 10 * round),
+        180_000,
+        100,
+      );
+      await kill(worker as ChildProcess);
+      worker = await startWorkerProcess();
+    }
+    const views = await Promise.all(ids.map(finished));
+    for (const v of views) expect(v.status).toBe('completed');
+    expect(views.reduce((n, v) => n + (v.results?.[0]?.stats.resumes ?? 0), 0)).toBeGreaterThan(0);
+    for (const id of ids) {
+      const events = await storedEvents(nc, id);
+      expect(events.filter((e) => e.type === 'completed').length).toBe(1);
+    }
+  });
+});
