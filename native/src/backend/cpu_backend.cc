@@ -32,6 +32,7 @@ class CpuBackend final : public Backend {
       if (d < 0) return Status::Error("negative tensor dimension");
       if (__builtin_mul_overflow(n, d, &n)) return Status::Error("tensor too large");
     }
+    if (n > (int64_t(1) << 40)) return Status::Error("tensor too large");
     const size_t bytes = std::max<size_t>(64, (static_cast<size_t>(n) * 4 + 63) / 64 * 64);
     void* p = std::aligned_alloc(64, bytes);
     if (p == nullptr)
