@@ -160,6 +160,17 @@ TEST(Checkpoint, MissingAndCorruptFilesAreErrors) {
     EXPECT_NE(st.message.find("invalid JSON"), std::string::npos) << st.message;
   }
   {
+    TempDir d;  // unsupported architecture
+    d.copy_from(src, "model.safetensors");
+    std::string cfg = read_all(src + "/config.json");
+    const std::string from = "LlamaForCausalLM";
+    cfg.replace(cfg.find(from), from.size(), "MistralForCausalLM");
+    d.write("config.json", cfg);
+    Status st = open_engine(d.path());
+    EXPECT_NE(st.message.find("unsupported architecture 'MistralForCausalLM'"), std::string::npos)
+        << st.message;
+  }
+  {
     TempDir d;  // truncated weights
     d.copy_from(src, "config.json");
     std::string w = read_all(src + "/model.safetensors");
