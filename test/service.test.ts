@@ -267,6 +267,24 @@ describe('batches', () => {
   }, 330_000);
 });
 
+describe('metrics', () => {
+  it('exports jobs by state, and each worker engine occupancy and tokens/s', async () => {
+    const text = await waitFor(
+      'worker stats in /metrics',
+      async () => {
+        const t = await (await http('/metrics')).text();
+        return /specontext_tokens_per_second\{host="[^"]+",device="cpu"\}/.test(t) && t;
+      },
+      30_000,
+      1_000,
+    );
+    expect(text).toMatch(/specontext_jobs\{state="completed"\} [1-9]/);
+    expect(text).toMatch(/specontext_engine_batch_occupancy\{host="[^"]+",device="cpu"\} [0-9.]+/);
+    expect(text).toMatch(/specontext_generated_tokens\{host="[^"]+",device="cpu"\} [1-9]/);
+    expect(text).toMatch(/specontext_queue_depth \d+/);
+  });
+});
+
 describe('worker shutdown', () => {
   it('hands in-flight generation back: another worker finishes the job and records the resume', async () => {
     const r = await post('/v1/jobs', {
