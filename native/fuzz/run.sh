@@ -19,7 +19,10 @@ clang++ -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-reco
 # Seeds: mode byte + real files (safetensors headers cut to 4 KB of data).
 for dir in "$root"/test/fixtures/tiny-*; do
   name="$(basename "$dir")"
-  { printf '\x00'; head -c 8192 "$dir/model.safetensors"; } > "$out/corpus/$name-st"
+  for st in "$dir"/*.safetensors; do
+    [ -f "$st" ] && { printf '\x00'; head -c 8192 "$st"; } > "$out/corpus/$name-$(basename "$st")"
+  done
+  [ -f "$dir/config.json" ] || continue
   { printf '\x01'; cat "$dir/config.json"; } > "$out/corpus/$name-config"
   { printf '\x02'; cat "$dir/config.json"; } > "$out/corpus/$name-json"
 done

@@ -55,7 +55,8 @@ TEST_P(TinyEngine, GreedyGenerationMatchesReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, TinyEngine,
-                         ::testing::Values("tiny-llama", "tiny-qwen2", "tiny-qwen3"));
+                         ::testing::Values("tiny-llama", "tiny-qwen2", "tiny-qwen3",
+                                           "tiny-llama-bf16-sharded", "tiny-qwen2-f16"));
 
 TEST(Engine, ChunkedPrefillGivesTheSameTokens) {
   EngineOptions o;

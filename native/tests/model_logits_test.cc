@@ -1,6 +1,7 @@
 // The engine's f32 forward against Hugging Face transformers' logits on the
 // tiny fixtures (test/fixtures/README.md): full-prompt logits at every
 // position, then KV-cached decode of the reference's greedy continuation.
+// The bf16 (sharded) and f16 fixtures exercise the dtype and shard paths.
 #include <gtest/gtest.h>
 
 #include "backend/backend.h"
@@ -74,7 +75,8 @@ TEST_P(TinyModel, LogitsMatchTransformers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, TinyModel,
-                         ::testing::Values("tiny-llama", "tiny-qwen2", "tiny-qwen3"));
+                         ::testing::Values("tiny-llama", "tiny-qwen2", "tiny-qwen3",
+                                           "tiny-llama-bf16-sharded", "tiny-qwen2-f16"));
 
 }  // namespace
 }  // namespace spx
