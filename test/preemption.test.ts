@@ -80,6 +80,13 @@ async function startWorkerProcess(): Promise<ChildProcess> {
   return child;
 }
 
+/** The worker of the previous test when it still runs, else a new one. */
+async function ensureWorker(): Promise<void> {
+  if (!worker || worker.exitCode !== null || worker.signalCode !== null) {
+    worker = await startWorkerProcess();
+  }
+}
+
 async function kill(child: ChildProcess): Promise<void> {
   const gone = new Promise((r) => child.once('exit', r));
   child.kill('SIGKILL');
@@ -189,7 +196,7 @@ afterAll(async () => {
 
 describe.skipIf(!haveModel)('preemption (real Temporal, NATS, workers, SmolLM2)', () => {
   it('a SIGKILLed job resumes from its checkpoint with the uninterrupted text', async () => {
-    worker = await startWorkerProcess();
+    await ensureWorker();
     const id = `pre-ck-${Date.now()}`;
     await startJob(id);
     const step = await killMidway(id);
@@ -204,10 +211,11 @@ describe.skipIf(!haveModel)('preemption (real Temporal, NATS, workers, SmolLM2)'
     expect(r?.stats.tokensRecomputed).toBeLessThanOrEqual(EVERY);
     expect(step).toBeGreaterThan(EVERY);
     expect(checkpointFiles()).toEqual([]); // removed once the job no longer needs it
-  });
+  }, 300_000);
 
   for (const damage of ['corrupted', 'deleted'] as const) {
     it(`with the checkpoint ${damage}, it completes by recompute with the same text`, async () => {
+      await ensureWorker();
       const id = `pre-${damage}-${Date.now()}`;
       await startJob(id);
       await killMidway(id);
@@ -222,10 +230,11 @@ describe.skipIf(!haveModel)('preemption (real Temporal, NATS, workers, SmolLM2)'
       expect(v.results?.[0]?.text).toBe(reference);
       expect(v.results?.[0]?.stats.resumedFrom).toBe('recompute');
       expect(v.results?.[0]?.stats.resumes).toBe(1);
-    });
+    }, 300_000);
   }
 
   it('five jobs in one batch, the worker killed twice: five results, one event each', async () => {
+    await ensureWorker();
     const batchId = `pre-batch-${Date.now()}`;
     const items: BatchItem[] = Array.from({ length: 5 }, (_, i) => ({
       customId: `c${i}`,
@@ -262,5 +271,5 @@ describe.skipIf(!haveModel)('preemption (real Temporal, NATS, workers, SmolLM2)'
       const events = await storedEvents(nc, id);
       expect(events.filter((e) => e.type === 'completed').length).toBe(1);
     }
-  });
+  }, 480_000);
 });
