@@ -5,6 +5,7 @@ import { readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import {
+  backends,
   type Engine,
   EngineClosedError,
   EngineError,
@@ -310,5 +311,13 @@ describe('streaming', () => {
 
   test('errors are EngineErrors', () => {
     expect(new InvalidRequestError('x')).toBeInstanceOf(EngineError);
+  });
+});
+
+describe('backends', () => {
+  test('the addon lists its compiled backends, cpu always', () => {
+    const list = backends();
+    expect(list).toContain('cpu');
+    expect(list.every((b) => b === 'cpu' || b === 'cuda')).toBe(true);
   });
 });
