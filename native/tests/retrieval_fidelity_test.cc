@@ -73,6 +73,7 @@ TEST(RetrievalFidelity, OracleLayerCarriesItsOwnAttentionBest) {
   opt.budgets = {12};
   opt.select.n_sink = 0;
   opt.select.n_recent = 0;
+  opt.dense_head_layers = false;  // compare the selections themselves at every layer
   std::vector<FidelityReport> reports(2);
   for (int layer = 0; layer < 2; ++layer) {
     std::unique_ptr<PrunedHead> head;
@@ -85,6 +86,17 @@ TEST(RetrievalFidelity, OracleLayerCarriesItsOwnAttentionBest) {
   const auto& head0 = reports[0].budgets[0].recall_per_layer;
   EXPECT_GE(oracle1[1] + 1e-9, head0[1]);
   EXPECT_GE(reports[0].budgets[0].recall_per_layer[0] + 1e-9, oracle1[0]);
+  EXPECT_LT(oracle1[0], 1.0);
+
+  // By default the layers below a self-derived head's scoring layer attend
+  // fully (the head computes them anyway): full recall there.
+  opt.dense_head_layers = true;
+  std::unique_ptr<PrunedHead> head;
+  ASSERT_TRUE(PrunedHead::make(m.model.get(), 1, &head).ok);
+  FidelityReport dense;
+  ASSERT_TRUE(run_fidelity(m.model.get(), head.get(), text_tokens(120), opt, &dense).ok);
+  EXPECT_DOUBLE_EQ(dense.budgets[0].recall_per_layer[0], 1.0);
+  EXPECT_NEAR(dense.budgets[0].recall_per_layer[1], oracle1[1], 1e-12);
 }
 
 TEST(RetrievalFidelity, RejectsTooShortText) {

@@ -131,7 +131,7 @@ Status Transformer::forward(const ForwardBatch& batch, std::vector<float>* logit
       s.start_pos = ch.start_pos;
       s.k_cache = &ch.kv->k[static_cast<size_t>(l)];
       s.v_cache = &ch.kv->v[static_cast<size_t>(l)];
-      s.selection = ch.selection;
+      s.selection = l >= ch.sparse_from_layer ? ch.selection : nullptr;
       s.budget = ch.budget;
       if (ch.tier_k && !(*ch.tier_k)[static_cast<size_t>(l)].empty()) {
         // Host-tier layer: attend to the device slot buffer through slot indices.

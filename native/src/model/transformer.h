@@ -29,6 +29,7 @@ struct ForwardChunk {
   // to, from the retrieval head; nullptr means full attention.
   const int32_t* selection = nullptr;
   int budget = 0;
+  int sparse_from_layer = 0;  // layers below attend fully (those a self-derived head computes)
   // SpeContext host tier: where (*tier_k)[l] is non-empty, layer l attends to
   // that device slot buffer ([kv_heads, budget, hd], likewise tier_v) through
   // tier_slots ([kv_heads, budget] slot of each selected token) instead of

@@ -59,6 +59,7 @@ namespace {
 
 // One head's and one budget's sparse run.
 struct SparseRun {
+  int sparse_from = 0;                    // layers below attend fully
   std::vector<std::vector<int32_t>> sel;  // [S][KVH * B]; empty: the step attended fully
   std::vector<StepOutcome> out;           // [S]
   std::vector<double> recalls;            // per (step, layer, head)
@@ -159,6 +160,7 @@ Status run_fidelity(Transformer* target, const std::vector<PrunedHead*>& heads,
       double mass = 0;
       uint64_t loads = 0, slot_total = 0;
       run.sel.assign(S, {});
+      run.sparse_from = opt.dense_head_layers && head->source() == target ? head->scoring_layer() : 0;
       run.out.assign(S, {});
       run.per_layer.assign(L, 0.0);
       for (int s = 0; s < S; ++s) {
@@ -181,6 +183,7 @@ Status run_fidelity(Transformer* target, const std::vector<PrunedHead*>& heads,
         if (!res.full) {
           ch.selection = run.sel[s].data();
           ch.budget = B;
+          if (opt.dense_head_layers && head->source() == target) ch.sparse_from_layer = head->scoring_layer();
         }
         ForwardBatch batch;
         batch.tokens = {tokens[N + s]};
@@ -235,7 +238,7 @@ Status run_fidelity(Transformer* target, const std::vector<PrunedHead*>& heads,
             SparseRun& run = per_head[bi];
             const int B = opt.budgets[bi];
             double m = sum;
-            if (!run.sel[s].empty()) {
+            if (!run.sel[s].empty() && l >= run.sparse_from) {
               m = 0;
               const int32_t* ix = run.sel[s].data() + static_cast<size_t>(h / G) * B;
               for (int i = 0; i < B; ++i)

@@ -32,6 +32,9 @@ struct FidelityOptions {
   std::vector<int> budgets;
   SelectOptions select;       // budget ignored (per entry of budgets)
   int prefill_chunk = 512;
+  // Layers below a self-derived head's scoring layer attend fully: the head
+  // computes them densely anyway, so the target can take them from it.
+  bool dense_head_layers = true;
 };
 
 struct BudgetFidelity {

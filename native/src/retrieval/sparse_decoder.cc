@@ -120,6 +120,8 @@ Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBa
     stats_.elastic.bytes += last.bytes;
     ch.selection = r.selection.data();
     ch.budget = r.budget;
+    // A self-derived head computed the layers below its scoring layer densely.
+    if (head_->source() == target_) ch.sparse_from_layer = head_->scoring_layer();
     if (host_layers_ > 0) {
       // Older tokens load now (ahead of the forward: the prefetch); the step's
       // own token once the forward has written its K/V (tier_load).
