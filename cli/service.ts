@@ -238,7 +238,7 @@ export function registerServiceCommands(program: Command): void {
       const fact =
         "Editor's note: this edition of the chapter was typeset in Lisbon by Maria Costa.";
       const document = `${body.slice(0, cut)}\n\n${fact}${body.slice(cut)}`;
-      const question = 'Who typeset this edition of the chapter?';
+      const question = 'What is the name of the ship?';
       const sc = stackConfig();
       const wasUp = (await stackStatus(sc)).every((s) => s.healthy);
       await stackUp(sc);
@@ -259,8 +259,8 @@ export function registerServiceCommands(program: Command): void {
         );
         const v = await client.waitJob(id, progressPrinter(out));
         printJob(v);
-        const found = /maria costa/i.test(v.results?.[0]?.text ?? '');
-        out(`demo: expected "Maria Costa": ${found ? 'found' : 'not found'} in the answer`);
+        const found = /blue heron/i.test(v.results?.[0]?.text ?? '');
+        out(`demo: expected "Blue Heron": ${found ? 'found' : 'not found'} in the answer`);
         out(`demo: ${((Date.now() - t0) / 1000).toFixed(1)} s in all`);
         if (v.status !== 'completed') process.exitCode = 1;
       } finally {
