@@ -50,7 +50,11 @@ int Checkpointer::restore(RequestState* r) {
   if (st.ok && !std::equal(reader.token_ids().begin(), reader.token_ids().begin() + usable,
                            prompt.begin()))
     st = Status::Error("checkpoint tokens differ from the request's prompt");
-  if (st.ok && usable > r->kv->capacity) st = Status::Error("checkpoint longer than the KV capacity");
+  // Every segment is copied, so the whole file must fit (not only the usable prefix).
+  if (st.ok && reader.tokens() > r->kv->capacity)
+    st = Status::Error("checkpoint of " + std::to_string(reader.tokens()) +
+                       " tokens is longer than the request's KV capacity " +
+                       std::to_string(r->kv->capacity));
   if (!st.ok) {
     r->stats.restore_error = st.message;
     return 0;
