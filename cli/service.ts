@@ -235,8 +235,7 @@ export function registerServiceCommands(program: Command): void {
       // A plain fact two thirds of the way in: the question's answer is in the
       // document, and finding it means reading the long context.
       const cut = body.lastIndexOf('\n\n', Math.floor((body.length * 2) / 3));
-      const fact =
-        "Editor's note: this edition of the chapter was typeset in Lisbon by Maria Costa.";
+      const fact = 'The ship in this story is named the Blue Heron.';
       const document = `${body.slice(0, cut)}\n\n${fact}${body.slice(cut)}`;
       const question = 'What is the name of the ship?';
       const sc = stackConfig();
