@@ -16,6 +16,7 @@ import {
   batchProgressQuery,
   cancelBatchSignal,
   cancelJobSignal,
+  cancelJobUpdate,
   documentJobWorkflow,
   jobProgressQuery,
 } from '../workflows';
@@ -239,6 +240,27 @@ describe('documentJobWorkflow (stand-in activities)', () => {
     expect(s.calls.storeJobResult).toBeUndefined();
     // Local activities run at least once; the real publisher dedupes by Nats-Msg-Id.
     expect([...new Set(s.events.map((e) => e.type))]).toEqual(['cancelled']);
+  });
+
+  it('cancels on the cancel update, which answers with the progress', async () => {
+    let cancelled = 0;
+    const s = standIns({ generateAnswer: waitForCancel(() => cancelled++) });
+    const { out, progress } = await withWorker(s.acts, async (taskQueue) => {
+      const h = await env.client.workflow.start(documentJobWorkflow, {
+        taskQueue,
+        workflowId: 'wf-cancel-update',
+        args: [job('wf-cancel-update', ['only'])],
+      });
+      for (let i = 0; i < 100; i++) {
+        if ((await h.query(jobProgressQuery)).stage === 'generating') break;
+        await env.sleep(200);
+      }
+      const progress = await h.executeUpdate(cancelJobUpdate, { args: ['test'] });
+      return { out: await h.result(), progress };
+    });
+    expect(progress.stage).toBe('generating');
+    expect(out).toEqual({ jobId: 'wf-cancel-update', status: 'cancelled' });
+    expect(cancelled).toBe(1);
   });
 
   it('ends Cancelled on a Temporal cancel request', async () => {
