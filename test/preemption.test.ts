@@ -213,6 +213,22 @@ describe.skipIf(!haveModel)('preemption (real Temporal, NATS, workers, SmolLM2)'
     expect(checkpointFiles()).toEqual([]); // removed once the job no longer needs it
   }, 300_000);
 
+  it('SIGTERM checkpoints the in-flight request before the worker exits', async () => {
+    await ensureWorker();
+    const id = `pre-term-${Date.now()}`;
+    await startJob(id);
+    await waitFor(`job ${id} decoding`, async () => (await tokensDone(id)) >= 3, 180_000, 100);
+    const child = worker as ChildProcess;
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGTERM');
+    await exited;
+    worker = await startWorkerProcess();
+    const v = await finished(id);
+    expect(v.status).toBe('completed');
+    expect(v.results?.[0]?.text).toBe(reference);
+    expect(v.results?.[0]?.stats.resumedFrom).toBe('checkpoint');
+  }, 300_000);
+
   for (const damage of ['corrupted', 'deleted'] as const) {
     it(`with the checkpoint ${damage}, it completes by recompute with the same text`, async () => {
       await ensureWorker();
