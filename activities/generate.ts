@@ -139,6 +139,12 @@ export function makeGenerate(deps: ActivityDeps) {
       }
     };
 
+    // A cancelled job's checkpoint is of no further use; a handed-back one is.
+    const stoppedHere = () => {
+      const e = stopped(ctx);
+      if (resume && e instanceof CancelledFailure) deps.checkpoints?.store.remove(resume.id);
+      return e;
+    };
     let result: GenerationResult;
     if (resume) deps.checkpoints?.store.acquire(resume.id);
     try {
@@ -162,7 +168,7 @@ export function makeGenerate(deps: ActivityDeps) {
       }
       result = await stream.result;
     } catch (err) {
-      if (ctx.cancellationSignal.aborted) throw stopped(ctx);
+      if (ctx.cancellationSignal.aborted) throw stoppedHere();
       if ((err as Error).name === 'InvalidRequestError') throw badInput((err as Error).message);
       throw ApplicationFailure.retryable((err as Error).message, (err as Error).name);
     } finally {
@@ -170,7 +176,7 @@ export function makeGenerate(deps: ActivityDeps) {
       if (resume) deps.checkpoints?.store.release(resume.id);
     }
     if (result.stats.finishReason === 'cancelled' || ctx.cancellationSignal.aborted) {
-      throw stopped(ctx);
+      throw stoppedHere();
     }
     if (pendingText) emit(Date.now());
 
