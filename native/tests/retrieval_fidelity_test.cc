@@ -99,6 +99,35 @@ TEST(RetrievalFidelity, OracleLayerCarriesItsOwnAttentionBest) {
   EXPECT_NEAR(dense.budgets[0].recall_per_layer[1], oracle1[1], 1e-12);
 }
 
+TEST(RetrievalFidelity, SeparateDlmDirectoryScoresLikeTheSameModelSelfDerived) {
+  // A DLM that is a copy of the target must select exactly like the
+  // self-derived head of the same depth (its own prefill instead of adopting).
+  FidelityRequest dlm, self;
+  dlm.model_dir = self.model_dir = spx::testing::fixture("tiny-llama");
+  dlm.threads = self.threads = 1;
+  dlm.head.dlm_dir = spx::testing::fixture("tiny-llama");
+  dlm.head.dlm_layers = self.head.dlm_layers = 2;
+  dlm.tokens = self.tokens = text_tokens(120);
+  FidelityOptions opt;
+  opt.context = 90;
+  opt.steps = 6;
+  opt.budgets = {10};
+  opt.dense_head_layers = false;
+  dlm.options = self.options = opt;
+  FidelityReport a, b;
+  Status st = eval_fidelity(dlm, &a);
+  ASSERT_TRUE(st.ok) << st.message;
+  ASSERT_TRUE(eval_fidelity(self, &b).ok);
+  EXPECT_NE(a.head_kind.find("dlm"), std::string::npos);
+  EXPECT_NEAR(a.budgets[0].recall_mean, b.budgets[0].recall_mean, 1e-6);
+  EXPECT_EQ(a.budgets[0].top1_agreement, b.budgets[0].top1_agreement);
+  // A DLM with another attention-head layout is refused with a clear message.
+  dlm.head.dlm_dir = spx::testing::fixture("tiny-qwen3");
+  st = eval_fidelity(dlm, &a);
+  EXPECT_FALSE(st.ok);
+  EXPECT_FALSE(st.message.empty());
+}
+
 TEST(RetrievalFidelity, RejectsTooShortText) {
   Loaded m = load("tiny-llama");
   std::unique_ptr<PrunedHead> head;
