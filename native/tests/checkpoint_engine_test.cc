@@ -115,7 +115,9 @@ GenerateRequest tiny_request() {
   Json ref = testing::load_json(fixture("tiny-llama") + "/reference.json");
   GenerateRequest r;
   r.prompt = testing::ints(*ref.find("prompt_ids"));
-  r.max_new_tokens = 48;
+  // Long enough that checkpoints land before the end even when the writer
+  // thread is starved on a busy machine.
+  r.max_new_tokens = 160;
   return r;
 }
 
@@ -168,7 +170,7 @@ TEST(CheckpointEngine, RestoreJoinsARunningBatch) {
   std::vector<int32_t> done = run_until_killed(engine.get(), req, path, saved, 4, 9, &at);
   // Another request keeps decoding while the restored one joins.
   GenerateRequest other = tiny_request();
-  other.max_new_tokens = 60;
+  other.max_new_tokens = 200;
   auto other_sink = std::make_shared<CkptSink>();
   Status st;
   engine->submit(other, other_sink, &st);
