@@ -1,15 +1,12 @@
 // `specontext plan` through the native planner, against the same hand-computed
 // Llama-3.1-8B thresholds as native/tests/planner_memory_test.cc (the
-// arithmetic is written out there). Needs the built addon.
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+// arithmetic is written out there). Needs the built addon (engine/native.ts
+// loads it and fails with a clear message when it is missing).
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { computePlan, parameterCount, readModelShape } from '../cli/sparse';
-
-const addon =
-  process.env.SPX_NATIVE_ADDON ??
-  path.resolve(__dirname, '..', 'native', 'build', 'Release', 'specontext_native.node');
 
 function llamaDir(): string {
   const dir = mkdtempSync(path.join(tmpdir(), 'spx-plan-'));
@@ -44,7 +41,7 @@ describe('plan: model shape', () => {
   });
 });
 
-describe.skipIf(!existsSync(addon))('plan: native planner through the addon', () => {
+describe('plan: native planner through the addon', () => {
   it.each(expected)('%d GB, R=%d', (gb, requests, s0, s1, s8, s32) => {
     const r = computePlan({
       model: llamaDir(),
