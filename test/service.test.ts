@@ -290,7 +290,9 @@ describe('worker shutdown', () => {
     const r = await post('/v1/jobs', {
       document: FACTS.document,
       instructions: [`${FACTS.question} Then describe Maria's day in detail.`],
-      options: { maxTokens: 40, temperature: 0 },
+      // Long enough that an idle machine is still generating when the worker
+      // stops (40 tokens took about 1 s, within the shutdown grace).
+      options: { maxTokens: 200, temperature: 0 },
     });
     const { id } = (await r.json()) as { id: string };
     await waitFor('tokens to stream', async () => {

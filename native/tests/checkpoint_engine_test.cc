@@ -216,11 +216,19 @@ void expect_fallback(const std::string& model_for_file, const std::string& corru
     std::remove(saved.c_str());
   }
   RequestStats stats;
-  std::vector<int32_t> rest = run(engine.get(), resumed(req, done, saved), &stats);
+  GenerateRequest again = resumed(req, done, saved);
+  std::vector<int32_t> rest = run(engine.get(), again, &stats);
   EXPECT_NE(stats.restore_error.find(reason), std::string::npos) << stats.restore_error;
   EXPECT_EQ(stats.restored_tokens, 0);
-  done.insert(done.end(), rest.begin(), rest.end());
-  EXPECT_EQ(done, full);
+  // The fallback is exactly a plain prefill of the same prompt. It is not
+  // compared with `full`: prefilling sampled tokens and decoding them are
+  // different float paths, and the tiny random models have near-tied logits
+  // that flip between them (seen in CI at a kill point past 16 tokens).
+  again.checkpoint = CheckpointSpec{};
+  EXPECT_EQ(rest, run(engine.get(), again));
+  if (model_for_file == "tiny-llama") {
+    EXPECT_EQ(done, std::vector<int32_t>(full.begin(), full.begin() + static_cast<long>(done.size())));
+  }
   std::remove(path.c_str());
   std::remove(saved.c_str());
 }
