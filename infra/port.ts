@@ -10,15 +10,15 @@ export function portIsFree(port: number, host: string): Promise<boolean> {
   });
 }
 
-/** A port the OS considers free right now (for isolated test stacks). */
-export function freePort(host = '127.0.0.1'): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen({ port: 0, host, exclusive: true }, () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
+/**
+ * A free port for an isolated test stack, taken below Linux's ephemeral range
+ * (32768-60999): a port the OS hands out for `listen(0)` can be taken as the
+ * local port of some outgoing connection while a stack restarts on it.
+ */
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  for (let i = 0; i < 200; i++) {
+    const port = 20000 + Math.floor(Math.random() * 12000);
+    if (await portIsFree(port, host)) return port;
+  }
+  throw new Error('no free port found in 20000-31999');
 }
