@@ -18,6 +18,10 @@ export interface ActivityDeps {
   device: string;
   /** How often progress (and streamed text) goes out on NATS. */
   progressIntervalMs: number;
+  /** How long a retry should wait for this host to take it back (heartbeat `hostWaitMs`). */
+  hostWaitMs?: number;
+  /** Generated tokens carried in heartbeats at most (default: all). */
+  heartbeatMaxTokens?: number;
   /** KV checkpoints in the host store, and their cadence (checkpoint/); absent: none. */
   checkpoints?: CheckpointDeps;
 }

@@ -4,14 +4,16 @@
 // to the workflow for its progress query. Cancellation aborts the engine
 // request, which frees its batch slot at once.
 //
-// Resuming: on a retry, the last heartbeat (GenerateHeartbeat) says how far the
-// previous attempt got and where. With a checkpoint store (deps.checkpoints) the
-// engine checkpoints the request into host memory and the heartbeat carries
-// its `checkpointId`; a retry restores from it when it is present and valid,
-// and otherwise recomputes (checkpoint/resume.ts). Without one, see planResume.
+// Resuming: on a retry, the last heartbeat (GenerateHeartbeat: from Temporal,
+// or from the workflow as `input.prior`) says how far the previous attempt got,
+// on which host, and which tokens it generated. With a checkpoint store
+// (deps.checkpoints) the engine checkpoints the request into host memory and
+// the heartbeat carries its `checkpointId`; a retry restores from it when it is
+// present and valid, and otherwise re-prefills the document and the tokens so
+// far (checkpoint/resume.ts).
 import { ApplicationFailure, CancelledFailure, Context } from '@temporalio/activity';
 import { getText, putJson } from '../blobstore/store';
-import { planCheckpointResume, type Resume } from '../checkpoint/resume';
+import { planResume, type Resume } from '../checkpoint/resume';
 import { CheckpointStore } from '../checkpoint/store';
 import type { CheckpointEvent, GenerationResult } from '../engine/types';
 import { tokensDoneSignal } from '../workflows/definitions';
@@ -23,6 +25,7 @@ import type {
   ResultStats,
 } from '../workflows/types';
 import type { ActivityDeps } from './deps';
+import { decodeTokens, encodeTokens } from './heartbeat';
 import { badInput } from './prepare';
 import { messagesFor } from './prompt';
 
@@ -31,33 +34,21 @@ const IDLE_HEARTBEAT_MS = 5_000;
 /** Progress signals grow workflow history: send them far less often than events. */
 const SIGNAL_EVERY_MS = 3_000;
 
-export interface ResumePlan {
-  resumes: number;
-  resumedFrom?: 'checkpoint' | 'recompute';
-  tokensRecomputed: number;
-}
-
-/** How this attempt continues from the previous one's last heartbeat. */
-export function planResume(prior: GenerateHeartbeat | undefined): ResumePlan {
-  if (!prior) return { resumes: 0, tokensRecomputed: 0 };
-  return {
-    resumes: prior.resumes + 1,
-    resumedFrom: 'recompute',
-    tokensRecomputed: prior.tokensDone,
-  };
-}
+/** Heartbeats between tokens go out at most this often (each carries the tokens so far). */
+const BEAT_EVERY_MS = 200;
 
 /**
  * The error for an aborted generation: a cancellation when the job was
  * cancelled, but a retryable failure when the worker is shutting down, so
  * Temporal hands the work to another worker (with this attempt's heartbeat).
  */
-function stopped(ctx: Context): Error {
+function stopped(ctx: Context, heartbeat: GenerateHeartbeat): Error {
   const reason = (ctx.cancellationSignal.reason as Error | undefined)?.message;
   if (reason === 'WORKER_SHUTDOWN') {
     return ApplicationFailure.retryable(
       'worker shut down during generation; handed back',
       'WorkerShutdown',
+      heartbeat,
     );
   }
   return new CancelledFailure('generation cancelled');
@@ -68,52 +59,59 @@ export function makeGenerate(deps: ActivityDeps) {
 
   return async function generateAnswer(input: GenerateInput): Promise<GenerateOutput> {
     const ctx = Context.current();
-    const prior = ctx.info.heartbeatDetails as GenerateHeartbeat | undefined;
+    const prior = (ctx.info.heartbeatDetails as GenerateHeartbeat | undefined) ?? input.prior;
     const { options } = input;
     const document = await getText(blobs, input.preparedRef);
     const messages = messagesFor(document, input.instruction);
-    let resume: Resume | undefined;
-    if (deps.checkpoints) {
-      try {
-        const id = CheckpointStore.idFor(input.jobId, input.index);
-        const prompt = engine.applyChatTemplate(messages);
-        resume = planCheckpointResume(
-          deps.checkpoints,
-          engine,
-          id,
-          prompt,
-          options.maxTokens,
-          prior,
-          ctx.log,
-        );
-      } catch (err) {
-        if ((err as Error).name === 'InvalidRequestError') throw badInput((err as Error).message);
-        throw err;
-      }
+    const id = CheckpointStore.idFor(input.jobId, input.index);
+    let resume: Resume;
+    try {
+      resume = await planResume(
+        deps.checkpoints,
+        engine,
+        id,
+        engine.applyChatTemplate(messages),
+        options.maxTokens,
+        prior && { ...prior, tokens: decodeTokens(prior.tokens) },
+        ctx.log,
+      );
+    } catch (err) {
+      if ((err as Error).name === 'InvalidRequestError') throw badInput((err as Error).message);
+      throw err;
     }
-    const plan = resume?.plan ?? planResume(prior);
-    const resumed = resume?.generated ?? [];
+    const { plan, generated: resumed } = resume;
     // Set once a checkpoint of this request exists (restored, or written by this attempt).
-    let checkpointId = resume?.plan.resumedFrom === 'checkpoint' ? resume.id : undefined;
+    let checkpointId = resume.restore ? id : undefined;
 
+    // Every token of this generation so far, for heartbeats (a retry re-prefills them).
+    const tokens = [...resumed];
     let tokensDone = resumed.length;
-    const beat = () =>
-      ctx.heartbeat({
-        index: input.index,
-        tokensDone,
-        host,
-        taskQueue: hostTaskQueue,
-        resumes: plan.resumes,
-        checkpointId,
-      } satisfies GenerateHeartbeat);
+    const heartbeat = (): GenerateHeartbeat => ({
+      index: input.index,
+      tokensDone,
+      host,
+      taskQueue: hostTaskQueue,
+      resumes: plan.resumes,
+      checkpointId,
+      tokens: encodeTokens(tokens, deps.heartbeatMaxTokens ?? Number.MAX_SAFE_INTEGER),
+      hostWaitMs: deps.hostWaitMs ?? 0,
+    });
+    let lastBeat = 0;
+    const beat = (force = true) => {
+      const now = Date.now();
+      if (!force && now - lastBeat < BEAT_EVERY_MS) return;
+      lastBeat = now;
+      ctx.heartbeat(heartbeat());
+    };
     const onCheckpoint = (e: CheckpointEvent) => {
       if (!e.ok) {
         ctx.log.warn('checkpoint write failed', { reason: e.message });
         return;
       }
-      checkpointId = resume?.id;
+      checkpointId = id;
       beat();
       deps.checkpoints?.store.enforce();
+      deps.checkpoints?.mirror?.written(id, e.path, e.bytes, e.fileBytes);
     };
     beat();
     const idle = setInterval(beat, IDLE_HEARTBEAT_MS);
@@ -140,18 +138,20 @@ export function makeGenerate(deps: ActivityDeps) {
     };
 
     // A cancelled job's checkpoint is of no further use; a handed-back one is.
+    const removeCheckpoint = () => {
+      deps.checkpoints?.store.remove(id);
+      deps.checkpoints?.mirror?.remove(id);
+    };
     const stoppedHere = () => {
-      const e = stopped(ctx);
-      if (resume && e instanceof CancelledFailure) deps.checkpoints?.store.remove(resume.id);
+      const e = stopped(ctx, heartbeat());
+      if (e instanceof CancelledFailure) removeCheckpoint();
       return e;
     };
     let result: GenerationResult;
-    if (resume) deps.checkpoints?.store.acquire(resume.id);
+    deps.checkpoints?.store.acquire(id);
     try {
       const stream = engine.stream({
-        ...(resume
-          ? resume.request(options.maxTokens, onCheckpoint)
-          : { messages, maxTokens: options.maxTokens }),
+        ...resume.request(options.maxTokens, onCheckpoint),
         temperature: options.temperature,
         topP: options.topP,
         topK: options.topK,
@@ -161,8 +161,9 @@ export function makeGenerate(deps: ActivityDeps) {
       });
       for await (const chunk of stream) {
         tokensDone += 1;
+        tokens.push(chunk.token);
         pendingText += chunk.text;
-        beat();
+        beat(false);
         const now = Date.now();
         if (now - lastEvent >= deps.progressIntervalMs) emit(now);
       }
@@ -170,10 +171,10 @@ export function makeGenerate(deps: ActivityDeps) {
     } catch (err) {
       if (ctx.cancellationSignal.aborted) throw stoppedHere();
       if ((err as Error).name === 'InvalidRequestError') throw badInput((err as Error).message);
-      throw ApplicationFailure.retryable((err as Error).message, (err as Error).name);
+      throw ApplicationFailure.retryable((err as Error).message, (err as Error).name, heartbeat());
     } finally {
       clearInterval(idle);
-      if (resume) deps.checkpoints?.store.release(resume.id);
+      deps.checkpoints?.store.release(id);
     }
     if (result.stats.finishReason === 'cancelled' || ctx.cancellationSignal.aborted) {
       throw stoppedHere();
@@ -181,8 +182,9 @@ export function makeGenerate(deps: ActivityDeps) {
     if (pendingText) emit(Date.now());
 
     const s = result.stats;
-    if (resume && plan.resumedFrom === 'checkpoint' && s.restoreError) {
-      // The engine refused the file it was given (it re-validates): it prefilled instead.
+    if (resume.restore && s.restoreError) {
+      // The engine refused the file it was given (it re-validates): it re-prefilled
+      // the prompt and the tokens so far instead.
       ctx.log.warn('checkpoint rejected by the engine, recomputed', { reason: s.restoreError });
       Object.assign(plan, { resumedFrom: 'recompute', tokensRecomputed: prior?.tokensDone ?? 0 });
     }
@@ -193,10 +195,10 @@ export function makeGenerate(deps: ActivityDeps) {
         tokens: [...resumed, ...result.tokens],
       };
     }
-    if (resume) deps.checkpoints?.store.remove(resume.id);
+    removeCheckpoint();
     const generatedTokens = resumed.length + s.generatedTokens;
     const stats: ResultStats = {
-      promptTokens: resume ? resume.prompt.length : s.promptTokens,
+      promptTokens: resume.prompt.length,
       generatedTokens,
       prefillMs: s.prefillMs,
       decodeMs: s.decodeMs,

@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
-import { bool, int, section } from '../config/env';
+import { bool, int, section, str } from '../config/env';
 
 export interface CheckpointConfig {
   enabled: boolean;
@@ -16,6 +16,8 @@ export interface CheckpointConfig {
   spillDir: string;
   memoryCapBytes: number;
   spillCapBytes: number;
+  /** Copy checkpoints to this NATS Object Store bucket (another host can resume); off if unset. */
+  natsBucket?: string;
 }
 
 export function checkpointConfig(
@@ -30,6 +32,9 @@ export function checkpointConfig(
       SPECONTEXT_CHECKPOINT_DIR: z.string().min(1).optional(),
       SPECONTEXT_CHECKPOINT_MEMORY_MB: int(4096, 1),
       SPECONTEXT_CHECKPOINT_SPILL_MB: int(16384, 0),
+      SPECONTEXT_CHECKPOINT_SPILL_DIR: z.string().min(1).optional(),
+      SPECONTEXT_CHECKPOINT_NATS: bool(false),
+      SPECONTEXT_CHECKPOINT_BUCKET: str('specontext-checkpoints'),
     },
     env,
   );
@@ -41,8 +46,9 @@ export function checkpointConfig(
     everyTokens: c.SPECONTEXT_CHECKPOINT_EVERY_TOKENS,
     everyMs: c.SPECONTEXT_CHECKPOINT_EVERY_MS,
     dir: c.SPECONTEXT_CHECKPOINT_DIR ?? path.join(shm, `specontext-${uid}-${stack}`),
-    spillDir: path.join(dataDir, 'checkpoints'),
+    spillDir: c.SPECONTEXT_CHECKPOINT_SPILL_DIR ?? path.join(dataDir, 'checkpoints'),
     memoryCapBytes: c.SPECONTEXT_CHECKPOINT_MEMORY_MB * 1024 * 1024,
     spillCapBytes: c.SPECONTEXT_CHECKPOINT_SPILL_MB * 1024 * 1024,
+    natsBucket: c.SPECONTEXT_CHECKPOINT_NATS ? c.SPECONTEXT_CHECKPOINT_BUCKET : undefined,
   };
 }

@@ -1,10 +1,12 @@
 export { type CheckpointConfig, checkpointConfig } from './config';
+export { CheckpointMirror, type MirrorCounters } from './mirror';
 export {
   type CheckpointDeps,
   type PriorAttempt,
-  planCheckpointResume,
+  planResume,
   type Resume,
   type ResumePlan,
+  reprefillable,
   resumeCounters,
 } from './resume';
 export { CheckpointStore, type CheckpointStoreOptions, type CheckpointUsage } from './store';

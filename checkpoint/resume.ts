@@ -1,18 +1,23 @@
-// How a generate activity attempt uses checkpoints: where this attempt writes
-// them, and, on a retry, whether it continues from the previous attempt's
-// checkpoint or recomputes. The heartbeat carries only the checkpoint's id
-// and counts; the KV stays in the host store.
+// How a generate activity attempt continues from the previous one: where this
+// attempt writes checkpoints, and, on a retry, whether it restores the previous
+// attempt's checkpoint or recomputes. The heartbeat carries only the
+// checkpoint's id, counts and the generated token ids; the KV stays in the host
+// store (and, optionally, its copy in the NATS Object Store: mirror.ts).
 //
 // A missing, stale or corrupt checkpoint is never an error: the attempt
-// re-prefills the stored document and generates again (the same tokens, the
-// engine being deterministic for a given seed), logs why and counts it.
+// re-prefills the stored document followed by the tokens the heartbeat
+// carried, and continues from there (the sampler skips ahead by as many draws,
+// so seeded sampling continues too); it logs why and counts it.
 import type { CheckpointEvent, Engine, GenerateRequest } from '../engine/types';
+import type { CheckpointMirror } from './mirror';
 import type { CheckpointStore } from './store';
 
 export interface CheckpointDeps {
   store: CheckpointStore;
   everyTokens: number;
   everyMs: number;
+  /** Copies in the NATS Object Store; absent: checkpoints stay on this host. */
+  mirror?: CheckpointMirror;
 }
 
 /** The part of an earlier attempt's heartbeat a resume reads. */
@@ -20,6 +25,8 @@ export interface PriorAttempt {
   tokensDone: number;
   resumes: number;
   checkpointId?: string;
+  /** Tokens it generated (decoded from the heartbeat; may be fewer than tokensDone). */
+  tokens?: number[];
 }
 
 export interface ResumePlan {
@@ -28,12 +35,16 @@ export interface ResumePlan {
   tokensRecomputed: number;
 }
 
-/** Why resumes did not use a checkpoint, per process (the worker reports them). */
+/** How resumes went, per process (the worker reports them). */
 export const resumeCounters = {
   fromCheckpoint: 0,
+  /** Of which the file came from the NATS Object Store. */
+  fromRemote: 0,
   recomputed: 0,
   missing: 0,
   rejected: 0,
+  /** Generated tokens re-prefilled rather than generated again. */
+  reprefilled: 0,
 };
 
 export interface Resume {
@@ -43,6 +54,8 @@ export interface Resume {
   prompt: number[];
   /** Tokens earlier attempts generated that this one continues after. */
   generated: number[];
+  /** Whether the engine restores the KV of `prompt + generated` from the checkpoint. */
+  restore: boolean;
   /** Engine request fields: the prompt (with `generated`), the remaining budget, checkpoints. */
   request(
     maxTokens: number,
@@ -55,30 +68,56 @@ export interface ResumeLog {
   warn(message: string, meta?: Record<string, unknown>): void;
 }
 
-export function planCheckpointResume(
-  deps: CheckpointDeps,
+/**
+ * The generated tokens a recompute re-prefills: those of the heartbeat, less
+ * the last one (generated again, so a stop token that ended the earlier
+ * attempt just before it died ends this one too), within the token budget.
+ */
+export function reprefillable(tokens: number[] | undefined, maxTokens: number): number[] {
+  if (!tokens?.length) return [];
+  return tokens.slice(0, Math.max(0, Math.min(tokens.length - 1, maxTokens - 1)));
+}
+
+/**
+ * How an attempt of generation `id` (with chat-templated `prompt`) runs, after
+ * `prior` (the previous attempt's last heartbeat; undefined on a first attempt).
+ * With `deps`, the attempt writes checkpoints and may restore one.
+ */
+export async function planResume(
+  deps: CheckpointDeps | undefined,
   engine: Engine,
   id: string,
   prompt: number[],
   maxTokens: number,
   prior: PriorAttempt | undefined,
   log: ResumeLog,
-): Resume {
+): Promise<Resume> {
   let generated: number[] = [];
+  let restore = false;
   let plan: ResumePlan = { resumes: 0, tokensRecomputed: 0 };
   if (prior) {
-    const found = fromCheckpoint(deps.store, engine, prior.checkpointId ?? id, prompt, maxTokens);
+    const found = deps
+      ? await fromCheckpoint(deps, engine, prior.checkpointId ?? id, prompt, maxTokens)
+      : { missing: true, reason: 'checkpoints are off' };
     if ('generated' in found) {
       generated = found.generated;
+      restore = true;
       resumeCounters.fromCheckpoint++;
+      if (found.remote) resumeCounters.fromRemote++;
       plan = {
         resumes: prior.resumes + 1,
         resumedFrom: 'checkpoint',
         tokensRecomputed: Math.max(0, prior.tokensDone - generated.length),
       };
-      log.info('resuming from checkpoint', { id, generated: generated.length });
+      log.info('resuming from checkpoint', {
+        id,
+        generated: generated.length,
+        remote: found.remote,
+      });
     } else {
+      generated = reprefillable(prior.tokens, maxTokens);
       resumeCounters.recomputed++;
+      resumeCounters.reprefilled += generated.length;
       if (found.missing) resumeCounters.missing++;
       else resumeCounters.rejected++;
       plan = {
@@ -86,41 +125,63 @@ export function planCheckpointResume(
         resumedFrom: 'recompute',
         tokensRecomputed: prior.tokensDone,
       };
-      log.warn('checkpoint not used, recomputing', { id, reason: found.reason });
+      log.warn('checkpoint not used, recomputing', {
+        id,
+        reason: found.reason,
+        reprefilled: generated.length,
+      });
     }
   }
-  const path = deps.store.pathFor(id);
   return {
     id,
     plan,
     prompt,
     generated,
-    request: (max, onCheckpoint) => ({
-      tokens: [...prompt, ...generated],
-      maxTokens: max - generated.length,
-      checkpoint: {
-        path,
-        everyTokens: deps.everyTokens,
-        everyMs: deps.everyMs,
-        restore: generated.length > 0,
-        resumedGenerated: generated.length,
-        onCheckpoint,
-      },
-    }),
+    restore,
+    request: (max, onCheckpoint) => {
+      const rest = { tokens: [...prompt, ...generated], maxTokens: max - generated.length };
+      if (!deps) {
+        // No checkpoint file, but the engine still needs to know which prompt
+        // tokens were sampled, to skip its sampler ahead.
+        return generated.length
+          ? { ...rest, checkpoint: { path: '', resumedGenerated: generated.length } }
+          : rest;
+      }
+      return {
+        ...rest,
+        checkpoint: {
+          path: deps.store.pathFor(id),
+          everyTokens: deps.everyTokens,
+          everyMs: deps.everyMs,
+          restore,
+          resumedGenerated: generated.length,
+          onCheckpoint,
+        },
+      };
+    },
   };
 }
 
-type Found = { generated: number[] } | { missing: boolean; reason: string };
+type Found = { generated: number[]; remote: boolean } | { missing: boolean; reason: string };
 
-function fromCheckpoint(
-  store: CheckpointStore,
+async function fromCheckpoint(
+  deps: CheckpointDeps,
   engine: Engine,
   id: string,
   prompt: number[],
   maxTokens: number,
-): Found {
-  const file = store.locate(id);
-  if (!file) return { missing: true, reason: `no checkpoint ${id} on this host` };
+): Promise<Found> {
+  const { store, mirror } = deps;
+  let file = store.locate(id);
+  let remote = false;
+  if (!file && mirror && (await mirror.fetch(id, store.pathFor(id)))) {
+    file = store.locate(id);
+    remote = true;
+  }
+  if (!file) {
+    const where = mirror ? 'on this host or in the object store' : 'on this host';
+    return { missing: true, reason: `no checkpoint ${id} ${where}` };
+  }
   if (!engine.inspectCheckpoint) return { missing: true, reason: 'engine cannot read checkpoints' };
   let found: ReturnType<NonNullable<Engine['inspectCheckpoint']>>;
   try {
@@ -137,5 +198,5 @@ function fromCheckpoint(
   if (generated.length >= maxTokens) {
     return { missing: false, reason: 'checkpoint is past the token budget' };
   }
-  return { generated };
+  return { generated, remote };
 }

@@ -28,6 +28,17 @@ export function serviceConfig(env: NodeJS.ProcessEnv = process.env) {
       SPECONTEXT_BATCH_CONCURRENCY: int(8, 1),
       SPECONTEXT_PROGRESS_INTERVAL_MS: int(500, 50),
       SPECONTEXT_NATS_INTAKE: bool(true),
+      // This worker's host name for routing (default: the machine's hostname).
+      SPECONTEXT_HOST: z
+        .string()
+        .regex(/^[A-Za-z0-9_-]+$/, 'expected letters, digits, _ or -')
+        .optional(),
+      // How long a retry waits for the host that holds its checkpoint before any
+      // host takes it (and recomputes); 0: no host affinity.
+      SPECONTEXT_HOST_WAIT_MS: int(30_000),
+      // Generated tokens carried in heartbeats, so a retry on any host can re-prefill
+      // them instead of generating them again; longer outputs carry their first ones.
+      SPECONTEXT_HEARTBEAT_MAX_TOKENS: int(32_768),
     },
     env,
   );
@@ -56,6 +67,11 @@ export function serviceConfig(env: NodeJS.ProcessEnv = process.env) {
       port: c.SPECONTEXT_API_PORT,
       maxDocumentBytes: c.SPECONTEXT_MAX_DOCUMENT_BYTES,
       maxBatchBytes: c.SPECONTEXT_MAX_BATCH_BYTES,
+    },
+    resume: {
+      host: c.SPECONTEXT_HOST,
+      hostWaitMs: c.SPECONTEXT_HOST_WAIT_MS,
+      heartbeatMaxTokens: c.SPECONTEXT_HEARTBEAT_MAX_TOKENS,
     },
     batchConcurrency: c.SPECONTEXT_BATCH_CONCURRENCY,
     progressIntervalMs: c.SPECONTEXT_PROGRESS_INTERVAL_MS,

@@ -3,8 +3,9 @@
 // this host's memory) can be sent back to it.
 import { hostname } from 'node:os';
 
-export function hostName(): string {
-  return hostname().replace(/[^A-Za-z0-9_-]/g, '_');
+/** The configured name (SPECONTEXT_HOST), else the machine's hostname made queue-safe. */
+export function hostName(configured?: string): string {
+  return configured ?? hostname().replace(/[^A-Za-z0-9_-]/g, '_');
 }
 
 export function hostTaskQueue(taskQueue: string, host = hostName()): string {

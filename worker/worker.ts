@@ -18,6 +18,7 @@ import {
 import { createActivities } from '../activities';
 import { openBlobStore } from '../blobstore';
 import { checkpointConfig } from '../checkpoint/config';
+import { CheckpointMirror } from '../checkpoint/mirror';
 import { CheckpointStore } from '../checkpoint/store';
 import type { ServiceConfig } from '../config/service';
 import { openEngine } from '../engine';
@@ -67,7 +68,7 @@ export interface RunningWorker {
 
 export async function startWorker(c: ServiceConfig, o: WorkerOptions = {}): Promise<RunningWorker> {
   const device = o.device ?? c.engine.device;
-  const host = hostName();
+  const host = hostName(c.resume.host);
   const ownEngine = !o.engine;
   const engine =
     o.engine ??
@@ -96,6 +97,8 @@ export async function startWorker(c: ServiceConfig, o: WorkerOptions = {}): Prom
         }),
         everyTokens: ck.everyTokens,
         everyMs: ck.everyMs,
+        // Copies in the NATS Object Store, so another host can resume (off by default).
+        mirror: ck.natsBucket ? await CheckpointMirror.open(nc, ck.natsBucket) : undefined,
       }
     : undefined;
   const activities = createActivities({
@@ -107,6 +110,8 @@ export async function startWorker(c: ServiceConfig, o: WorkerOptions = {}): Prom
     hostTaskQueue: queue,
     device,
     progressIntervalMs: c.progressIntervalMs,
+    hostWaitMs: c.resume.hostWaitMs,
+    heartbeatMaxTokens: c.resume.heartbeatMaxTokens,
     checkpoints,
   });
   const common = {
@@ -144,6 +149,8 @@ export async function startWorker(c: ServiceConfig, o: WorkerOptions = {}): Prom
     } finally {
       clearInterval(stats);
       if (ownEngine) await engine.close();
+      // Copies already queued still reach the object store.
+      await checkpoints?.mirror?.idle();
       await nc.drain().catch(() => {});
       await connection.close().catch(() => {});
       await blobs.close();

@@ -2,14 +2,13 @@
 // prepare (validate, tokenize, store) -> generate per instruction (in parallel,
 // sharing the engine's continuous batch) -> store results -> publish completion.
 // Light steps are local activities so the worker's activity slots stay equal to
-// the engine's batch capacity; generation is a regular, heartbeating activity.
+// the engine's batch capacity; generation is a regular, heartbeating activity,
+// retried by workflows/generation.ts on the host that holds its checkpoint.
 import {
-  ActivityCancellationType,
   ActivityFailure,
   ApplicationFailure,
   CancellationScope,
   isCancellation,
-  proxyActivities,
   proxyLocalActivities,
   setHandler,
 } from '@temporalio/workflow';
@@ -20,6 +19,7 @@ import {
   jobProgressQuery,
   tokensDoneSignal,
 } from './definitions';
+import { generateResumable } from './generation';
 import type { DocumentJobInput, DocumentJobOutput, JobProgress } from './types';
 
 const light = proxyLocalActivities<JobActivities>({
@@ -33,27 +33,8 @@ const light = proxyLocalActivities<JobActivities>({
   },
 });
 
-const generation = (heartbeatTimeoutMs = 60_000) =>
-  proxyActivities<JobActivities>({
-    // Generation of thousands of tokens on a busy batch can be slow; the heartbeat
-    // timeout, not this one, is what detects a dead worker.
-    startToCloseTimeout: '2 hours',
-    // Waiting for a free batch slot is normal under load.
-    scheduleToStartTimeout: '24 hours',
-    heartbeatTimeout: heartbeatTimeoutMs,
-    cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-    retry: {
-      initialInterval: '2s',
-      backoffCoefficient: 2,
-      maximumInterval: '1 minute',
-      maximumAttempts: 5,
-      nonRetryableErrorTypes: [BAD_INPUT],
-    },
-  });
-
 export async function documentJobWorkflow(input: DocumentJobInput): Promise<DocumentJobOutput> {
   const { jobId } = input;
-  const engine = generation(input.heartbeatTimeoutMs);
   const progress: JobProgress = {
     stage: 'queued',
     instructions: input.instructions.map(() => ({
@@ -94,13 +75,16 @@ export async function documentJobWorkflow(input: DocumentJobInput): Promise<Docu
       progress.stage = 'generating';
       const answers = await Promise.all(
         input.instructions.map(async (instruction, index) => {
-          const out = await engine.generateAnswer({
-            jobId,
-            index,
-            preparedRef: prepared.preparedRef,
-            instruction,
-            options: input.options,
-          });
+          const out = await generateResumable(
+            {
+              jobId,
+              index,
+              preparedRef: prepared.preparedRef,
+              instruction,
+              options: input.options,
+            },
+            input.heartbeatTimeoutMs,
+          );
           const p = progress.instructions[index];
           if (p) Object.assign(p, { tokensDone: out.generatedTokens, done: true });
           return out;

@@ -113,6 +113,12 @@ export interface GenerateInput {
   preparedRef: string;
   instruction: string;
   options: GenerationOptions;
+  /**
+   * The previous attempt's last heartbeat, when the workflow retries generation
+   * itself (workflows/generation.ts: a retry on another task queue is a new
+   * activity, which starts without heartbeat details).
+   */
+  prior?: GenerateHeartbeat;
 }
 
 /** What generateAnswer returns: a reference plus counts, never the text. */
@@ -135,6 +141,14 @@ export interface GenerateHeartbeat {
   taskQueue: string;
   checkpointId?: string;
   resumes: number;
+  /**
+   * The tokens generated so far (base64 of little-endian int32s; at most
+   * SPECONTEXT_HEARTBEAT_MAX_TOKENS of them): a retry without the checkpoint
+   * re-prefills them instead of generating them again.
+   */
+  tokens?: string;
+  /** How long a retry should wait for `taskQueue` (the host holding the checkpoint). */
+  hostWaitMs?: number;
 }
 
 export interface StoreResultInput {
