@@ -19,8 +19,59 @@
 
 namespace spx::cuda {
 
-constexpr int kMmaTile = 32;  // tokens per warp tile
+constexpr int kMmaTile = 32;  // tokens per warp tile (group_scores_tile's 4 n-tiles)
 constexpr int kMmaWarps = 4;
+
+// Which cache rows a decode pass reads for request b and KV head hk: the
+// dense path reads positions 0..lengths[b)-1; the sparse path
+// (sparse_decode_attention.cuh) reads the positions its selection lists.
+// `lengths` is what the split merge needs either way: rows per request.
+struct DenseRows {
+  const int32_t* lengths;  // [batch]
+  __device__ __forceinline__ int count(int b) const { return lengths[b]; }
+  __device__ __forceinline__ int64_t position(int b, int hk, int i) const { return i; }
+};
+
+// A group's G query heads as m16n8k16 A fragments for every 16-dim k-step:
+// row g is head g; rows G..15 (and all of rows 8..15) stay zero.
+template <int D, int G>
+__device__ __forceinline__ void load_group_query(uint32_t (&qa)[D / 16][4],
+                                                 const bf16* q_group,  // [G, D]
+                                                 int lane) {
+  const int g = lane / 4, t = lane % 4;
+  const bool valid = g < G;
+  const bf16* qr = q_group + (valid ? g : 0) * D;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    qa[kk][0] = valid ? *reinterpret_cast<const uint32_t*>(qr + kk * 16 + 2 * t) : 0u;
+    qa[kk][1] = 0u;
+    qa[kk][2] = valid ? *reinterpret_cast<const uint32_t*>(qr + kk * 16 + 2 * t + 8) : 0u;
+    qa[kk][3] = 0u;
+  }
+}
+
+// S = Q K^T for one kMmaTile-token tile of K in shared memory: 4 n-tiles of
+// 8 tokens; s[n][e] is head lane/4, token n*8 + 2(lane%4) + e. ldmatrix x4
+// fetches B fragments for two n-tiles of one k-step: matrices (tokens n0..,
+// dims c), (n0.., c+8), (n0+8.., c), (n0+8.., c+8).
+template <int D>
+__device__ __forceinline__ void group_scores_tile(float (&s)[4][4],
+                                                  const uint32_t (&qa)[D / 16][4],
+                                                  const bf16 (*k_s)[D + 8], int lane) {
+#pragma unroll
+  for (int n = 0; n < 4; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+  const int mi = lane / 8, mr = lane % 8;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+    for (int np = 0; np < 2; ++np) {
+      uint32_t r[4];
+      ldmatrix_x4(r, &k_s[np * 16 + mr + (mi >> 1) * 8][kk * 16 + (mi & 1) * 8]);
+      mma_bf16_16816(s[2 * np], qa[kk], r);
+      mma_bf16_16816(s[2 * np + 1], qa[kk], r + 2);
+    }
+  }
+}
 
 template <int D>
 constexpr size_t decode_mma_smem_bytes() {
@@ -31,11 +82,11 @@ constexpr size_t decode_mma_smem_bytes() {
   return tiles > merge ? tiles : merge;
 }
 
-template <int D, int G>
+template <int D, int G, typename Rows>
 __global__ void __launch_bounds__(kMmaWarps * 32)
-    decode_attention_mma_forward_kernel(const bf16* q,           // [batch, q_heads, D]
-                                        const DecodeSeq* seqs,   // [batch]
-                                        const int32_t* lengths,  // [batch]
+    decode_attention_mma_forward_kernel(const bf16* q,          // [batch, q_heads, D]
+                                        const DecodeSeq* seqs,  // [batch]
+                                        Rows rows,              // DenseRows or SelectedRows
                                         float* partial_o,        // [batch, q_heads, max_splits, D]
                                         float* partial_ml,       // [batch, q_heads, max_splits, 2]
                                         int kv_heads, float scale_log2, int split_tokens,
@@ -49,7 +100,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   extern __shared__ __align__(16) unsigned char smem_raw[];
 
   const int split = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
-  const int len = lengths[b];
+  const int len = rows.count(b);
   const int begin = split * split_tokens;
   if (begin >= len) return;
   const int end = min(len, begin + split_tokens);
@@ -65,19 +116,8 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   const bf16* kg = seq.k + kv_base;
   const bf16* vg = seq.v + kv_base;
 
-  // Q as A fragments: row g is head g of the group; rows 8..15 stay zero.
   uint32_t qa[kKSteps][4];
-  {
-    const bool valid = g < G;
-    const bf16* qr = q + (static_cast<size_t>(b) * q_heads + hk * G + (valid ? g : 0)) * D;
-#pragma unroll
-    for (int kk = 0; kk < kKSteps; ++kk) {
-      qa[kk][0] = valid ? *reinterpret_cast<const uint32_t*>(qr + kk * 16 + 2 * t) : 0u;
-      qa[kk][1] = 0u;
-      qa[kk][2] = valid ? *reinterpret_cast<const uint32_t*>(qr + kk * 16 + 2 * t + 8) : 0u;
-      qa[kk][3] = 0u;
-    }
-  }
+  load_group_query<D, G>(qa, q + (static_cast<size_t>(b) * q_heads + hk * G) * D, lane);
 
   float o[kOTiles][2];
 #pragma unroll
@@ -88,7 +128,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
     for (int c = lane; c < kMmaTile * kChunks; c += 32) {
       const int r = c / kChunks, col = (c % kChunks) * 8;
       const bool ok = t0 + r < end;
-      const size_t src = static_cast<size_t>(ok ? t0 + r : begin) * D + col;
+      const size_t src = static_cast<size_t>(rows.position(b, hk, ok ? t0 + r : begin)) * D + col;
       cp_async_16(&k_s[r][col], kg + src, ok ? 16 : 0);
       cp_async_16(&v_s[r][col], vg + src, ok ? 16 : 0);
     }
@@ -96,23 +136,8 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
     cp_async_wait<0>();
     __syncwarp();
 
-    // S = Q K^T: 4 n-tiles of 8 tokens. ldmatrix x4 fetches B fragments for
-    // two n-tiles of one k-step: matrices (tokens n0.., dims c), (n0.., c+8),
-    // (n0+8.., c), (n0+8.., c+8).
     float s[kSTiles][4];
-#pragma unroll
-    for (int n = 0; n < kSTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-    const int mi = lane / 8, mr = lane % 8;
-#pragma unroll
-    for (int kk = 0; kk < kKSteps; ++kk) {
-#pragma unroll
-      for (int np = 0; np < kSTiles / 2; ++np) {
-        uint32_t r[4];
-        ldmatrix_x4(r, &k_s[np * 16 + mr + (mi >> 1) * 8][kk * 16 + (mi & 1) * 8]);
-        mma_bf16_16816(s[2 * np], qa[kk], r);
-        mma_bf16_16816(s[2 * np + 1], qa[kk], r + 2);
-      }
-    }
+    group_scores_tile<D>(s, qa, k_s, lane);
 
     // Online softmax on row g (head g); rows g+8 are padding.
     float mx = -INFINITY;
@@ -144,6 +169,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
       o[n][1] *= alpha;
     }
 
+    const int mi = lane / 8, mr = lane % 8;
     // O += P V: per 16-token k-step, ldmatrix.trans gives B fragments for two
     // n-tiles of dims: matrices (tokens k.., dims c), (k+8.., c), (k.., c+8),
     // (k+8.., c+8).
@@ -213,6 +239,28 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   }
 }
 
+// Launches the tensor-core kernel over the rows `rows` names (no merge).
+template <int D, int G, typename Rows>
+inline cudaError_t decode_attention_mma_launch(const bf16* q, const DecodeSeq* seqs, Rows rows,
+                                               int batch, int kv_heads, float scale_log2,
+                                               int split_tokens, float* partial_o,
+                                               float* partial_ml, int max_splits,
+                                               cudaStream_t stream) {
+  constexpr size_t smem = decode_mma_smem_bytes<D>();
+  static bool configured = false;  // raising the limit is a host call: once per instantiation
+  if (!configured) {
+    const cudaError_t e = cudaFuncSetAttribute(decode_attention_mma_forward_kernel<D, G, Rows>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(smem));
+    if (e != cudaSuccess) return e;
+    configured = true;
+  }
+  decode_attention_mma_forward_kernel<D, G, Rows>
+      <<<dim3(max_splits, kv_heads, batch), kMmaWarps * 32, smem, stream>>>(
+          q, seqs, rows, partial_o, partial_ml, kv_heads, scale_log2, split_tokens, max_splits);
+  return cudaGetLastError();
+}
+
 // Launches either decode kernel (tensor-core `mma`, or the SIMT one from
 // decode_attention.cuh), then the merge of the splits.
 template <int D, int G>
@@ -222,26 +270,20 @@ inline cudaError_t decode_attention_launch_dg(bool mma, bf16* out, const bf16* q
                                               int split_tokens, float* partial_o,
                                               float* partial_ml, int max_splits,
                                               cudaStream_t stream) {
-  const dim3 grid(max_splits, kv_heads, batch);
   const float scale_log2 = scale * 1.4426950408889634f;
   if (mma) {
-    constexpr size_t smem = decode_mma_smem_bytes<D>();
-    static bool configured = false;  // raising the limit is a host call: once per instantiation
-    if (!configured) {
-      const cudaError_t e = cudaFuncSetAttribute(decode_attention_mma_forward_kernel<D, G>,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(smem));
-      if (e != cudaSuccess) return e;
-      configured = true;
-    }
-    decode_attention_mma_forward_kernel<D, G><<<grid, kMmaWarps * 32, smem, stream>>>(
-        q, seqs, lengths, partial_o, partial_ml, kv_heads, scale_log2, split_tokens, max_splits);
+    const cudaError_t e = decode_attention_mma_launch<D, G>(
+        q, seqs, DenseRows{lengths}, batch, kv_heads, scale_log2, split_tokens, partial_o,
+        partial_ml, max_splits, stream);
+    if (e != cudaSuccess) return e;
   } else {
-    decode_attention_forward_kernel<D, G><<<grid, kDecodeThreads, 0, stream>>>(
-        q, seqs, lengths, partial_o, partial_ml, kv_heads, scale_log2, split_tokens, max_splits);
+    decode_attention_forward_kernel<D, G><<<dim3(max_splits, kv_heads, batch), kDecodeThreads,
+                                            0, stream>>>(q, seqs, lengths, partial_o, partial_ml,
+                                                         kv_heads, scale_log2, split_tokens,
+                                                         max_splits);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
   }
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
   decode_attention_merge_kernel<<<dim3(kv_heads * G, batch), D, 0, stream>>>(
       out, partial_o, partial_ml, lengths, D, split_tokens, max_splits);
   return cudaGetLastError();
