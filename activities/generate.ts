@@ -186,7 +186,11 @@ export function makeGenerate(deps: ActivityDeps) {
       // The engine refused the file it was given (it re-validates): it re-prefilled
       // the prompt and the tokens so far instead.
       ctx.log.warn('checkpoint rejected by the engine, recomputed', { reason: s.restoreError });
-      Object.assign(plan, { resumedFrom: 'recompute', tokensRecomputed: prior?.tokensDone ?? 0 });
+      Object.assign(plan, {
+        resumedFrom: 'recompute',
+        tokensRecomputed: prior?.tokensDone ?? 0,
+        tokensReprefilled: resumed.length,
+      });
     }
     if (resumed.length > 0) {
       result = {

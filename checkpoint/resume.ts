@@ -33,6 +33,8 @@ export interface ResumePlan {
   resumes: number;
   resumedFrom?: 'checkpoint' | 'recompute';
   tokensRecomputed: number;
+  /** Of the recomputed tokens, those re-prefilled (from the heartbeat) rather than decoded again. */
+  tokensReprefilled?: number;
 }
 
 /** How resumes went, per process (the worker reports them). */
@@ -124,6 +126,7 @@ export async function planResume(
         resumes: prior.resumes + 1,
         resumedFrom: 'recompute',
         tokensRecomputed: prior.tokensDone,
+        tokensReprefilled: generated.length,
       };
       log.warn('checkpoint not used, recomputing', {
         id,

@@ -75,6 +75,8 @@ export interface ResultStats extends GenerationStats {
   resumes: number;
   resumedFrom?: 'checkpoint' | 'recompute';
   tokensRecomputed: number;
+  /** Of tokensRecomputed, those re-prefilled (prompt + tokens so far) rather than decoded again. */
+  tokensReprefilled?: number;
 }
 
 export interface InstructionResult {
