@@ -23,7 +23,7 @@ constexpr int kMmaTile = 32;  // tokens per warp tile (group_scores_tile's 4 n-t
 constexpr int kMmaWarps = 4;
 
 // Which cache rows a decode pass reads for request b and KV head hk: the
-// dense path reads positions 0..lengths[b)-1; the sparse path
+// dense path reads positions 0 .. lengths[b] - 1; the sparse path
 // (sparse_decode_attention.cuh) reads the positions its selection lists.
 // `lengths` is what the split merge needs either way: rows per request.
 struct DenseRows {
