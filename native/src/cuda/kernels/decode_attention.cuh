@@ -160,8 +160,9 @@ __global__ void __launch_bounds__(kDecodeThreads)
 }
 
 // Merges a request's splits: weights exp2(m_i - M) * l_i. One block per
-// (q head, request), one thread per output element.
-__global__ void decode_attention_merge_kernel(bf16* out,                // [batch, q_heads, D]
+// (q head, request), one thread per output element. Static: ops.cu and
+// sparse_ops.cu both launch it, each from its own copy.
+static __global__ void decode_attention_merge_kernel(bf16* out,                // [batch, q_heads, D]
                                               const float* partial_o,   // [batch, q_heads, max_splits, D]
                                               const float* partial_ml,  // [batch, q_heads, max_splits, 2]
                                               const int32_t* lengths,   // [batch]

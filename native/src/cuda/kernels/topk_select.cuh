@@ -41,7 +41,8 @@ __device__ __forceinline__ int warp_inclusive_scan(int x, int lane) {
   return x;
 }
 
-__global__ void __launch_bounds__(kTopkThreads)
+// Static: a header-defined kernel, one copy per translation unit.
+static __global__ void __launch_bounds__(kTopkThreads)
     topk_select_forward_kernel(int32_t* selection,      // [batch, kv_heads, budget]
                                int32_t* counts,         // [batch]
                                float* mass,             // [batch, kv_heads] or nullptr
