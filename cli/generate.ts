@@ -86,7 +86,19 @@ async function generate(flags: GenerateFlags): Promise<void> {
           text: result.text,
           tokens: result.tokens,
           promptTokens: result.promptTokens,
-          stats: { ...result.stats, threads: stats.threads, device: stats.device },
+          stats: {
+            ...result.stats,
+            threads: stats.threads,
+            device: stats.device,
+            // SpeContext counters (engine totals; this command runs one request).
+            sparseSteps: stats.sparseSteps,
+            fullSteps: stats.fullSteps,
+            fallbackSteps: stats.fallbackSteps,
+            hostLayers: stats.hostLayers,
+            elasticLoads: stats.elasticLoads,
+            elasticBytes: stats.elasticBytes,
+            reloadFraction: stats.reloadFraction,
+          },
         })}\n`,
       );
     } else {

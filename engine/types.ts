@@ -131,6 +131,24 @@ export interface EngineStats {
   decodeTokens: number;
   threads: number;
   device: string;
+  /** SpeContext, totals since open: decode steps that attended to a selection. */
+  sparseSteps?: number;
+  /** Decode steps of budgeted requests whose context was <= B (full attention). */
+  fullSteps?: number;
+  /** Steps whose selection carried too little attention mass (full attention). */
+  fallbackSteps?: number;
+  /** Target layers in the host tier now (adaptive placement). */
+  hostLayers?: number;
+  /** Times the memory planner changed the host-tier layer count. */
+  layerMoves?: number;
+  /** Tokens copied into host-tier slot buffers (elastic loading), and their bytes. */
+  elasticLoads?: number;
+  elasticBytes?: number;
+  /** Loaded tokens over slots updated (the paper sees about 0.2). */
+  reloadFraction?: number;
+  /** The memory planner's device memory and its fixed part (weights, buffers); 0: off. */
+  plannerMemoryBytes?: number;
+  plannerFixedBytes?: number;
 }
 
 export interface ModelInfo {

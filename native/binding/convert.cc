@@ -131,6 +131,16 @@ Napi::Object FromEngineStats(Napi::Env env, const spx::EngineStats& s) {
   o.Set("decodeTokens", static_cast<double>(s.decode_tokens));
   o.Set("threads", s.threads);
   o.Set("device", s.device);
+  o.Set("sparseSteps", static_cast<double>(s.sparse_steps));
+  o.Set("fullSteps", static_cast<double>(s.full_steps));
+  o.Set("fallbackSteps", static_cast<double>(s.fallback_steps));
+  o.Set("hostLayers", s.host_layers);
+  o.Set("layerMoves", static_cast<double>(s.layer_moves));
+  o.Set("elasticLoads", static_cast<double>(s.elastic_loads));
+  o.Set("elasticBytes", static_cast<double>(s.elastic_bytes));
+  o.Set("reloadFraction", s.reload_fraction);
+  o.Set("plannerMemoryBytes", static_cast<double>(s.planner_memory_bytes));
+  o.Set("plannerFixedBytes", static_cast<double>(s.planner_fixed_bytes));
   return o;
 }
 

@@ -12,8 +12,10 @@ namespace {
 using namespace spx;
 using namespace spx::retrieval;
 
+// host_from_step > 0: the layers move to the host tier before that decode
+// step, with the request running (as the engine's planner does).
 std::vector<std::vector<float>> decode(const std::string& name, int host_layers, int budget,
-                                       SparseStats* stats) {
+                                       SparseStats* stats, int host_from_step = 0) {
   auto backend = make_cpu_backend(1);
   std::unique_ptr<Transformer> model;
   EXPECT_TRUE(Transformer::load(spx::testing::fixture(name), backend.get(), &model).ok);
@@ -25,7 +27,7 @@ std::vector<std::vector<float>> decode(const std::string& name, int host_layers,
   so.n_sink = 1;
   so.n_recent = 2;
   EXPECT_TRUE(SparseDecoder::make(model.get(), backend.get(), head, so, &dec).ok);
-  EXPECT_TRUE(dec->set_host_layers(host_layers).ok);
+  EXPECT_TRUE(dec->set_host_layers(host_from_step > 0 ? 0 : host_layers).ok);
   const int prompt = 70, steps = 12, cap = prompt + steps;
   KvStore store(backend.get(), c.num_layers, c.num_kv_heads, c.head_dim);
   KvSequence* kv = nullptr;
@@ -43,13 +45,14 @@ std::vector<std::vector<float>> decode(const std::string& name, int host_layers,
   EXPECT_TRUE(dec->after_forward(ids, pre).ok);
   std::vector<std::vector<float>> out;
   for (int s = 0; s < steps; ++s) {
+    if (s == host_from_step && s > 0) EXPECT_TRUE(dec->set_host_layers(host_layers).ok);
     ForwardBatch b;
     b.tokens = {tokens[prompt + s]};
     b.chunks.push_back({kv, prompt + s, 1, LogitsMode::Last});
     Status st = dec->before_forward(ids, &b);
     EXPECT_TRUE(st.ok) << st.message;
     EXPECT_NE(b.chunks[0].selection, nullptr);  // T > B: sparse
-    EXPECT_EQ(b.chunks[0].tier_k != nullptr, host_layers > 0);
+    EXPECT_EQ(b.chunks[0].tier_k != nullptr, host_layers > 0 && s >= host_from_step);
     st = model->forward(b, &logits);
     EXPECT_TRUE(st.ok) << st.message;
     out.push_back(logits);
@@ -77,6 +80,20 @@ TEST_P(Tier, SlotBufferAttentionEqualsFullCacheSelection) {
   EXPECT_GE(tiered.elastic.loads, 16u * kvh);
   EXPECT_LT(tiered.elastic.loads, 16u * kvh * 12u);
   EXPECT_EQ(all.elastic.bytes, 2 * tiered.elastic.bytes);  // two host layers move twice the bytes
+}
+
+// Moving layers while the request runs: their slots start empty and fill on
+// the next step; logits stay bit-identical, and the move reloads all B.
+TEST_P(Tier, MovingLayersMidDecodeKeepsTheLogits) {
+  SparseStats plain, moved;
+  const auto ref = decode(GetParam(), 0, 16, &plain);
+  const auto got = decode(GetParam(), 2, 16, &moved, 5);
+  ASSERT_EQ(ref.size(), got.size());
+  for (size_t s = 0; s < ref.size(); ++s) EXPECT_EQ(got[s], ref[s]) << "step " << s;
+  const auto kvh = static_cast<uint64_t>(moved.tier.steps / 7);  // 7 steps on the host tier
+  EXPECT_EQ(moved.tier.steps, 7u * kvh);
+  EXPECT_GE(moved.tier.loads, 16u * kvh);  // the refill after the move
+  EXPECT_EQ(plain.tier.loads, 0u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Tier, ::testing::Values("tiny-llama", "tiny-qwen2", "tiny-qwen3"));

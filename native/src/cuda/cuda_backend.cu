@@ -17,6 +17,7 @@
 
 #include "backend/registry.h"
 #include "cuda/check.h"
+#include "cuda/cuda_sparse_attention.h"
 #include "cuda/gemm.h"
 #include "cuda/ops.h"
 
@@ -40,6 +41,7 @@ class CudaBackend final : public Backend {
     device_ = device;
     SPX_CUDA_TRY(cudaSetDevice(device));
     SPX_CUDA_TRY(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device));
+    sparse_.set_device(num_sms_);
     SPX_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     SPX_CUDA_TRY(cudaMallocHost(&ring_, kRingBytes));
     SPX_CUDA_TRY(cudaMalloc(&small_dev_, kRingBytes));
@@ -47,6 +49,10 @@ class CudaBackend final : public Backend {
   }
 
   std::string name() const override { return "cuda"; }
+  // For the SpeContext host tier (cuda_tier.cu), which orders its copies
+  // against this stream.
+  cudaStream_t stream() const { return stream_; }
+  int device() const { return device_; }
 
   Status alloc(const std::vector<int64_t>& shape, DType, Tensor* out) override {
     if (!err_.ok) return err_;
@@ -167,10 +173,18 @@ class CudaBackend final : public Backend {
     while (i < segments.size()) {
       const AttentionSegment& s = segments[i];
       if (s.selection != nullptr) {
-        err_ = Status::Error(
-            "sparse (SpeContext) attention is not implemented on the CUDA backend yet; use "
-            "budget 0 (full attention) on cuda devices");
-        return;
+        // SpeContext: a run of decode tokens attending to their selections
+        // (cuda_sparse_attention.h), in one launch.
+        size_t j = i + 1;
+        while (j < segments.size() && segments[j].n_q == 1 && segments[j].selection != nullptr &&
+               segments[j].k_cache->dim(0) == s.k_cache->dim(0) &&
+               segments[j].q_begin == segments[j - 1].q_begin + 1)
+          ++j;
+        const Status st = sparse_.run(q, segments, i, j, scale, out, stream_);
+        if (!st.ok && err_.ok) err_ = st;
+        if (!err_.ok) return;
+        i = j;
+        continue;
       }
       if (s.n_q > 1) {
         sticky(cuda::prefill_attention_forward(
@@ -296,9 +310,21 @@ class CudaBackend final : public Backend {
   size_t ring_pos_ = 0;
   void* ws_ = nullptr;  // decode attention partials
   size_t ws_bytes_ = 0;
+  cuda::SparseAttention sparse_;  // SpeContext decode over a selection
 };
 
 }  // namespace
+
+namespace cuda {
+cudaStream_t backend_stream(Backend* backend) {
+  auto* b = dynamic_cast<CudaBackend*>(backend);
+  return b ? b->stream() : nullptr;
+}
+int backend_device(Backend* backend) {
+  auto* b = dynamic_cast<CudaBackend*>(backend);
+  return b ? b->device() : -1;
+}
+}  // namespace cuda
 
 std::unique_ptr<Backend> make_cuda_backend(int device_index, int /*threads*/, Status* status) {
   int count = 0;

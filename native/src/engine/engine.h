@@ -33,6 +33,12 @@ struct EngineOptions {
   // means the product's recommended default head for the model.
   std::string dlm_dir;
   int dlm_layers = 0;
+  // Adaptive placement (planner/placement_policy.h): device memory in bytes
+  // the memory planner may plan with (weights, KV, buffers). As sparse
+  // requests grow past its thresholds, the target's last layers move to the
+  // host tier. 0: on cuda the device's free memory at open plus the weights
+  // (cudaMemGetInfo); on cpu no placement. > 0 forces that budget (tests).
+  int64_t device_memory_bytes = 0;
 };
 
 struct SamplingParams {
@@ -122,6 +128,21 @@ struct EngineStats {
   uint64_t decode_tokens = 0;
   int threads = 0;
   std::string device;
+  // SpeContext (requests with a budget), totals since open:
+  uint64_t sparse_steps = 0;     // decode steps that attended to a selection
+  uint64_t full_steps = 0;       // decode steps whose context was <= B (full attention)
+  uint64_t fallback_steps = 0;   // selection mass under the threshold: full attention
+  int host_layers = 0;           // target layers in the host tier now
+  uint64_t layer_moves = 0;      // times the planner changed host_layers
+  uint64_t elastic_loads = 0;    // tokens copied into host-tier slot buffers
+  uint64_t elastic_bytes = 0;    // their bytes (K and V, all host layers)
+  // Newly selected tokens over B, over all sparse steps (the paper's ~20%):
+  // what elastic loading moves per step, host-tier layers or not.
+  double reload_fraction = 0;
+  // The memory planner's inputs (0 when placement is off): the device memory
+  // it plans with, and the part it counts as fixed (weights, step buffers).
+  int64_t planner_memory_bytes = 0;
+  int64_t planner_fixed_bytes = 0;
 };
 
 class Engine {

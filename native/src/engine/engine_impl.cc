@@ -5,6 +5,9 @@
 
 #include "backend/registry.h"
 #include "checkpoint/model_identity.h"
+#ifdef SPX_HAVE_CUDA
+#include "cuda/device_memory.h"
+#endif
 #include "util/thread_pool.h"
 
 namespace spx {
@@ -35,10 +38,10 @@ std::unique_ptr<Engine> EngineImpl::create(const EngineOptions& o, Status* statu
     return nullptr;
   }
   if (o.threads < 0 || o.max_batch <= 0 || o.prefill_chunk <= 0 || o.max_context < 0 ||
-      o.dlm_layers < 0) {
+      o.dlm_layers < 0 || o.device_memory_bytes < 0) {
     *status = Status::Error(
-        "invalid engine options: threads and max_context must be >= 0, max_batch and "
-        "prefill_chunk > 0, dlm_layers >= 0");
+        "invalid engine options: threads, max_context and device_memory_bytes must be >= 0, "
+        "max_batch and prefill_chunk > 0, dlm_layers >= 0");
     return nullptr;
   }
   std::unique_ptr<EngineImpl> e(new EngineImpl());
@@ -76,6 +79,8 @@ std::unique_ptr<Engine> EngineImpl::create(const EngineOptions& o, Status* statu
   *status = retrieval::SparseDecoder::make(e->model_.get(), e->backend_.get(), head,
                                            retrieval::SelectOptions{}, &e->sparse_);
   if (!status->ok) return nullptr;
+  *status = e->configure_placement();
+  if (!status->ok) return nullptr;
   e->sched_ = std::make_unique<Scheduler>(o.max_batch, o.prefill_chunk);
   e->identity_ = model_identity(o);
   e->ckpt_ = std::make_unique<Checkpointer>(
@@ -88,6 +93,69 @@ std::unique_ptr<Engine> EngineImpl::create(const EngineOptions& o, Status* statu
   e->stats_.device = e->backend_->name();
   e->thread_ = std::thread([p = e.get()] { p->run(); });
   return e;
+}
+
+Status EngineImpl::configure_placement() {
+  const ModelConfig& c = model_->config();
+  const bool cuda = backend_->name() == "cuda";
+  planner::PlanInput in;
+  in.model.layers = c.num_layers;
+  in.model.kv_heads = c.num_kv_heads;
+  in.model.head_dim = c.head_dim;
+  in.model.alpha = 0;  // the attention kernels read K/V per group: no repeat_kv copy
+  in.model.kv_elem_bytes = cuda ? 2 : 4;  // bf16 on the GPU, f32 on the CPU
+  in.model.target_weight_bytes = static_cast<int64_t>(model_->weight_bytes());
+  const Transformer* dlm = sparse_->head().source();
+  in.model.dlm_weight_bytes = dlm == model_.get() ? 0 : static_cast<int64_t>(dlm->weight_bytes());
+  // The engine's own step buffers: activations of the largest step (a
+  // prefill chunk plus a decode token per request), logits included.
+  const int64_t rows = options_.prefill_chunk + options_.max_batch;
+  const int64_t row_elems = 4LL * c.hidden_size + (c.num_heads + 2LL * c.num_kv_heads) * c.head_dim +
+                            2LL * c.intermediate_size + c.vocab_size;
+  in.measured_overhead_bytes = rows * row_elems * in.model.kv_elem_bytes;
+  in.gpu_bytes = options_.device_memory_bytes;
+#ifdef SPX_HAVE_CUDA
+  if (cuda && in.gpu_bytes == 0) {
+    uint64_t free_bytes = 0, total = 0;
+    const size_t colon = options_.device.find(':');
+    const int dev = colon == std::string::npos ? 0 : std::atoi(options_.device.c_str() + colon + 1);
+    Status st = cuda::device_memory(dev, &free_bytes, &total);
+    if (!st.ok) return st;
+    // Weights are loaded already: what is free now comes on top of them.
+    in.gpu_bytes = static_cast<int64_t>(free_bytes) + in.model.target_weight_bytes +
+                   in.model.dlm_weight_bytes;
+  }
+#endif
+  std::string error;
+  if (!placement_.configure(in, &error))
+    return Status::Error("memory planner: " + error);
+  if (placement_.enabled()) {
+    stats_.planner_memory_bytes = in.gpu_bytes;
+    stats_.planner_fixed_bytes = placement_.fixed_bytes();
+  }
+  return Status::Ok();
+}
+
+void EngineImpl::update_placement() {
+  if (!placement_.enabled()) return;
+  int requests = 0, budget = 0;
+  int64_t max_len = 0;
+  for (const auto& [id, r] : requests_) {
+    if (r->kv == nullptr || r->req.budget <= 0) continue;
+    ++requests;
+    budget = std::max(budget, r->req.budget);
+    max_len = std::max<int64_t>(max_len, static_cast<int64_t>(r->req.prompt.size() +
+                                                              r->generated.size()));
+  }
+  const int current = sparse_->host_layers();
+  const int want = requests == 0 ? 0 : placement_.host_layers(requests, budget, max_len, current);
+  if (want == current) return;
+  Status st = sparse_->set_host_layers(want);
+  if (!st.ok) return;  // keeps the current placement; the next step tries again
+  for (int l = 0; l < info_.num_layers; ++l)
+    kv_->set_placement(l, l >= info_.num_layers - want ? KvPlacement::Host : KvPlacement::Device);
+  std::lock_guard<std::mutex> lk(mu_);
+  stats_.layer_moves++;
 }
 
 EngineImpl::~EngineImpl() { close(); }
@@ -180,6 +248,14 @@ void EngineImpl::publish_stats() {
   stats_.active_requests = sched_->running();
   stats_.queued_requests = sched_->queued() + static_cast<int>(incoming_.size());
   stats_.kv_bytes_in_use = kv_->bytes_in_use();
+  const retrieval::SparseStats& sp = sparse_->stats();
+  stats_.sparse_steps = sp.sparse_steps;
+  stats_.full_steps = sp.full_steps;
+  stats_.fallback_steps = sp.fallback_steps;
+  stats_.host_layers = sparse_->host_layers();
+  stats_.elastic_loads = sp.tier.loads;
+  stats_.elastic_bytes = sp.tier.bytes;
+  stats_.reload_fraction = sp.elastic.reload_fraction();
 }
 
 void EngineImpl::finish(RequestState* r, const std::string& reason, const std::string& error) {
@@ -298,6 +374,7 @@ void EngineImpl::step() {
       finish(it->second.get(), "error", "cannot allocate the KV cache for this request");
   }
   if (plan.work.empty()) return;
+  update_placement();
 
   ForwardBatch batch;
   std::vector<uint64_t> chunk_ids;      // request of each chunk (SpeContext)

@@ -18,6 +18,7 @@
 #include "engine/request_state.h"
 #include "kv/kv_store.h"
 #include "model/transformer.h"
+#include "planner/placement_policy.h"
 #include "retrieval/sparse_decoder.h"
 #include "scheduler/scheduler.h"
 
@@ -47,6 +48,10 @@ class EngineImpl final : public Engine {
   // stats, then tells its sink (error empty: on_done).
   void finish(RequestState* r, const std::string& reason, const std::string& error = "");
   void publish_stats();
+  // Adaptive placement: the planner's inputs once at open, then the host
+  // layers for the sparse requests about to run, before each step.
+  Status configure_placement();
+  void update_placement();
   // After an unexpected exception (e.g. out of memory) every request ends
   // with on_error; the engine keeps serving new ones.
   void fail_all(const std::string& message);
@@ -60,6 +65,7 @@ class EngineImpl final : public Engine {
   std::unique_ptr<Checkpointer> ckpt_;  // checkpoints (native/src/checkpoint)
   uint64_t identity_ = 0;
   std::unique_ptr<retrieval::SparseDecoder> sparse_;  // SpeContext (requests with a budget)
+  planner::PlacementPolicy placement_;                 // host-tier layers as sequences grow
   std::map<uint64_t, std::unique_ptr<RequestState>> requests_;  // scheduler thread only
 
   mutable std::mutex mu_;

@@ -19,9 +19,43 @@ Status SparseDecoder::set_host_layers(int n) {
   const ModelConfig& c = target_->config();
   if (n < 0 || n > c.num_layers)
     return Status::Error("host layers must be in [0, " + std::to_string(c.num_layers) + "]");
+  if (n == host_layers_) return Status::Ok();
+  // Running requests follow at once (between steps, the batch keeps going):
+  // each gets slot buffers for the layers that moved to the host tier.
+  for (auto& [id, r] : reqs_) {
+    Status st = alloc_tier(r, n);
+    if (!st.ok) return st;
+  }
+  if (n > host_layers_) {
+    // The slot maps are shared by all host layers and the new layers' slots
+    // are empty: every running request refills its B slots on its next step.
+    for (auto& [id, row] : slot_row_) slots_.open_request(row, reqs_[id].budget);
+  }
   host_layers_ = n;
   // Bytes moved per loaded token: K and V rows of every host layer.
   slots_.configure(c.num_kv_heads, 2LL * c.head_dim * static_cast<int64_t>(sizeof(float)) * n);
+  return Status::Ok();
+}
+
+Status SparseDecoder::alloc_tier(Request& r, int host_layers) {
+  const ModelConfig& c = target_->config();
+  r.tier_k.resize(c.num_layers);
+  r.tier_v.resize(c.num_layers);
+  for (int l = 0; l < c.num_layers; ++l) {
+    if (l < c.num_layers - host_layers) {
+      r.tier_k[l] = Tensor();  // device-resident: attends to the full cache
+      r.tier_v[l] = Tensor();
+    } else if (r.tier_k[l].empty()) {
+      const std::vector<int64_t> shape = {c.num_kv_heads, r.budget, c.head_dim};
+      Status st = target_->backend()->alloc(shape, DType::F32, &r.tier_k[l]);
+      if (st.ok) st = target_->backend()->alloc(shape, DType::F32, &r.tier_v[l]);
+      if (!st.ok) return st;
+    }
+  }
+  if (host_layers == 0) {
+    r.tier_k.clear();
+    r.tier_v.clear();
+  }
   return Status::Ok();
 }
 
@@ -31,19 +65,9 @@ Status SparseDecoder::admit(uint64_t id, int capacity, int budget) {
   if (!st.ok) return st;
   Request r;
   r.budget = budget;
-  const ModelConfig& c = target_->config();
-  if (host_layers_ > 0) {
-    r.tier_k.resize(c.num_layers);
-    r.tier_v.resize(c.num_layers);
-    for (int l = c.num_layers - host_layers_; l < c.num_layers; ++l) {
-      const std::vector<int64_t> shape = {c.num_kv_heads, budget, c.head_dim};
-      st = target_->backend()->alloc(shape, DType::F32, &r.tier_k[l]);
-      if (st.ok) st = target_->backend()->alloc(shape, DType::F32, &r.tier_v[l]);
-      if (!st.ok) {
-        head_->close(id);
-        return st;
-      }
-    }
+  if (!(st = alloc_tier(r, host_layers_)).ok) {
+    head_->close(id);
+    return st;
   }
   reqs_[id] = std::move(r);
   int row = 0;
@@ -118,6 +142,12 @@ Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBa
     stats_.elastic.loads += last.loads;
     stats_.elastic.slots += last.slots;
     stats_.elastic.bytes += last.bytes;
+    if (host_layers_ > 0) {
+      stats_.tier.steps += last.steps;
+      stats_.tier.loads += last.loads;
+      stats_.tier.slots += last.slots;
+      stats_.tier.bytes += last.bytes;
+    }
     ch.selection = r.selection.data();
     ch.budget = r.budget;
     // A self-derived head computed the layers below its scoring layer densely.

@@ -29,7 +29,8 @@ struct SparseStats {
   uint64_t sparse_steps = 0;    // decode steps that attended to a selection
   uint64_t full_steps = 0;      // decode steps with budget whose context was <= B
   uint64_t fallback_steps = 0;  // selection mass under the threshold
-  ElasticStats elastic;         // slot-map traffic for host-tier layers
+  ElasticStats elastic;         // slot-map churn of every sparse step (what host layers would load)
+  ElasticStats tier;            // the loads that moved, on steps with host-tier layers
 };
 
 class SparseDecoder {
@@ -47,11 +48,19 @@ class SparseDecoder {
 
   // The last n target layers keep their full KV in host memory and attend
   // through a device buffer of B slots per request and KV head, filled by
-  // elastic loading (kv/slot_map.h). Applies to requests admitted afterwards.
+  // elastic loading (kv/slot_map.h). Applies at once, running requests
+  // included (call between steps): a layer that moves to the host tier
+  // starts with empty slots, so those requests refill them on their next step.
   Status set_host_layers(int n);
   int host_layers() const { return host_layers_; }
 
   const SparseStats& stats() const { return stats_; }
+  // The head's scores behind request id's last selection, [pool, q_heads, T]
+  // (T its length then); nullptr if unknown. For tests and evaluation.
+  const std::vector<float>* last_scores(uint64_t id) const {
+    auto it = reqs_.find(id);
+    return it == reqs_.end() ? nullptr : &it->second.scores;
+  }
   const std::string& head_kind() const { return kind_; }
   const PrunedHead& head() const { return *head_; }
 
@@ -67,6 +76,8 @@ class SparseDecoder {
     int new_pos = -1;                // this step's own token, loaded inside the forward
   };
   Status load_rows(Request& r, int layer, bool new_token_only);
+  // Slot buffers for the last host_layers layers (others empty).
+  Status alloc_tier(Request& r, int host_layers);
   SparseDecoder() = default;
 
   Transformer* target_ = nullptr;

@@ -1,0 +1,136 @@
+#include "cuda/cuda_tier.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "cuda/check.h"
+#include "cuda/sparse_ops.h"
+#include "cuda/stage_ring.h"
+
+namespace spx::cuda {
+
+// Defined in cuda_backend.cu: the CUDA backend's compute stream and device
+// (nullptr / -1 when `backend` is another backend).
+cudaStream_t backend_stream(Backend* backend);
+int backend_device(Backend* backend);
+
+namespace {
+
+class Tier final : public CudaTier {
+ public:
+  ~Tier() override {
+    if (tier_) cudaStreamSynchronize(tier_);
+    if (ready_) cudaEventDestroy(ready_);
+    if (tier_) cudaStreamDestroy(tier_);
+  }
+
+  Status init(Backend* backend) {
+    compute_ = backend_stream(backend);
+    device_ = backend_device(backend);
+    SPX_CUDA_TRY(cudaSetDevice(device_));
+    SPX_CUDA_TRY(cudaStreamCreateWithFlags(&tier_, cudaStreamNonBlocking));
+    SPX_CUDA_TRY(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
+    return Status::Ok();
+  }
+
+  Status to_host(Tensor* t) override {
+    if (on_host(*t)) return Status::Ok();
+    SPX_CUDA_TRY(cudaSetDevice(device_));
+    const size_t bytes = std::max<size_t>(16, static_cast<size_t>(t->numel()) * sizeof(bf16));
+    void* h = nullptr;
+    const cudaError_t e = cudaHostAlloc(&h, bytes, cudaHostAllocMapped | cudaHostAllocPortable);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      return Status::Error("cannot allocate " + std::to_string(bytes) +
+                           " bytes of pinned host memory for the host tier (" +
+                           cudaGetErrorString(e) + ")");
+    }
+    std::shared_ptr<void> owner(h, [](void* p) { cudaFreeHost(p); });
+    // The compute stream may still be writing the cache.
+    SPX_CUDA_TRY(cudaMemcpyAsync(h, t->data, static_cast<size_t>(t->numel()) * sizeof(bf16),
+                                 cudaMemcpyDeviceToHost, compute_));
+    SPX_CUDA_TRY(cudaStreamSynchronize(compute_));
+    void* d = nullptr;
+    SPX_CUDA_TRY(cudaHostGetDevicePointer(&d, h, 0));
+    t->data = d;
+    t->owner = owner;  // the device allocation goes with the old owner
+    stats_.moved_bytes += bytes;
+    return Status::Ok();
+  }
+
+  bool on_host(const Tensor& t) const override {
+    cudaPointerAttributes a{};
+    if (cudaPointerGetAttributes(&a, t.data) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return a.type == cudaMemoryTypeHost;
+  }
+
+  Status load(const std::vector<TierCopy>& copies, const std::vector<TierRequest>& reqs,
+              int kv_heads, int head_dim, int budget, bool prefetch) override {
+    if (copies.empty()) return Status::Ok();
+    SPX_CUDA_TRY(cudaSetDevice(device_));
+    cudaStream_t s = prefetch ? tier_ : compute_;
+    StageRing& ring = prefetch ? tier_ring_ : compute_ring_;
+    host_.resize(reqs.size());
+    slots_.resize(reqs.size());
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      host_[i] = HostKv{static_cast<const bf16*>(reqs[i].host_k->data),
+                        static_cast<const bf16*>(reqs[i].host_v->data), reqs[i].host_k->dim(1)};
+      slots_[i] = SlotKv{static_cast<bf16*>(reqs[i].slot_k->data),
+                         static_cast<bf16*>(reqs[i].slot_v->data)};
+    }
+    static_assert(sizeof(TierCopy) == sizeof(SlotCopy), "TierCopy mirrors SlotCopy");
+    void *d_copies = nullptr, *d_host = nullptr, *d_slots = nullptr;
+    SPX_STATUS_TRY(ring.stage(copies.data(), copies.size() * sizeof(TierCopy), s, &d_copies));
+    SPX_STATUS_TRY(ring.stage(host_.data(), host_.size() * sizeof(HostKv), s, &d_host));
+    SPX_STATUS_TRY(ring.stage(slots_.data(), slots_.size() * sizeof(SlotKv), s, &d_slots));
+    SPX_CUDA_TRY(elastic_gather_forward(static_cast<const SlotCopy*>(d_copies),
+                                        static_cast<int>(copies.size()),
+                                        static_cast<const HostKv*>(d_host),
+                                        static_cast<const SlotKv*>(d_slots), kv_heads, head_dim,
+                                        budget, s));
+    if (prefetch) {
+      SPX_CUDA_TRY(cudaEventRecord(ready_, tier_));
+      pending_ = true;
+      ++stats_.prefetch_launches;
+    }
+    ++stats_.gather_launches;
+    return Status::Ok();
+  }
+
+  Status wait() override {
+    if (!pending_) return Status::Ok();
+    SPX_CUDA_TRY(cudaStreamWaitEvent(compute_, ready_, 0));
+    pending_ = false;
+    return Status::Ok();
+  }
+
+  const TierStats& stats() const override { return stats_; }
+
+ private:
+  cudaStream_t compute_ = nullptr;
+  cudaStream_t tier_ = nullptr;
+  cudaEvent_t ready_ = nullptr;  // last prefetch done
+  bool pending_ = false;
+  int device_ = 0;
+  StageRing tier_ring_, compute_ring_;
+  std::vector<HostKv> host_;
+  std::vector<SlotKv> slots_;
+  TierStats stats_;
+};
+
+}  // namespace
+
+std::unique_ptr<CudaTier> CudaTier::make(Backend* backend, Status* status) {
+  *status = Status::Ok();
+  if (backend_stream(backend) == nullptr) return nullptr;
+  auto t = std::make_unique<Tier>();
+  *status = t->init(backend);
+  if (!status->ok) return nullptr;
+  return t;
+}
+
+}  // namespace spx::cuda

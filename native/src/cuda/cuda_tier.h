@@ -1,0 +1,68 @@
+// SpeContext's host tier on the CUDA backend (issue 6): a host-resident
+// layer's full K/V lives in mapped pinned host memory, and elastic loading
+// copies only the newly selected rows into the device slot buffers with
+// elastic_gather_forward (one warp per row, reading the host over PCIe
+// through the mapped pointer; no CPU gather).
+//
+// A plain C++ header: retrieval/sparse_decoder.cc (compiled without nvcc)
+// drives it when the backend is CUDA; defined in cuda_tier.cu.
+//
+// Streams: older tokens' rows are prefetched on the tier's own stream as soon
+// as the selection is known, and the compute stream waits for them (an
+// event) only right before the first host layer's attention, so the copies
+// overlap the device-resident layers. The step's own token is written by the
+// forward (kv_write through the mapped pointer) and copied to its slot on the
+// compute stream, in order.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "backend/backend.h"
+
+namespace spx::cuda {
+
+// Same layout as SlotCopy (sparse_ops.h).
+struct TierCopy {
+  int32_t req;    // index into the request list of the call
+  int32_t head;   // KV head
+  int32_t token;  // position in the host cache
+  int32_t slot;   // destination slot < budget
+};
+struct TierRequest {
+  const Tensor* host_k;  // [kv_heads, capacity, hd] in mapped pinned memory
+  const Tensor* host_v;
+  Tensor* slot_k;        // [kv_heads, budget, hd] on the device
+  Tensor* slot_v;
+};
+
+struct TierStats {
+  uint64_t moved_bytes = 0;     // device caches moved to pinned memory
+  uint64_t gather_launches = 0;
+  uint64_t prefetch_launches = 0;
+};
+
+class CudaTier {
+ public:
+  // nullptr (and status ok) when `backend` is not the CUDA backend.
+  static std::unique_ptr<CudaTier> make(Backend* backend, Status* status);
+  virtual ~CudaTier() = default;
+
+  // Moves a device cache tensor into mapped pinned host memory in place
+  // (same shape; t->data becomes the device-visible host pointer, the
+  // device allocation is released). Kernels keep working on it over PCIe.
+  virtual Status to_host(Tensor* t) = 0;
+  virtual bool on_host(const Tensor& t) const = 0;
+
+  // Copies the listed rows (K and V) host -> slots. prefetch: on the tier
+  // stream (wait() orders the compute stream after it); else on the compute
+  // stream. All requests share kv_heads / head_dim / budget.
+  virtual Status load(const std::vector<TierCopy>& copies, const std::vector<TierRequest>& reqs,
+                      int kv_heads, int head_dim, int budget, bool prefetch) = 0;
+  // The compute stream waits for every prefetch issued so far.
+  virtual Status wait() = 0;
+  virtual const TierStats& stats() const = 0;
+};
+
+}  // namespace spx::cuda
