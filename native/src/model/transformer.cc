@@ -74,6 +74,12 @@ Status Transformer::forward(const ForwardBatch& batch, std::vector<float>* logit
   for (int32_t id : batch.tokens)
     if (id < 0 || id >= c.vocab_size) return Status::Error("forward: token id out of range");
 
+  const int n_layers = batch.n_layers >= 0 ? std::min(batch.n_layers, c.num_layers) : c.num_layers;
+  for (int a : batch.aux_layers)
+    if (batch.aux_hidden && (a < 0 || a > n_layers))
+      return Status::Error("forward: hidden-state capture at layer " + std::to_string(a) + " outside the " +
+                           std::to_string(n_layers) + " layers run");
+
   Status st = ensure_workspace(n);
   if (!st.ok) return st;
   Backend& be = *backend_;
@@ -95,10 +101,26 @@ Status Transformer::forward(const ForwardBatch& batch, std::vector<float>* logit
   const float eps = static_cast<float>(c.rms_norm_eps);
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   std::vector<AttentionSegment> segs(batch.chunks.size());
-  const int n_layers = batch.n_layers >= 0 ? std::min(batch.n_layers, c.num_layers) : c.num_layers;
   const int64_t n_chunks = static_cast<int64_t>(batch.chunks.size());
   if (batch.q_capture) batch.q_capture->resize(static_cast<size_t>(n_chunks * n_layers * heads * D));
+  // Scatters x (the input of layer l) into the captured columns that ask for it.
+  std::vector<float> aux_rows;
+  auto capture = [&](int l) -> Status {
+    if (!batch.aux_hidden) return Status::Ok();
+    const size_t width = batch.aux_layers.size() * static_cast<size_t>(H);
+    for (size_t i = 0; i < batch.aux_layers.size(); ++i) {
+      if (batch.aux_layers[i] != l) continue;
+      aux_rows.resize(static_cast<size_t>(N * H));
+      Status s = be.download(x, aux_rows.data());
+      if (!s.ok) return s;
+      for (int64_t r = 0; r < N; ++r)
+        std::copy_n(&aux_rows[static_cast<size_t>(r * H)], H, &(*batch.aux_hidden)[r * width + i * H]);
+    }
+    return Status::Ok();
+  };
+  if (batch.aux_hidden) batch.aux_hidden->assign(static_cast<size_t>(N) * batch.aux_layers.size() * H, 0.0f);
   for (int l = 0; l < n_layers; ++l) {
+    if (!(st = capture(l)).ok) return st;
     const LayerWeights& w = w_.layers[static_cast<size_t>(l)];
     be.rmsnorm(x, w.attn_norm, eps, &h);
     be.matmul(h, w.wq, w.bq.empty() ? nullptr : &w.bq, &q);
@@ -157,6 +179,7 @@ Status Transformer::forward(const ForwardBatch& batch, std::vector<float>* logit
     be.matmul(gate, w.w_down, w.b_down.empty() ? nullptr : &w.b_down, &tmp);
     be.add(&x, tmp);
   }
+  if (!(st = capture(n_layers)).ok) return st;
   for (const auto& ch : batch.chunks) ch.kv->n_tokens = ch.start_pos + ch.n_tokens;
   if (batch.n_layers >= 0) {
     if (batch.hidden_out) *batch.hidden_out = x;

@@ -54,6 +54,12 @@ struct ForwardBatch {
   // Called at every layer after the chunks' K/V are written and before their
   // attention: host-tier slot loads of the step's own token.
   std::function<Status(int layer)> tier_load;
+  // EAGLE-3 retrieval head (retrieval/eagle3_head.h): when aux_hidden is set it
+  // receives [n, aux_layers.size() * hidden], every row's hidden state at the
+  // input of each listed layer (0: the embedding; num_layers: after the last
+  // layer, before the final norm), concatenated in list order.
+  std::vector<int> aux_layers;
+  std::vector<float>* aux_hidden = nullptr;
 };
 
 class Transformer {

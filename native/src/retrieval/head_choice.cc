@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "retrieval/eagle3_head.h"
+
 namespace spx::retrieval {
 
 int recommended_layers(const ModelConfig& target) {
@@ -30,6 +32,17 @@ Status make_head(Transformer* target, Backend* backend, const HeadChoice& choice
     *kind = "oracle layer " + std::to_string(choice.oracle_layer) +
             (pool > 1 ? ", pooled over " + std::to_string(pool) + " layers" : "");
     return PrunedHead::make(target, choice.oracle_layer, head, pool);
+  }
+  if (!choice.dlm_dir.empty() && is_eagle3_dir(choice.dlm_dir)) {
+    if (choice.dlm_layers > 1 || choice.pool > 1)
+      return Status::Error("an EAGLE-3 draft has one layer: --dlm-layers and pooling do not apply");
+    std::unique_ptr<Eagle3Head> e3;
+    Status st = Eagle3Head::load(choice.dlm_dir, target, backend, &e3);
+    if (!st.ok) return Status::Error("cannot load the DLM: " + st.message);
+    const std::vector<int>& aux = e3->aux_layers();
+    *kind = "eagle3 " + choice.dlm_dir + " (target layers " + std::to_string(aux[0]) + "," +
+            std::to_string(aux[1]) + "," + std::to_string(aux[2]) + ")";
+    return PrunedHead::make_eagle3(std::move(e3), head);
   }
   if (!choice.dlm_dir.empty()) {
     Status st = Transformer::load(choice.dlm_dir, backend, dlm_model);

@@ -1,7 +1,8 @@
 // Which retrieval head a run uses, resolved in one place for `generate
 // --budget` and `eval fidelity`:
 //   --dlm DIR        a separate distilled model sharing the tokenizer, scoring
-//                    at its layer dlm_layers-1 (default: its last layer);
+//                    at its layer dlm_layers-1 (default: its last layer), or
+//                    an EAGLE-3 draft (detected from config.json: eagle3_head.h);
 //   --dlm-layers k   self-derived: the target's first k layers, scoring at k-1;
 //   --oracle-layer l the target's own full attention at layer l (evaluation);
 //   none             the recommended head for the model (recommended_layers).

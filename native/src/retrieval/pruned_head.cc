@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "kernels/cpu/rope.h"
+#include "retrieval/eagle3_head.h"
 
 namespace spx::retrieval {
 
@@ -20,7 +21,8 @@ uint64_t layer_params(const LayerWeights& l) {
   return n;
 }
 
-// out[h, t] = q[h] . k[h / group, t] * scale for t < T; k is [kv_heads, cap, D].
+}  // namespace
+
 void score_rows(const float* q, const float* k, int64_t heads, int64_t group, int64_t T, int64_t cap,
                 int64_t D, float scale, float* out) {
   for (int64_t h = 0; h < heads; ++h) {
@@ -36,7 +38,11 @@ void score_rows(const float* q, const float* k, int64_t heads, int64_t group, in
   }
 }
 
-}  // namespace
+void write_k_rows(const float* rows, int64_t n, int64_t kv_heads, int64_t D, int64_t cap, int64_t pos, float* k) {
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t g = 0; g < kv_heads; ++g)
+      std::memcpy(k + (g * cap + pos + t) * D, rows + (t * kv_heads + g) * D, D * sizeof(float));
+}
 
 uint64_t model_param_count(const Transformer& model) {
   const ModelConfig& c = model.config();
@@ -58,6 +64,8 @@ Status PrunedHead::make(Transformer* model, int scoring_layer, std::unique_ptr<P
                          std::to_string(scoring_layer));
   auto h = std::unique_ptr<PrunedHead>(new PrunedHead());
   h->model_ = model;
+  h->q_heads_ = c.num_heads;
+  h->kv_heads_ = c.num_kv_heads;
   h->layer_ = scoring_layer;
   h->pool_ = pool;
   h->store_ = std::make_unique<KvStore>(model->backend(), scoring_layer, c.num_kv_heads, c.head_dim);
@@ -72,13 +80,40 @@ Status PrunedHead::make(Transformer* model, int scoring_layer, std::unique_ptr<P
   return Status::Ok();
 }
 
+Status PrunedHead::make_eagle3(std::unique_ptr<Eagle3Head> eagle3, std::unique_ptr<PrunedHead>* out) {
+  auto h = std::unique_ptr<PrunedHead>(new PrunedHead());
+  const Eagle3Config& c = eagle3->config();
+  h->q_heads_ = c.heads;
+  h->kv_heads_ = c.kv_heads;
+  h->head_params_ = eagle3->head_params();
+  h->model_params_ = eagle3->model_params();
+  h->eagle3_ = std::move(eagle3);
+  *out = std::move(h);
+  return Status::Ok();
+}
+
+PrunedHead::~PrunedHead() = default;
+
+const std::vector<int>& PrunedHead::aux_layers() const {
+  static const std::vector<int> none;
+  return eagle3_ ? eagle3_->aux_layers() : none;
+}
+
+int PrunedHead::aux_width() const { return eagle3_ ? eagle3_->aux_width() : 0; }
+
+Status PrunedHead::after_target(uint64_t id, const int32_t* tokens, int start, int n, const float* rows) {
+  return eagle3_ ? eagle3_->after_target(id, tokens, start, n, rows) : Status::Ok();
+}
+
 uint64_t PrunedHead::k_cache_bytes() const {
+  if (eagle3_) return eagle3_->k_cache_bytes();
   uint64_t b = 0;
   for (const auto& [id, r] : reqs_) b += r.k.size() * sizeof(float);
   return b + store_->bytes_in_use();
 }
 
 Status PrunedHead::open(uint64_t id, int capacity) {
+  if (eagle3_) return eagle3_->open(id, capacity);
   if (reqs_.count(id)) return Status::Error("retrieval head: request already open");
   Request r;
   r.capacity = capacity;
@@ -91,16 +126,19 @@ Status PrunedHead::open(uint64_t id, int capacity) {
 }
 
 void PrunedHead::close(uint64_t id) {
+  if (eagle3_) return eagle3_->close(id);
   reqs_.erase(id);
   store_->free(id);
 }
 
 int PrunedHead::tokens(uint64_t id) const {
+  if (eagle3_) return eagle3_->tokens(id);
   auto it = reqs_.find(id);
   return it == reqs_.end() ? -1 : it->second.n_tokens;
 }
 
 Status PrunedHead::adopt(uint64_t id, const KvSequence& kv) {
+  if (eagle3_) return Status::Error("retrieval head: an EAGLE-3 head computes its own K cache");
   auto it = reqs_.find(id);
   if (it == reqs_.end()) return Status::Error("retrieval head: unknown request");
   Request& r = it->second;
@@ -141,6 +179,7 @@ Status PrunedHead::ensure_workspace(int n) {
 }
 
 Status PrunedHead::forward(const std::vector<HeadChunk>& chunks) {
+  if (eagle3_) return eagle3_->forward(chunks);
   const ModelConfig& c = model_->config();
   ForwardBatch batch;
   batch.n_layers = layer_;
@@ -201,13 +240,7 @@ Status PrunedHead::forward(const std::vector<HeadChunk>& chunks) {
   for (const HeadChunk& hc : chunks) {
     ++ci;
     Request& r = reqs_[hc.id];
-    for (int t = 0; t < hc.n; ++t) {
-      const int pos = r.n_tokens + t;
-      for (int64_t g = 0; g < kvh; ++g) {
-        std::memcpy(&r.k[static_cast<size_t>((g * r.capacity + pos) * D)],
-                    &kh_[static_cast<size_t>(((row + t) * kvh + g) * D)], D * sizeof(float));
-      }
-    }
+    write_k_rows(&kh_[static_cast<size_t>(row * kvh * D)], hc.n, kvh, D, r.capacity, r.n_tokens, r.k.data());
     r.n_tokens += hc.n;
     if (hc.scores) {
       const int64_t T = r.n_tokens;

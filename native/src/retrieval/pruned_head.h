@@ -17,6 +17,11 @@
 // The layers below run through the model's own forward (ForwardBatch::n_layers)
 // on the head's KV; the scoring projection runs on the backend, and the K cache
 // and the q.K scores live in host memory (they feed the host-side selection).
+//
+// An EAGLE-3 draft (eagle3_head.h) is the other kind of DLM: it reads the
+// target's hidden states, so its head is fed after the target's step too
+// (aux_layers, after_target). PrunedHead delegates to it, so the engine holds
+// one head type.
 #pragma once
 
 #include <cstdint>
@@ -37,7 +42,19 @@ struct HeadChunk {
   // the request's length after this chunk (row stride T), one block per
   // pooled layer, the scoring layer last.
   std::vector<float>* scores = nullptr;
+  // EAGLE-3 heads only: the target's aux hidden states [n, aux_width] of the
+  // positions before each token (else the ones kept by after_target).
+  const float* features = nullptr;
 };
+
+class Eagle3Head;
+
+// out[h, t] = q[h] . k[h / group, t] * scale for t < T; k is [kv_heads, cap, D].
+void score_rows(const float* q, const float* k, int64_t heads, int64_t group, int64_t T, int64_t cap,
+                int64_t D, float scale, float* out);
+// Writes n token rows [n, kv_heads, D] at positions pos.. of a K cache
+// [kv_heads, cap, D].
+void write_k_rows(const float* rows, int64_t n, int64_t kv_heads, int64_t D, int64_t cap, int64_t pos, float* k);
 
 // Parameters of a whole model (embedding, layers, final norm, untied LM head).
 uint64_t model_param_count(const Transformer& model);
@@ -49,12 +66,24 @@ class PrunedHead {
   // keeps anyway (their full KV caches), for selection pooled over layers.
   static Status make(Transformer* model, int scoring_layer, std::unique_ptr<PrunedHead>* out,
                      int pool = 1);
+  // The head of an EAGLE-3 draft (retrieval/eagle3_head.h).
+  static Status make_eagle3(std::unique_ptr<Eagle3Head> eagle3, std::unique_ptr<PrunedHead>* out);
+  ~PrunedHead();
 
   Status open(uint64_t id, int capacity);
   void close(uint64_t id);
   int tokens(uint64_t id) const;  // -1 when unknown
 
   Status forward(const std::vector<HeadChunk>& chunks);
+
+  // Target layers whose input hidden states the head reads (ForwardBatch::
+  // aux_layers): empty except for EAGLE-3 heads, which then need
+  // after_target() with the target's captured rows [n, aux_width()] after
+  // every target forward of a request.
+  const std::vector<int>& aux_layers() const;
+  int aux_width() const;
+  Status after_target(uint64_t id, const int32_t* tokens, int start, int n, const float* rows);
+  const Eagle3Head* eagle3() const { return eagle3_.get(); }
 
   // Takes request `id`'s first kv.n_tokens tokens from the source model's own
   // KV cache instead of recomputing them: valid when the head is cut from
@@ -66,8 +95,8 @@ class PrunedHead {
 
   int scoring_layer() const { return layer_; }
   int pool() const { return pool_; }
-  int q_heads() const { return model_->config().num_heads; }
-  int kv_heads() const { return model_->config().num_kv_heads; }
+  int q_heads() const { return q_heads_; }
+  int kv_heads() const { return kv_heads_; }
   // Parameters the head computes with, and the whole model's, for the
   // reduction report.
   uint64_t head_params() const { return head_params_; }
@@ -84,7 +113,9 @@ class PrunedHead {
   PrunedHead() = default;
   Status ensure_workspace(int n);
 
-  Transformer* model_ = nullptr;
+  Transformer* model_ = nullptr;   // null for an EAGLE-3 head
+  std::unique_ptr<Eagle3Head> eagle3_;
+  int q_heads_ = 0, kv_heads_ = 0;
   int layer_ = 0;
   int pool_ = 1;
   std::vector<float> qcap_;      // [chunks, layer_, heads*hd] captured queries below
