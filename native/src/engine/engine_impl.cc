@@ -299,7 +299,7 @@ bool EngineImpl::admit(uint64_t id) {
     return false;
   }
   r->kv_capacity = capacity;
-  st = sparse_->admit(id, capacity, r->req.budget);
+  st = sparse_->admit(id, capacity, r->req.budget, r->kv);
   if (!st.ok) {
     kv_->free(id);
     r->kv = nullptr;

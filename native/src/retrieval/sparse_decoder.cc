@@ -1,5 +1,7 @@
 #include "retrieval/sparse_decoder.h"
 
+#include <algorithm>
+
 namespace spx::retrieval {
 
 Status SparseDecoder::make(Transformer* target, Backend* backend, const HeadChoice& choice,
@@ -10,7 +12,13 @@ Status SparseDecoder::make(Transformer* target, Backend* backend, const HeadChoi
   Status st = make_head(target, backend, choice, &d->dlm_, &d->head_, &d->kind_);
   if (!st.ok) return st;
   const ModelConfig& c = target->config();
-  d->slots_.configure(c.num_kv_heads, 2LL * c.head_dim * static_cast<int64_t>(sizeof(float)));
+#ifdef SPX_HAVE_CUDA
+  // The CUDA backend keeps host-tier caches in pinned memory (cuda_tier.h).
+  d->tier_ = cuda::CudaTier::make(target->backend(), &st);
+  if (!st.ok) return st;
+#endif
+  d->elem_bytes_ = d->tier_ ? 2 : 4;
+  d->slots_.configure(c.num_kv_heads, 2LL * c.head_dim * d->elem_bytes_);
   *out = std::move(d);
   return Status::Ok();
 }
@@ -33,7 +41,7 @@ Status SparseDecoder::set_host_layers(int n) {
   }
   host_layers_ = n;
   // Bytes moved per loaded token: K and V rows of every host layer.
-  slots_.configure(c.num_kv_heads, 2LL * c.head_dim * static_cast<int64_t>(sizeof(float)) * n);
+  slots_.configure(c.num_kv_heads, 2LL * c.head_dim * elem_bytes_ * n);
   return Status::Ok();
 }
 
@@ -50,6 +58,12 @@ Status SparseDecoder::alloc_tier(Request& r, int host_layers) {
       Status st = target_->backend()->alloc(shape, DType::F32, &r.tier_k[l]);
       if (st.ok) st = target_->backend()->alloc(shape, DType::F32, &r.tier_v[l]);
       if (!st.ok) return st;
+      if (tier_ && r.kv) {
+        // The full cache leaves the device; new tokens are written to it
+        // there (through its mapped pointer) from now on.
+        if (!(st = tier_->to_host(&r.kv->k[l])).ok) return st;
+        if (!(st = tier_->to_host(&r.kv->v[l])).ok) return st;
+      }
     }
   }
   if (host_layers == 0) {
@@ -59,12 +73,13 @@ Status SparseDecoder::alloc_tier(Request& r, int host_layers) {
   return Status::Ok();
 }
 
-Status SparseDecoder::admit(uint64_t id, int capacity, int budget) {
+Status SparseDecoder::admit(uint64_t id, int capacity, int budget, KvSequence* kv) {
   if (budget <= 0) return Status::Ok();
   Status st = head_->open(id, capacity);
   if (!st.ok) return st;
   Request r;
   r.budget = budget;
+  r.kv = kv;
   if (!(st = alloc_tier(r, host_layers_)).ok) {
     head_->close(id);
     return st;
@@ -157,8 +172,10 @@ Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBa
       // own token once the forward has written its K/V (tier_load).
       r.kv = ch.kv;
       r.new_pos = ch.start_pos;
-      for (int l = c.num_layers - host_layers_; l < c.num_layers; ++l) {
-        if (!(st = load_rows(r, l, false)).ok) return st;
+      if (!tier_) {
+        for (int l = c.num_layers - host_layers_; l < c.num_layers; ++l) {
+          if (!(st = load_rows(r, l, false)).ok) return st;
+        }
       }
       ch.tier_k = &r.tier_k;
       ch.tier_v = &r.tier_v;
@@ -166,7 +183,13 @@ Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBa
       tiered.push_back(ids[i]);
     }
   }
-  if (!tiered.empty()) {
+  if (!tiered.empty() && tier_) {
+    if (!(st = prefetch_rows(tiered)).ok) return st;
+    batch->tier_load = [this, tiered](int layer) -> Status {
+      if (layer < target_->config().num_layers - host_layers_) return Status::Ok();
+      return own_token_rows(tiered, layer);
+    };
+  } else if (!tiered.empty()) {
     batch->tier_load = [this, tiered](int layer) -> Status {
       if (layer < target_->config().num_layers - host_layers_) return Status::Ok();
       for (uint64_t id : tiered) {
@@ -199,6 +222,46 @@ Status SparseDecoder::load_rows(Request& r, int layer, bool new_token_only) {
         if (!(st = be->upload(row_.data(), &d)).ok) return st;
       }
     }
+  }
+  return Status::Ok();
+}
+
+Status SparseDecoder::prefetch_rows(const std::vector<uint64_t>& ids) {
+  const ModelConfig& c = target_->config();
+  std::vector<cuda::TierCopy> copies;
+  for (uint64_t id : ids) {
+    Request& r = reqs_[id];
+    copies.clear();
+    for (int h = 0; h < c.num_kv_heads; ++h)
+      for (const SlotLoad& ld : r.loads[h])
+        if (ld.token != r.new_pos) copies.push_back({0, h, ld.token, ld.slot});
+    if (copies.empty()) continue;
+    for (int l = c.num_layers - host_layers_; l < c.num_layers; ++l) {
+      const std::vector<cuda::TierRequest> one = {
+          {&r.kv->k[l], &r.kv->v[l], &r.tier_k[l], &r.tier_v[l]}};
+      Status st = tier_->load(copies, one, c.num_kv_heads, c.head_dim, r.budget, true);
+      if (!st.ok) return st;
+    }
+  }
+  return Status::Ok();
+}
+
+Status SparseDecoder::own_token_rows(const std::vector<uint64_t>& ids, int layer) {
+  const ModelConfig& c = target_->config();
+  // The prefetched rows must be in their slots before this layer attends.
+  Status st = tier_->wait();
+  if (!st.ok) return st;
+  std::vector<cuda::TierCopy> copies;
+  for (uint64_t id : ids) {
+    Request& r = reqs_[id];
+    copies.clear();
+    for (int h = 0; h < c.num_kv_heads; ++h)
+      for (const SlotLoad& ld : r.loads[h])
+        if (ld.token == r.new_pos) copies.push_back({0, h, ld.token, ld.slot});
+    if (copies.empty()) continue;
+    const std::vector<cuda::TierRequest> one = {
+        {&r.kv->k[layer], &r.kv->v[layer], &r.tier_k[layer], &r.tier_v[layer]}};
+    if (!(st = tier_->load(copies, one, c.num_kv_heads, c.head_dim, r.budget, false)).ok) return st;
   }
   return Status::Ok();
 }

@@ -17,6 +17,7 @@
 #include <memory>
 #include <vector>
 
+#include "cuda/cuda_tier.h"
 #include "kv/slot_map.h"
 #include "model/transformer.h"
 #include "retrieval/head_choice.h"
@@ -38,7 +39,9 @@ class SparseDecoder {
   static Status make(Transformer* target, Backend* backend, const HeadChoice& choice,
                      const SelectOptions& select, std::unique_ptr<SparseDecoder>* out);
 
-  Status admit(uint64_t id, int capacity, int budget);
+  // kv: the request's target cache (its host-tier layers move to pinned
+  // host memory on the CUDA backend); may be null when no layer is host-tier.
+  Status admit(uint64_t id, int capacity, int budget, KvSequence* kv = nullptr);
   void release(uint64_t id);
   bool tracks(uint64_t id) const { return reqs_.count(id) != 0; }
 
@@ -76,8 +79,13 @@ class SparseDecoder {
     int new_pos = -1;                // this step's own token, loaded inside the forward
   };
   Status load_rows(Request& r, int layer, bool new_token_only);
-  // Slot buffers for the last host_layers layers (others empty).
+  // Slot buffers for the last host_layers layers (others empty); on the
+  // CUDA backend their full caches move to pinned host memory.
   Status alloc_tier(Request& r, int host_layers);
+  // CUDA: queue the step's loads of older tokens for every host layer on the
+  // tier stream (the prefetch), or copy the step's own token at one layer.
+  Status prefetch_rows(const std::vector<uint64_t>& ids);
+  Status own_token_rows(const std::vector<uint64_t>& ids, int layer);
   SparseDecoder() = default;
 
   Transformer* target_ = nullptr;
@@ -91,6 +99,8 @@ class SparseDecoder {
   std::map<uint64_t, Request> reqs_;
   SparseStats stats_;
   int host_layers_ = 0;
+  int elem_bytes_ = 4;               // K/V element size of the backend (f32 / bf16)
+  std::unique_ptr<cuda::CudaTier> tier_;  // CUDA host tier; null on the CPU backend
   std::vector<float> row_;           // one K or V row in transit
 };
 
