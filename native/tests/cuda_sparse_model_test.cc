@@ -207,6 +207,34 @@ TEST(CudaSparse, SelectionsAndLogitsMatchTheCpuReference) {
   }
 }
 
+// The sparse flash-decoding kernel (gathers inside the kernel) against the
+// simple path (gather the selected rows, then the dense decode kernel),
+// both bf16, on the same selections through the whole model.
+TEST(CudaSparse, KernelAndGatherPathsAgree) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU on this machine; run tools/gpu_test.sh";
+  for (const std::string& dir : model_dirs()) {
+    const bool tiny = dir.find("tiny-") != std::string::npos;
+    const int prompt = tiny ? 150 : 1000, steps = 8, budget = tiny ? 32 : 128;
+    int pool = 1;
+    unsetenv("SPX_SPARSE_ATTENTION");
+    const std::vector<Step> kernel = decode("cuda:0", dir, prompt, steps, budget, nullptr, &pool);
+    setenv("SPX_SPARSE_ATTENTION", "gather", 1);
+    const std::vector<Step> gather = decode("cuda:0", dir, prompt, steps, budget, &kernel, &pool);
+    unsetenv("SPX_SPARSE_ATTENTION");
+    ASSERT_EQ(kernel.size(), gather.size());
+    double worst = 0;
+    for (size_t s = 0; s < kernel.size(); ++s) {
+      ASSERT_EQ(kernel[s].logits.size(), gather[s].logits.size());
+      worst = std::max(worst, testing::relative_error(gather[s].logits.data(),
+                                                      kernel[s].logits.data(),
+                                                      kernel[s].logits.size()));
+    }
+    std::printf("%s: sparse kernel vs gather path, worst logits difference %.2e\n", dir.c_str(),
+                worst);
+    EXPECT_LT(worst, 2e-2) << dir;
+  }
+}
+
 struct EngineRun {
   std::vector<std::vector<int32_t>> tokens;
   EngineStats stats;
