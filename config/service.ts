@@ -29,13 +29,13 @@ export function serviceConfig(env: NodeJS.ProcessEnv = process.env) {
       SPECONTEXT_PROGRESS_INTERVAL_MS: int(500, 50),
       SPECONTEXT_NATS_INTAKE: bool(true),
       // This worker's host name for routing (default: the machine's hostname).
-      SPECONTEXT_HOST: z
+      SPECONTEXT_WORKER_HOST: z
         .string()
         .regex(/^[A-Za-z0-9_-]+$/, 'expected letters, digits, _ or -')
         .optional(),
       // How long a retry waits for the host that holds its checkpoint before any
       // host takes it (and recomputes); 0: no host affinity.
-      SPECONTEXT_HOST_WAIT_MS: int(30_000),
+      SPECONTEXT_AFFINITY_WAIT_MS: int(30_000),
       // Generated tokens carried in heartbeats, so a retry on any host can re-prefill
       // them instead of generating them again; longer outputs carry their first ones.
       SPECONTEXT_HEARTBEAT_MAX_TOKENS: int(32_768),
@@ -69,8 +69,8 @@ export function serviceConfig(env: NodeJS.ProcessEnv = process.env) {
       maxBatchBytes: c.SPECONTEXT_MAX_BATCH_BYTES,
     },
     resume: {
-      host: c.SPECONTEXT_HOST,
-      hostWaitMs: c.SPECONTEXT_HOST_WAIT_MS,
+      host: c.SPECONTEXT_WORKER_HOST,
+      hostWaitMs: c.SPECONTEXT_AFFINITY_WAIT_MS,
       heartbeatMaxTokens: c.SPECONTEXT_HEARTBEAT_MAX_TOKENS,
     },
     batchConcurrency: c.SPECONTEXT_BATCH_CONCURRENCY,

@@ -4,10 +4,10 @@
 //   - the job completes with the uninterrupted run's text, resumed from the
 //     checkpoint, recomputing at most one checkpoint interval of tokens;
 //   - with the checkpoint corrupted or deleted meanwhile, it completes by
-//     recompute with the same text;
+//     recompute (re-prefilling the tokens its heartbeat carried) with the same text;
 //   - a batch of five, the worker killed twice: five results, one event each.
 // Answers are short and greedy, so the CPU keeps up (CI has two cores).
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -25,11 +25,10 @@ import { batchJobWorkflow, documentJobWorkflow } from '../workflows';
 import { batchItemJobId } from '../workflows/batch';
 import type { BatchItem, GenerationOptions } from '../workflows/types';
 import { SMOLLM2 } from './engine-helpers';
+import { compileWorkerEntry, kill, running, startWorkerProcess } from './helpers/worker-process';
 import { storedEvents, testServiceConfig, waitFor } from './service-helpers';
 
 const haveModel = existsSync(path.join(SMOLLM2, 'model.safetensors'));
-const ROOT = path.join(__dirname, '..');
-const BUILD = path.join(ROOT, 'native', 'build-ts-preemption');
 const EVERY = 8;
 const shm = mkdtempSync(path.join(existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'spx-pre-'));
 const env = {
@@ -53,44 +52,16 @@ let blobs: BlobStore;
 let reference: string;
 let worker: ChildProcess | undefined;
 
-/** Starts a worker process and waits until it polls. */
-async function startWorkerProcess(): Promise<ChildProcess> {
-  const child = spawn(
-    process.execPath,
-    [path.join(BUILD, 'test', 'helpers', 'checkpoint-worker.js')],
-    {
-      env: {
-        ...process.env,
-        ...env,
-        SPECONTEXT_TASK_QUEUE: config.temporal.taskQueue,
-        SPECONTEXT_MAX_BATCH: '5',
-        SPX_NATIVE_ADDON:
-          process.env.SPX_NATIVE_ADDON ??
-          path.join(ROOT, 'build', 'Release', 'specontext_native.node'),
-      },
-      stdio: ['ignore', 'pipe', 'inherit'],
-    },
-  );
-  await new Promise<void>((resolve, reject) => {
-    child.stdout?.on('data', (d: Buffer) => {
-      if (d.toString().includes('ready')) resolve();
-    });
-    child.on('exit', (code) => reject(new Error(`worker exited with ${code}`)));
+const startWorker = () =>
+  startWorkerProcess({
+    ...env,
+    SPECONTEXT_TASK_QUEUE: config.temporal.taskQueue,
+    SPECONTEXT_MAX_BATCH: '5',
   });
-  return child;
-}
 
 /** The worker of the previous test when it still runs, else a new one. */
 async function ensureWorker(): Promise<void> {
-  if (!worker || worker.exitCode !== null || worker.signalCode !== null) {
-    worker = await startWorkerProcess();
-  }
-}
-
-async function kill(child: ChildProcess): Promise<void> {
-  const gone = new Promise((r) => child.once('exit', r));
-  child.kill('SIGKILL');
-  await gone;
+  if (!running(worker)) worker = await startWorker();
 }
 
 const view = async (id: string): Promise<JobView> =>
@@ -145,29 +116,7 @@ const finished = (id: string) =>
 beforeAll(async () => {
   if (!haveModel) return;
   // Workers run from JavaScript compiled here (tests run from the sources).
-  try {
-    execFileSync(
-      process.execPath,
-      [
-        require.resolve('typescript/bin/tsc'),
-        '-p',
-        ROOT,
-        '--outDir',
-        BUILD,
-        '--incremental',
-        '--tsBuildInfoFile',
-        path.join(BUILD, '.tsbuildinfo'),
-      ],
-      {
-        stdio: 'ignore',
-      },
-    );
-  } catch {
-    // Type errors elsewhere still emit; the worker entry must exist.
-  }
-  if (!existsSync(path.join(BUILD, 'test', 'helpers', 'checkpoint-worker.js'))) {
-    throw new Error('could not compile the worker entry');
-  }
+  compileWorkerEntry();
   const engine = await openEngine({ model: SMOLLM2, threads: 2 });
   reference = (
     await engine.generate({
@@ -186,7 +135,7 @@ beforeAll(async () => {
 }, 300_000);
 
 afterAll(async () => {
-  if (worker && worker.exitCode === null) await kill(worker);
+  if (worker) await kill(worker);
   await api?.stop();
   await blobs?.close();
   await nc?.drain();
@@ -201,7 +150,7 @@ describe.skipIf(!haveModel)('preemption (real Temporal, NATS, workers, SmolLM2)'
     await startJob(id);
     const step = await killMidway(id);
     expect(checkpointFiles().length).toBe(1);
-    worker = await startWorkerProcess();
+    worker = await startWorker();
     const v = await finished(id);
     expect(v.status).toBe('completed');
     const r = v.results?.[0];
@@ -222,7 +171,7 @@ describe.skipIf(!haveModel)('preemption (real Temporal, NATS, workers, SmolLM2)'
     const exited = new Promise((r) => child.once('exit', r));
     child.kill('SIGTERM');
     await exited;
-    worker = await startWorkerProcess();
+    worker = await startWorker();
     const v = await finished(id);
     expect(v.status).toBe('completed');
     expect(v.results?.[0]?.text).toBe(reference);
@@ -240,12 +189,14 @@ describe.skipIf(!haveModel)('preemption (real Temporal, NATS, workers, SmolLM2)'
       const full = path.join(shm, file as string);
       if (damage === 'deleted') rmSync(full);
       else writeFileSync(full, Buffer.alloc(4096, 7), { flag: 'r+' });
-      worker = await startWorkerProcess();
+      worker = await startWorker();
       const v = await finished(id);
       expect(v.status).toBe('completed');
       expect(v.results?.[0]?.text).toBe(reference);
       expect(v.results?.[0]?.stats.resumedFrom).toBe('recompute');
       expect(v.results?.[0]?.stats.resumes).toBe(1);
+      // The tokens so far came back with the heartbeat and were re-prefilled, not decoded again.
+      expect(v.results?.[0]?.stats.tokensReprefilled).toBeGreaterThan(0);
     }, 300_000);
   }
 
@@ -278,7 +229,7 @@ describe.skipIf(!haveModel)('preemption (real Temporal, NATS, workers, SmolLM2)'
         100,
       );
       await kill(worker as ChildProcess);
-      worker = await startWorkerProcess();
+      worker = await startWorker();
     }
     const views = await Promise.all(ids.map(finished));
     for (const v of views) expect(v.status).toBe('completed');

@@ -3,7 +3,7 @@
 // this host's memory) can be sent back to it.
 import { hostname } from 'node:os';
 
-/** The configured name (SPECONTEXT_HOST), else the machine's hostname made queue-safe. */
+/** The configured name (SPECONTEXT_WORKER_HOST), else the machine's hostname made queue-safe. */
 export function hostName(configured?: string): string {
   return configured ?? hostname().replace(/[^A-Za-z0-9_-]/g, '_');
 }
