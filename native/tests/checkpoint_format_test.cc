@@ -1,6 +1,7 @@
-// The checkpoint file format: round trip, incremental segments, and every way
-// a file can be wrong (version, truncation, checksum, identity, geometry,
-// gaps) rejected with a message naming it.
+// The checkpoint file format: round trip (the retrieval head's state included:
+// its own layers' K/V, scoring K, aux row), incremental segments, version 1
+// files still read, and every way a file can be wrong (version, truncation,
+// checksum, identity, geometry, gaps) rejected with a message naming it.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -21,8 +22,8 @@ constexpr uint64_t kIdentity = 0x1234abcd5678ef01ull;
 struct FakeCaches {
   CheckpointGeometry g;
   int capacity;
-  std::vector<std::vector<float>> k, v;
-  std::vector<float> rk;
+  std::vector<std::vector<float>> k, v, hk, hv;
+  std::vector<float> rk, aux;  // aux: [cap, rk_aux], row t = the head's input at position t
   std::vector<int32_t> tokens;
 
   FakeCaches(CheckpointGeometry geo, int cap, uint32_t seed) : g(geo), capacity(cap) {
@@ -38,7 +39,14 @@ struct FakeCaches {
       fill(k.back(), static_cast<size_t>(g.kv_heads) * cap * g.head_dim);
       fill(v.back(), static_cast<size_t>(g.kv_heads) * cap * g.head_dim);
     }
+    for (int l = 0; l < g.rk_layers; ++l) {
+      hk.emplace_back();
+      hv.emplace_back();
+      fill(hk.back(), static_cast<size_t>(g.rk_heads) * cap * g.rk_dim);
+      fill(hv.back(), static_cast<size_t>(g.rk_heads) * cap * g.rk_dim);
+    }
     fill(rk, static_cast<size_t>(g.rk_heads) * cap * g.rk_dim);
+    fill(aux, static_cast<size_t>(g.rk_aux) * cap);
     for (int i = 0; i < cap; ++i) tokens.push_back(static_cast<int32_t>(rng() % 1000));
   }
 
@@ -54,7 +62,12 @@ struct FakeCaches {
       s.k.push_back(CacheRows{k[static_cast<size_t>(l)].data(), capacity});
       s.v.push_back(CacheRows{v[static_cast<size_t>(l)].data(), capacity});
     }
+    for (int l = 0; l < g.rk_layers; ++l) {
+      s.head_k.push_back(CacheRows{hk[static_cast<size_t>(l)].data(), capacity});
+      s.head_v.push_back(CacheRows{hv[static_cast<size_t>(l)].data(), capacity});
+    }
     s.retrieval_k = CacheRows{rk.data(), capacity};
+    s.aux = aux.data() + static_cast<size_t>(to - 1) * g.rk_aux;
     return s;
   }
 };
@@ -64,7 +77,7 @@ std::string temp_path(const std::string& name) {
 }
 
 void write_file(const std::string& path, const FakeCaches& c, const std::vector<int>& cuts,
-                uint64_t identity = kIdentity) {
+                uint64_t identity = kIdentity, uint32_t version = kCheckpointVersion) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
   ASSERT_GE(fd, 0);
   CheckpointHeader h;
@@ -72,6 +85,7 @@ void write_file(const std::string& path, const FakeCaches& c, const std::vector<
   h.geometry = c.g;
   h.seed = 42;
   h.prompt_tokens = cuts.front();
+  h.version = version;
   ASSERT_TRUE(write_checkpoint_header(fd, h).ok);
   ::close(fd);
   for (size_t i = 0; i + 1 < cuts.size(); ++i) {
@@ -95,7 +109,19 @@ void spit(const std::string& path, const std::string& bytes) {
   f << bytes;
 }
 
-const CheckpointGeometry kGeo{3, 2, 8, 1, 4};  // 3 layers, 2 KV heads, head_dim 8, retrieval K 1x4
+// 3 layers, 2 KV heads, head_dim 8; a retrieval head of 1 KV head x 4 with 2 own layers and a 3-float aux row.
+const CheckpointGeometry kGeo{3, 2, 8, 1, 4, 2, 3};
+const CheckpointGeometry kGeoV1{3, 2, 8, 1, 4};  // version 1: the scoring K only
+
+// positions [0, tokens) of a [heads, capacity, dim] cache equal the source's.
+void expect_rows(const std::vector<float>& got, int cap, const std::vector<float>& want, int want_cap, int heads,
+                 int dim, int tokens, const std::string& what) {
+  for (int h = 0; h < heads; ++h)
+    for (int t = 0; t < tokens; ++t)
+      for (int d = 0; d < dim; ++d)
+        ASSERT_EQ(got[(static_cast<size_t>(h) * cap + t) * dim + d], want[(static_cast<size_t>(h) * want_cap + t) * dim + d])
+            << what << " head " << h << " token " << t;
+}
 
 void expect_restores(const std::string& path, const FakeCaches& c, int tokens) {
   CheckpointReader r;
@@ -125,9 +151,21 @@ void expect_restores(const std::string& path, const FakeCaches& c, int tokens) {
   }
   std::vector<float> rk(static_cast<size_t>(c.g.rk_heads) * cap * c.g.rk_dim);
   r.copy_retrieval_k(rk.data(), cap);
-  for (int t = 0; t < tokens; ++t)
-    for (int d = 0; d < c.g.rk_dim; ++d)
-      ASSERT_EQ(rk[static_cast<size_t>(t) * c.g.rk_dim + d], c.rk[static_cast<size_t>(t) * c.g.rk_dim + d]);
+  expect_rows(rk, cap, c.rk, c.capacity, c.g.rk_heads, c.g.rk_dim, tokens, "scoring K");
+  for (int l = 0; l < c.g.rk_layers; ++l) {
+    std::vector<float> hk(rk.size()), hv(rk.size());
+    r.copy_head(2 * l, hk.data(), cap);
+    r.copy_head(2 * l + 1, hv.data(), cap);
+    expect_rows(hk, cap, c.hk[static_cast<size_t>(l)], c.capacity, c.g.rk_heads, c.g.rk_dim, tokens, "head K");
+    expect_rows(hv, cap, c.hv[static_cast<size_t>(l)], c.capacity, c.g.rk_heads, c.g.rk_dim, tokens, "head V");
+  }
+  if (c.g.rk_aux > 0) {
+    ASSERT_NE(r.aux(), nullptr);
+    for (int i = 0; i < c.g.rk_aux; ++i)
+      EXPECT_EQ(r.aux()[i], c.aux[static_cast<size_t>(tokens - 1) * c.g.rk_aux + i]) << "aux of the last position";
+  } else {
+    EXPECT_EQ(r.aux(), nullptr);
+  }
 }
 
 TEST(Crc32c, KnownAnswer) {
@@ -152,8 +190,53 @@ TEST(CheckpointFormat, IncrementalSegmentsAppendOnlyNewTokens) {
   write_file(path, c, {0, 20, 21, 37, 50});
   const size_t all = slurp(path).size();
   // Appends cost only their own tokens, not a rewrite.
-  EXPECT_EQ(all - first, 3 * kSegmentHeaderBytes + kGeo.segment_payload(30));
+  EXPECT_EQ(all - first, 3 * kSegmentHeaderBytes + kGeo.segment_payload(1) + kGeo.segment_payload(16) +
+                             kGeo.segment_payload(13));
   expect_restores(path, c, 50);
+  std::remove(path.c_str());
+}
+
+TEST(CheckpointFormat, Version1StillReads) {
+  FakeCaches c(kGeoV1, 30, 5);
+  const std::string path = temp_path("v1");
+  write_file(path, c, {0, 11, 25}, kIdentity, 1);
+  EXPECT_EQ(slurp(path).size(), kCheckpointHeaderBytesV1 + 2 * kSegmentHeaderBytes + kGeoV1.segment_payload(25));
+  expect_restores(path, c, 25);
+  CheckpointReader r;
+  ASSERT_TRUE(r.open(path, kIdentity, kGeoV1).ok);
+  EXPECT_EQ(r.header().version, 1u);
+  std::remove(path.c_str());
+}
+
+TEST(CheckpointFormat, Version1HasNoHeadLayers) {
+  const std::string path = temp_path("v1bad");
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  ASSERT_GE(fd, 0);
+  CheckpointHeader h;
+  h.geometry = kGeo;
+  h.version = 1;
+  Status st = write_checkpoint_header(fd, h);
+  ::close(fd);
+  EXPECT_FALSE(st.ok);
+  std::remove(path.c_str());
+}
+
+// inspectCheckpoint and requests without a budget expect no head: its state is skipped.
+TEST(CheckpointFormat, ReaderWithoutHeadIgnoresIt) {
+  FakeCaches c(kGeo, 16, 6);
+  const std::string path = temp_path("skiphead");
+  write_file(path, c, {0, 9, 14});
+  CheckpointReader r;
+  Status st = r.open(path, kIdentity, CheckpointGeometry{3, 2, 8, 0, 0});
+  ASSERT_TRUE(st.ok) << st.message;
+  EXPECT_EQ(r.tokens(), 14);
+  std::vector<float> k(static_cast<size_t>(2) * 16 * 8);
+  r.copy_k(2, k.data(), 16);
+  expect_rows(k, 16, c.k[2], 16, 2, 8, 14, "K layer 2");
+  // One that expects another head refuses it.
+  CheckpointGeometry other = kGeo;
+  other.rk_aux = 0;
+  EXPECT_FALSE(r.open(path, kIdentity, other).ok);
   std::remove(path.c_str());
 }
 
@@ -202,8 +285,8 @@ TEST_F(Corruption, NotACheckpoint) { expect_rejected(std::string(100, 'x'), "bad
 
 TEST_F(Corruption, WrongVersion) {
   std::string b = good;
-  b[8] = 2;  // version field; the header CRC is checked after the version
-  expect_rejected(b, "unsupported checkpoint version 2");
+  b[8] = 3;  // version field; the header CRC is checked after the version
+  expect_rejected(b, "unsupported checkpoint version 3");
 }
 
 TEST_F(Corruption, HeaderChecksum) {

@@ -26,7 +26,8 @@ CheckpointEvent write_job(const CheckpointJob& job) {
   }
   Status st = Status::Ok();
   if (job.fresh) st = write_checkpoint_header(fd, job.header);
-  uint64_t bytes = job.fresh ? kCheckpointHeaderBytes : 0, seg = 0;
+  uint64_t bytes = job.fresh ? (job.header.version == 1 ? kCheckpointHeaderBytesV1 : kCheckpointHeaderBytes) : 0;
+  uint64_t seg = 0;
   if (st.ok) st = append_checkpoint_segment(fd, job.header.geometry, job.segment, &seg);
   bytes += seg;
   struct stat sb {};

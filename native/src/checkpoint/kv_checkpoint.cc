@@ -52,17 +52,26 @@ std::string pos(size_t off) { return " at byte " + std::to_string(off); }
 
 uint64_t CheckpointGeometry::segment_payload(int n) const {
   const uint64_t rows = static_cast<uint64_t>(n);
-  return rows * 4 + 2ull * layers * kv_heads * rows * head_dim * 4 +
-         static_cast<uint64_t>(rk_heads) * rows * rk_dim * 4;
+  uint64_t b = rows * 4 + 2ull * layers * kv_heads * rows * head_dim * 4;
+  if (rk_heads > 0)
+    b += (2ull * rk_layers + 1) * static_cast<uint64_t>(rk_heads) * rows * rk_dim * 4 +
+         static_cast<uint64_t>(rk_aux) * 4;
+  return b;
 }
 
 Status write_checkpoint_header(int fd, const CheckpointHeader& h) {
+  const CheckpointGeometry& g = h.geometry;
+  const bool v1 = h.version == 1;
+  if (h.version != 1 && h.version != kCheckpointVersion)
+    return Status::Error("cannot write checkpoint version " + std::to_string(h.version));
+  if (v1 && (g.rk_layers != 0 || g.rk_aux != 0))
+    return Status::Error("checkpoint version 1 has no retrieval-head layers or aux rows");
+  const size_t size = v1 ? kCheckpointHeaderBytesV1 : kCheckpointHeaderBytes;
   uint8_t b[kCheckpointHeaderBytes] = {};
   std::memcpy(b, kMagic, 8);
-  put<uint32_t>(b, 8, kCheckpointVersion);
-  put<uint32_t>(b, 12, static_cast<uint32_t>(kCheckpointHeaderBytes));
+  put<uint32_t>(b, 8, h.version);
+  put<uint32_t>(b, 12, static_cast<uint32_t>(size));
   put<uint64_t>(b, 16, h.identity);
-  const CheckpointGeometry& g = h.geometry;
   put<int32_t>(b, 24, g.layers);
   put<int32_t>(b, 28, g.kv_heads);
   put<int32_t>(b, 32, g.head_dim);
@@ -70,8 +79,12 @@ Status write_checkpoint_header(int fd, const CheckpointHeader& h) {
   put<int32_t>(b, 40, g.rk_dim);
   put<int32_t>(b, 44, h.prompt_tokens);
   put<uint64_t>(b, 48, h.seed);
-  put<uint32_t>(b, 60, crc32c(0, b, 60));
-  return write_all(fd, {iovec{b, sizeof(b)}});
+  if (!v1) {
+    put<int32_t>(b, 56, g.rk_layers);
+    put<int32_t>(b, 60, g.rk_aux);
+  }
+  put<uint32_t>(b, size - 4, crc32c(0, b, size - 4));
+  return write_all(fd, {iovec{b, size}});
 }
 
 Status append_checkpoint_segment(int fd, const CheckpointGeometry& g, const SegmentSource& s,
@@ -94,9 +107,15 @@ Status append_checkpoint_segment(int fd, const CheckpointGeometry& g, const Segm
     add_cache(s.v[static_cast<size_t>(l)], g.kv_heads, g.head_dim);
   }
   if (g.rk_heads > 0) {
-    if (s.retrieval_k.data == nullptr)
-      return Status::Error("checkpoint segment lacks the retrieval head's K cache");
+    if (s.retrieval_k.data == nullptr || static_cast<int>(s.head_k.size()) != g.rk_layers ||
+        static_cast<int>(s.head_v.size()) != g.rk_layers || (g.rk_aux > 0 && s.aux == nullptr))
+      return Status::Error("checkpoint segment lacks the retrieval head's state");
+    for (int l = 0; l < g.rk_layers; ++l) {
+      add_cache(s.head_k[static_cast<size_t>(l)], g.rk_heads, g.rk_dim);
+      add_cache(s.head_v[static_cast<size_t>(l)], g.rk_heads, g.rk_dim);
+    }
     add_cache(s.retrieval_k, g.rk_heads, g.rk_dim);
+    if (g.rk_aux > 0) pieces.push_back(iovec{const_cast<float*>(s.aux), static_cast<size_t>(g.rk_aux) * 4});
   }
   uint32_t crc = 0;
   uint64_t payload = 0;
@@ -125,15 +144,19 @@ Status CheckpointReader::open(const std::string& path, uint64_t expected_identit
   if (!st.ok) return Status::Error("checkpoint missing or unreadable: " + st.message);
   const uint8_t* b = file_.data();
   const size_t size = file_.size();
-  if (size < kCheckpointHeaderBytes)
+  if (size < kCheckpointHeaderBytesV1)
     return Status::Error("checkpoint truncated: " + std::to_string(size) +
                          " bytes, shorter than its header");
   if (std::memcmp(b, kMagic, 8) != 0) return Status::Error("not a checkpoint file (bad magic)");
   const uint32_t version = get<uint32_t>(b, 8);
-  if (version != kCheckpointVersion)
+  if (version != 1 && version != kCheckpointVersion)
     return Status::Error("unsupported checkpoint version " + std::to_string(version) +
-                         " (this engine reads version " + std::to_string(kCheckpointVersion) + ")");
-  if (get<uint32_t>(b, 60) != crc32c(0, b, 60))
+                         " (this engine reads versions 1 and " + std::to_string(kCheckpointVersion) + ")");
+  const size_t hsize = version == 1 ? kCheckpointHeaderBytesV1 : kCheckpointHeaderBytes;
+  if (size < hsize)
+    return Status::Error("checkpoint truncated: " + std::to_string(size) +
+                         " bytes, shorter than its header");
+  if (get<uint32_t>(b, hsize - 4) != crc32c(0, b, hsize - 4))
     return Status::Error("checkpoint header checksum mismatch");
   header_.identity = get<uint64_t>(b, 16);
   CheckpointGeometry& g = header_.geometry;
@@ -144,14 +167,23 @@ Status CheckpointReader::open(const std::string& path, uint64_t expected_identit
   g.rk_dim = get<int32_t>(b, 40);
   header_.prompt_tokens = get<int32_t>(b, 44);
   header_.seed = get<uint64_t>(b, 48);
+  header_.version = version;
+  if (version != 1) {
+    g.rk_layers = get<int32_t>(b, 56);
+    g.rk_aux = get<int32_t>(b, 60);
+  }
   if (header_.identity != expected_identity)
     return Status::Error("checkpoint model hash mismatch: written for identity " +
                          std::to_string(header_.identity) + ", this engine is " +
                          std::to_string(expected_identity));
-  if (!(g == expected))
+  // A reader that expects no retrieval head ignores one in the file.
+  if (!g.same_target(expected) || (expected.rk_heads > 0 && !(g == expected)))
     return Status::Error("checkpoint KV geometry mismatch (layers/kv_heads/head_dim/retrieval)");
+  if (g.layers < 0 || g.kv_heads < 0 || g.head_dim < 0 || g.rk_heads < 0 || g.rk_dim < 0 || g.rk_layers < 0 ||
+      g.rk_aux < 0)
+    return Status::Error("checkpoint geometry is negative");
 
-  size_t off = kCheckpointHeaderBytes;
+  size_t off = hsize;
   int expect_from = 0;
   while (off < size) {
     const size_t k = segments_.size();
@@ -192,15 +224,29 @@ Status CheckpointReader::open(const std::string& path, uint64_t expected_identit
   return Status::Ok();
 }
 
+const float* CheckpointReader::aux() const {
+  const CheckpointGeometry& g = header_.geometry;
+  if (g.rk_heads <= 0 || g.rk_aux <= 0 || segments_.empty()) return nullptr;
+  const Segment& s = segments_.back();
+  const size_t n = static_cast<size_t>(s.to - s.from);
+  const size_t kv_block = static_cast<size_t>(g.kv_heads) * n * g.head_dim;
+  const size_t head_block = static_cast<size_t>(g.rk_heads) * n * g.rk_dim;
+  return reinterpret_cast<const float*>(s.payload + n * 4 + 2 * g.layers * kv_block * 4 +
+                                        (2 * static_cast<size_t>(g.rk_layers) + 1) * head_block * 4);
+}
+
 void CheckpointReader::copy(int block, float* dst, int capacity) const {
   const CheckpointGeometry& g = header_.geometry;
-  const bool retrieval = block == 2 * g.layers;
-  const int heads = retrieval ? g.rk_heads : g.kv_heads;
-  const int dim = retrieval ? g.rk_dim : g.head_dim;
+  const bool head = block >= 2 * g.layers;
+  const int heads = head ? g.rk_heads : g.kv_heads;
+  const int dim = head ? g.rk_dim : g.head_dim;
   for (const Segment& s : segments_) {
     const int n = s.to - s.from;
     const size_t kv_block = static_cast<size_t>(g.kv_heads) * n * g.head_dim;
-    const uint8_t* base = s.payload + static_cast<size_t>(n) * 4 + static_cast<size_t>(block) * kv_block * 4;
+    const size_t head_block = static_cast<size_t>(g.rk_heads) * n * g.rk_dim;
+    const size_t at = head ? 2 * g.layers * kv_block + static_cast<size_t>(block - 2 * g.layers) * head_block
+                           : static_cast<size_t>(block) * kv_block;
+    const uint8_t* base = s.payload + static_cast<size_t>(n) * 4 + at * 4;
     const float* src = reinterpret_cast<const float*>(base);
     for (int h = 0; h < heads; ++h)
       std::memcpy(dst + (static_cast<size_t>(h) * capacity + s.from) * dim,

@@ -2,14 +2,20 @@
 // exactly where the old one stopped, written as one file of segments.
 //
 // File (little-endian, every offset a multiple of 4):
-//   header   64 bytes: magic "SPXKVCK1", version, model/DLM/options identity,
-//            KV geometry, seed, prompt length; CRC32C of the header itself.
+//   header   80 bytes (version 2; 64 in version 1): magic "SPXKVCK1", version,
+//            model/DLM/options identity, KV geometry, seed, prompt length,
+//            retrieval-head geometry; CRC32C of the header itself.
 //   segment  48-byte header (KV positions [from, to), the token sampled but
 //            not yet fed, tokens generated, sampler draws, payload size,
 //            payload CRC32C, header CRC32C), then the payload:
 //              tokens   i32 [to - from]        the tokens fed at those positions
 //              per layer K f32 [kv_heads, to - from, head_dim], then V alike
-//              retrieval K f32 [rk_heads, to - from, rk_dim] when rk_heads > 0
+//              the retrieval head's state, when rk_heads > 0:
+//                per head layer K f32 [rk_heads, to - from, rk_dim], V alike
+//                   (rk_layers: a head's own layers below its scoring layer)
+//                scoring K f32 [rk_heads, to - from, rk_dim]
+//                aux f32 [rk_aux]  the head's input at position to - 1
+//                   (EAGLE-3: the target's hidden states it reads next)
 //   segment  ... each starts where the previous one ended (incremental: a
 //            checkpoint after the first appends only the new positions).
 // The last segment's token/sampler fields describe the request as a whole.
@@ -17,6 +23,8 @@
 // KV is stored as f32, the CPU backend's own layout, so a checkpoint restores
 // with memcpy. Everything a reader finds wrong comes back as a Status whose
 // message names the problem (version, truncation, checksum, identity).
+// Version 1 files (no head layers, no aux) are still read; a reader that
+// expects no retrieval head accepts a file with one and ignores it.
 #pragma once
 
 #include <cstdint>
@@ -28,8 +36,9 @@
 
 namespace spx {
 
-inline constexpr uint32_t kCheckpointVersion = 1;
-inline constexpr size_t kCheckpointHeaderBytes = 64;
+inline constexpr uint32_t kCheckpointVersion = 2;
+inline constexpr size_t kCheckpointHeaderBytes = 80;    // version 2
+inline constexpr size_t kCheckpointHeaderBytesV1 = 64;
 inline constexpr size_t kSegmentHeaderBytes = 48;
 
 struct CheckpointGeometry {
@@ -38,10 +47,15 @@ struct CheckpointGeometry {
   int32_t head_dim = 0;
   int32_t rk_heads = 0;  // retrieval head K cache heads; 0: no retrieval head
   int32_t rk_dim = 0;
+  int32_t rk_layers = 0;  // full K/V layers of the head below its scoring layer
+  int32_t rk_aux = 0;     // floats of the head's per-position input kept per segment
 
   bool operator==(const CheckpointGeometry& o) const {
     return layers == o.layers && kv_heads == o.kv_heads && head_dim == o.head_dim &&
-           rk_heads == o.rk_heads && rk_dim == o.rk_dim;
+           rk_heads == o.rk_heads && rk_dim == o.rk_dim && rk_layers == o.rk_layers && rk_aux == o.rk_aux;
+  }
+  bool same_target(const CheckpointGeometry& o) const {
+    return layers == o.layers && kv_heads == o.kv_heads && head_dim == o.head_dim;
   }
   // Payload bytes of a segment of n positions.
   uint64_t segment_payload(int n) const;
@@ -52,6 +66,7 @@ struct CheckpointHeader {
   CheckpointGeometry geometry;
   uint64_t seed = 0;
   int32_t prompt_tokens = 0;  // of the request that wrote the first segment
+  uint32_t version = kCheckpointVersion;  // 1 only for compatibility tests
 };
 
 // Rows of a cache laid out [heads, capacity, dim], as the KV store keeps them.
@@ -69,7 +84,10 @@ struct SegmentSource {
   int32_t generated = 0;            // tokens the request has sampled so far
   uint64_t draws = 0;               // sampler RNG draws so far
   std::vector<CacheRows> k, v;      // per layer
-  CacheRows retrieval_k;            // when geometry.rk_heads > 0
+  // When geometry.rk_heads > 0: the retrieval head's state.
+  std::vector<CacheRows> head_k, head_v;  // per head layer (rk_layers)
+  CacheRows retrieval_k;                  // the scoring layer's K
+  const float* aux = nullptr;             // [rk_aux] at position to - 1
 };
 
 // fd open for writing at the end of the file. The header starts a new file;
@@ -96,14 +114,19 @@ class CheckpointReader {
   // Copies positions [0, tokens()) of one cache into dst [heads, capacity, dim].
   void copy_k(int layer, float* dst, int capacity) const { copy(2 * layer, dst, capacity); }
   void copy_v(int layer, float* dst, int capacity) const { copy(2 * layer + 1, dst, capacity); }
-  void copy_retrieval_k(float* dst, int capacity) const { copy(2 * header_.geometry.layers, dst, capacity); }
+  // The retrieval head's blocks (geometry().rk_heads > 0): 2*l / 2*l+1 are
+  // head layer l's K / V, 2*rk_layers the scoring K.
+  void copy_head(int block, float* dst, int capacity) const { copy(2 * header_.geometry.layers + block, dst, capacity); }
+  void copy_retrieval_k(float* dst, int capacity) const { copy_head(2 * header_.geometry.rk_layers, dst, capacity); }
+  // The last segment's aux row [rk_aux] (position tokens() - 1), or nullptr.
+  const float* aux() const;
 
  private:
   struct Segment {
     int from, to;
     const uint8_t* payload;
   };
-  // block: 2*layer (K), 2*layer+1 (V), 2*layers (retrieval K).
+  // block: 2*layer (K), 2*layer+1 (V), then the head's blocks.
   void copy(int block, float* dst, int capacity) const;
 
   MappedFile file_;

@@ -107,6 +107,10 @@ Status Eagle3Head::forward(const std::vector<HeadChunk>& chunks) {
     } else if (hc.n == 1 && (r.n_tokens == 0 || r.last_pos == r.n_tokens - 1)) {
       if (r.n_tokens == 0) feats_.resize(at + W, 0.0f);
       else feats_.insert(feats_.end(), r.last.begin(), r.last.end());
+    } else if (hc.n > 1) {
+      return Status::Error("EAGLE-3 head: a chunk of " + std::to_string(hc.n) +
+                           " tokens needs the target's hidden states: prefill the target first and pass them "
+                           "to after_target, or give the chunk its features");
     } else {
       return Status::Error("EAGLE-3 head: no target hidden states for position " + std::to_string(r.n_tokens - 1) +
                            " (the target's step must be passed to after_target, or the chunk must carry features)");
