@@ -9,6 +9,15 @@ weights built on the GPU, same settings:
            timed steps after warm-up. Settings whose KV would not fit are skipped.
 
 Writes one JSON file: {"model", "system": "hf-transformers-sdpa", "rows": [...]}.
+
+With --settings (the SpeContext comparison, issue 6), for each attention
+implementation in --attn (sdpa, eager) and each [input, output] setting:
+  prefill: one request of `input` tokens (out of memory is recorded, not fatal);
+  decode:  the largest batch whose cache fits at the end of the output range
+           (estimated from free memory, then halved back on out-of-memory),
+           and the common batch, each timed at --positions context positions
+           across the output range (median of timed steps after warm-up).
+Writes {"model", "system": "hf-transformers", "prefill": [...], "decode": [...]}.
 """
 
 import argparse
@@ -113,7 +122,7 @@ def bench_prefill(model, cfg, T, device):
 
 
 @torch.inference_mode()
-def bench_decode(model, cfg, ctx, batch, steps, device):
+def bench_decode(model, cfg, ctx, batch, steps, device, warm=3):
     kvh, hd = cfg.num_key_value_heads, cfg.head_dim
     cache = transformers.DynamicCache()
     for layer in range(cfg.num_hidden_layers):
@@ -122,7 +131,6 @@ def bench_decode(model, cfg, ctx, batch, steps, device):
         cache.update(k, v, layer)
     tok = torch.randint(0, cfg.vocab_size, (batch, 1), device=device)
     times = []
-    warm = 3
     for i in range(warm + steps):
         pos = torch.full((batch, 1), ctx + i, device=device, dtype=torch.long)
         sync(device)
@@ -137,6 +145,108 @@ def bench_decode(model, cfg, ctx, batch, steps, device):
     return dict(phase="decode", context=ctx, batch=batch, requested_batch=batch, ms=ms, tokens_per_s=batch / (ms / 1e3))
 
 
+def set_attn(model, impl):
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(impl)
+    else:
+        model.config._attn_implementation = impl
+
+
+def free_cuda():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def free_bytes(device):
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info()[0]
+    return 16e9  # CPU smoke runs of the tiny shape
+
+
+def or_oom(fn, *args, **kw):
+    """fn(*args) or None on out-of-memory; memory is released after the handler
+    (inside it the traceback still holds the failed call's tensors)."""
+    out, failed = None, False
+    try:
+        out = fn(*args, **kw)
+    except torch.OutOfMemoryError:
+        failed = True
+    if failed:
+        free_cuda()
+    return out
+
+
+def sampled_positions(inp, out, n):
+    return [inp + round(k * out / max(n - 1, 1)) for k in range(n)]
+
+
+def run_settings(model, cfg, a):
+    """The SpeContext comparison: prefill and decode at sampled positions per setting."""
+    settings = [tuple(int(v) for v in x.split(":")) for x in a.settings.split(",") if x]
+    L = cfg.num_hidden_layers
+    group = cfg.num_attention_heads // cfg.num_key_value_heads
+    kv_per_token = L * 2 * cfg.num_key_value_heads * cfg.head_dim * 2
+    prefill, decode, batches = [], [], []
+    for attn in [x for x in a.attn.split(",") if x]:
+        set_attn(model, attn)
+        oom_inputs = set()
+        for T in sorted({inp for inp, _ in settings}):
+            r = or_oom(bench_prefill, model, cfg, T, a.device)
+            if r is None:
+                oom_inputs.add(T)
+                prefill.append(dict(attn=attn, tokens=T, ms=None, oom=True))
+                print(f"hf {attn} prefill {T:6d}: out of memory", flush=True)
+            else:
+                prefill.append(dict(attn=attn, tokens=T, ms=r["ms"], oom=False))
+                print(f"hf {attn} prefill {T:6d}: {r['ms']:9.1f} ms", flush=True)
+        for inp, out in settings:
+            if inp in oom_inputs:
+                batches.append(dict(attn=attn, input=inp, output=out, max=0, note=f"prefill of {inp} tokens runs out of memory"))
+                continue
+            cap = inp + out + a.steps + 8
+            free_cuda()
+            free = free_bytes(a.device)
+            # cache + one layer's concatenation copy (+ eager's repeat_kv of K and V)
+            factor = 1 + 1 / L + (2 * group / L if attn == "eager" else 0)
+            R = max(1, int((free - a.spare_gb * 1e9) / (kv_per_token * cap * factor)))
+            positions = sampled_positions(inp, out, a.positions)
+            measured = {}
+            for _ in range(6):
+                r = or_oom(bench_decode, model, cfg, positions[-1], R, a.steps, a.device, warm=a.warm)
+                if r is not None:
+                    measured[positions[-1]] = r
+                    break
+                print(f"hf {attn} [{inp},{out}] batch {R}: out of memory, retrying smaller", flush=True)
+                R = max(1, int(R * 0.85))
+            else:
+                R = 0
+            batches.append(dict(attn=attn, input=inp, output=out, max=R))
+            common = min(a.common, R)
+            for kind, B in (("max", R), ("common", common)):
+                if B < 1 or (kind == "common" and B == R):
+                    continue
+                for ctx in positions:
+                    if kind == "max" and ctx in measured:
+                        r = measured[ctx]
+                    else:
+                        r = or_oom(bench_decode, model, cfg, ctx, B, a.steps, a.device, warm=a.warm)
+                        if r is None:
+                            print(f"hf {attn} [{inp},{out}] batch {B} ctx {ctx}: out of memory", flush=True)
+                            continue
+                    decode.append(dict(system=f"hf-{attn}", batch_kind=kind, input=inp, output=out, batch=B, position=ctx, ms=r["ms"]))
+                    print(f"hf {attn} [{inp},{out}] {kind} batch {B:3d} ctx {ctx:6d}: {r['ms']:8.2f} ms/step", flush=True)
+                    free_cuda()
+            with open(a.json, "w") as f:  # partial results survive a time-out
+                json.dump(dict(model=a.model, system="hf-transformers", versions=versions(), prefill=prefill, decode=decode, batches=batches), f, indent=1)
+    with open(a.json, "w") as f:
+        json.dump(dict(model=a.model, system="hf-transformers", versions=versions(), prefill=prefill, decode=decode, batches=batches), f, indent=1)
+
+
+def versions():
+    return dict(transformers=transformers.__version__, torch=torch.__version__)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="llama-3.1-8b", choices=sorted(SHAPES))
@@ -147,9 +257,18 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--max-kv-gb", type=float, default=90.0, help="skip decode settings whose KV exceeds this")
     ap.add_argument("--json", required=True)
+    ap.add_argument("--settings", help="input:output,... (SpeContext comparison mode)")
+    ap.add_argument("--attn", default="sdpa,eager")
+    ap.add_argument("--positions", type=int, default=3)
+    ap.add_argument("--common", type=int, default=8)
+    ap.add_argument("--warm", type=int, default=3)
+    ap.add_argument("--spare-gb", type=float, default=8.0)
     a = ap.parse_args()
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     model, cfg = build(a.model, a.device, seed=1234)
+    if a.settings:
+        run_settings(model, cfg, a)
+        return
     rows = []
     for T in ints(a.prefill):
         r = bench_prefill(model, cfg, T, a.device)
@@ -171,7 +290,7 @@ def main():
             rows.append(r)
             if a.device.startswith("cuda"):
                 torch.cuda.empty_cache()
-    info = dict(transformers=transformers.__version__, torch=torch.__version__)
+    info = versions()
     with open(a.json, "w") as f:
         json.dump(dict(model=a.model, system="hf-transformers-sdpa", versions=info, rows=rows), f, indent=1)
 

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# One-shot SpeContext benchmark on the GPU machine (issue 6, Speed): builds
+# specontext_bench and dense_bench (CMake + Ninja, only those targets), runs a
+# smoke pass on a tiny shape (every path: device-only, host tier, drift,
+# elastic-loading check), then the full run (ours: dense + SpeContext) and
+# transformers sdpa / eager, and writes the report. Everything goes to $OUT
+# (or $SPX_GPU_OUT, default /tmp/spx-specontext); a short summary prints last.
+#
+#   tools/gpu_bench_specontext.sh [--quick] [--no-hf] [--sanitizer]
+#
+#   --quick      the smoke pass only (plus a tiny HF pass on the GPU)
+#   --sanitizer  compute-sanitizer memcheck over the smoke pass at the end
+# Time limits per stage (seconds): SPX_T_OURS (default 300), SPX_T_HF (200).
+set -uo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+out="${OUT:-${SPX_GPU_OUT:-/tmp/spx-specontext}}"
+mkdir -p "$out"
+quick=0 hf=1 sanitizer=0
+for a in "$@"; do
+  case "$a" in
+    --quick) quick=1 ;;
+    --no-hf) hf=0 ;;
+    --sanitizer) sanitizer=1 ;;
+    *) echo "unknown option $a" >&2; exit 2 ;;
+  esac
+done
+summary=()
+note() { summary+=("$*"); echo "== $*"; }
+export PATH="/usr/local/cuda/bin:$PATH"
+build="$root/native/build-g3"
+t_all=$SECONDS
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+device="$(cut -d, -f1 "$out/gpu.txt" | head -1)"
+
+# ---- build (only the two benchmarks and what they link)
+t0=$SECONDS
+if cmake -S "$root/native" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_CUDA_COMPILER="$(command -v nvcc)" -DSPX_BUILD_TESTS=OFF -DSPX_BUILD_BENCH=OFF \
+    >"$out/build.log" 2>&1 &&
+  ninja -C "$build" -j"$(nproc)" specontext_bench dense_bench >>"$out/build.log" 2>&1; then
+  bin="$build"
+  note "build ok ($((SECONDS - t0)) s)"
+else
+  # Another change in flight may break a file the benchmarks do not need:
+  # compile just theirs.
+  tail -20 "$out/build.log"
+  note "cmake build FAILED ($((SECONDS - t0)) s); trying the benchmarks' own sources"
+  bin="$build/direct"
+  mkdir -p "$bin"
+  flags=(-std=c++17 -O3 -gencode=arch=compute_90,code=sm_90 --expt-relaxed-constexpr -lineinfo
+    -I"$root/native/src" -DSPX_HAVE_CUDA=1)
+  srcs=(native/src/cuda/ops.cu native/src/cuda/gemm.cu native/src/cuda/sparse_ops.cu
+    native/src/kv/slot_map.cc native/src/planner/memory_plan.cc)
+  objs=()
+  for s in "${srcs[@]}"; do
+    o="$bin/$(basename "$s").o"
+    objs+=("$o")
+    nvcc "${flags[@]}" -x cu -c "$root/$s" -o "$o" >>"$out/build.log" 2>&1 &
+  done
+  wait
+  ok=1
+  for b in specontext_bench dense_bench; do
+    nvcc "${flags[@]}" "$root/bench/cuda/$b.cu" "${objs[@]}" -lcublasLt -lcublas -o "$bin/$b" \
+      >>"$out/build.log" 2>&1 || ok=0
+  done
+  if [[ $ok == 1 ]]; then
+    note "direct build ok ($((SECONDS - t0)) s)"
+  else
+    tail -30 "$out/build.log"
+    note "BUILD FAILED"
+    printf '%s\n' "${summary[@]}"
+    exit 1
+  fi
+fi
+
+# ---- smoke: tiny shape through every path
+t0=$SECONDS
+if timeout 120 "$bin/specontext_bench" --quick --json "$out/smoke.json" >"$out/smoke.log" 2>&1; then
+  note "smoke ok ($((SECONDS - t0)) s)"
+else
+  note "smoke FAILED rc $? ($((SECONDS - t0)) s), see smoke.log"
+fi
+tail -25 "$out/smoke.log"
+
+fail=0
+if [[ $quick == 1 ]]; then
+  if [[ $hf == 1 ]]; then
+    PYTHONUNBUFFERED=1 timeout 120 python3 "$root/bench/cuda/hf_bench.py" --model tiny-128 \
+      --settings 300:200,600:100 --positions 3 --steps 2 --warm 1 --common 2 --spare-gb 120 \
+      --json "$out/hf-smoke.json" >"$out/hf-smoke.log" 2>&1 && note "hf smoke ok" || note "hf smoke FAILED"
+    tail -5 "$out/hf-smoke.log"
+  fi
+  python3 "$root/bench/cuda/specontext_report.py" --ours "$out/smoke.json" --hf "$out/hf-smoke.json" \
+    --json "$out/smoke-report.json" --md "$out/smoke-report.md" --device "$device" >"$out/smoke-report.log" 2>&1 ||
+    { tail -5 "$out/smoke-report.log"; note "smoke report FAILED"; }
+else
+  # ---- ours: dense and SpeContext at the issue's settings
+  t0=$SECONDS
+  if timeout "${SPX_T_OURS:-300}" "$bin/specontext_bench" --json "$out/ours.json" >"$out/ours.log" 2>&1; then
+    note "specontext_bench ok ($((SECONDS - t0)) s)"
+  else
+    note "specontext_bench FAILED rc $? ($((SECONDS - t0)) s), see ours.log"
+    fail=1
+  fi
+  grep -E '^(setting|host pool|prefill|llama|specontext_bench)' "$out/ours.log"
+  grep -E 'FAILED|error' "$out/ours.log" | head -10
+  # ---- transformers
+  if [[ $hf == 1 ]]; then
+    t0=$SECONDS
+    if PYTHONUNBUFFERED=1 timeout "${SPX_T_HF:-200}" python3 "$root/bench/cuda/hf_bench.py" \
+        --model llama-3.1-8b --settings 2048:16384,2048:32768,16384:2048,32768:2048 \
+        --attn sdpa,eager --positions 3 --steps 3 --warm 2 --common 8 \
+        --json "$out/hf.json" >"$out/hf.log" 2>&1; then
+      note "hf_bench ok ($((SECONDS - t0)) s)"
+    else
+      note "hf_bench FAILED or timed out rc $? ($((SECONDS - t0)) s), partial results kept"
+    fi
+    grep -E '^hf ' "$out/hf.log" | tail -60
+  fi
+  if [[ -f "$out/ours.json" ]]; then
+    python3 "$root/bench/cuda/specontext_report.py" --ours "$out/ours.json" --hf "$out/hf.json" \
+      --json "$out/specontext-h200.json" --png "$out/specontext-h200.png" \
+      --md "$out/specontext-h200.md" --device "$device" --commit "${SPX_COMMIT:-}" \
+      >"$out/report.log" 2>&1 || { tail -5 "$out/report.log"; note "report FAILED"; fail=1; }
+  fi
+fi
+
+if [[ $sanitizer == 1 ]]; then
+  cs="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
+  t0=$SECONDS
+  timeout 150 "$cs" --tool memcheck --error-exitcode 99 "$bin/specontext_bench" --quick \
+    --json "$out/memcheck.json" >"$out/memcheck.log" 2>&1
+  rc=$?
+  note "memcheck specontext_bench --quick: rc $rc, $(grep -E 'ERROR SUMMARY' "$out/memcheck.log" | tail -1) ($((SECONDS - t0)) s)"
+fi
+
+echo
+echo "==================== summary ($((SECONDS - t_all)) s)"
+printf '%s\n' "${summary[@]}"
+[[ -f "$out/specontext-h200.md" ]] && cat "$out/specontext-h200.md"
+[[ -f "$out/smoke-report.md" ]] && head -12 "$out/smoke-report.md"
+exit $fail
