@@ -418,6 +418,9 @@ TEST(CudaSparseKernels, SparseWithAllPositionsEqualsDense) {
     ASSERT_EQ(dq.upload(to_bf16(q)), cudaSuccess);
     ASSERT_EQ(dsel.upload(sel), cudaSuccess);
     ASSERT_EQ(dlen.upload(lengths), cudaSuccess);
+    // Different fillers, so that outputs left unwritten cannot compare equal.
+    ASSERT_EQ(cudaMemset(dense.ptr, 0, dense.n * 2), cudaSuccess);
+    ASSERT_EQ(sparse.poison(), cudaSuccess);
     Workspace w(batch, s.q_heads, s.d, (budget + s.split - 1) / s.split);
     const float scale = 1.f / std::sqrt(float(s.d));
     ASSERT_EQ(decode_attention_forward(dense.bf(), dq.bf(), c.dseq.ptr, dlen.ptr, batch,
@@ -636,7 +639,45 @@ TEST(CudaSparseKernels, Timings) {
               B, split_sparse, t_sparse * 1e3, sparse_bytes / (t_sparse * 1e6));
   std::printf("TIMING dense decode_attention T %d (split %d): %.1f us, %.0f GB/s\n", T,
               split_dense, t_dense * 1e3, dense_bytes / (t_dense * 1e6));
+  for (int split : {128, 256, 512, 1024, 2048}) {
+    Workspace w(batch, Hq, d, (B + split - 1) / split);
+    const float t = timer.ms(20, [&] {
+      sparse_decode_attention_forward(dout.bf(), dq.bf(), dseq.ptr, dsel.ptr, dcounts.ptr, batch,
+                                      Hq, H, d, B, scale, split, w.ws, 0);
+    });
+    std::printf("TIMING sparse_decode_attention B %d split %d: %.1f us, %.0f GB/s\n", B, split,
+                t * 1e3, sparse_bytes / (t * 1e6));
+  }
+  // Batch 1 (one request, 8 KV heads): the split decides the parallelism.
+  for (int split : {64, 128, 256, decode_attention_split_tokens(1, H, B, 132)}) {
+    Workspace w(1, Hq, d, (B + split - 1) / split);
+    const float t = timer.ms(20, [&] {
+      sparse_decode_attention_forward(dout.bf(), dq.bf(), dseq.ptr, dsel.ptr, dcounts.ptr, 1, Hq,
+                                      H, d, B, scale, split, w.ws, 0);
+    });
+    std::printf("TIMING sparse_decode_attention batch 1 B %d split %d: %.1f us, %.0f GB/s\n", B,
+                split, t * 1e3, sparse_bytes / batch / (t * 1e6));
+  }
 
+  {  // One request at the longest context: the per-row kernels' worst case.
+    const int Tl = 131072;
+    const DecodeSeq one{dk.bf(), dv.bf(), Tl};  // reuses the first requests' memory
+    DeviceBuffer<DecodeSeq> dseq1(1);
+    DeviceBuffer<int32_t> dlen1(1);
+    ASSERT_EQ(dseq1.upload({one}), cudaSuccess);
+    ASSERT_EQ(dlen1.upload({Tl}), cudaSuccess);
+    const float ts = timer.ms(10, [&] {
+      retrieval_scores_forward(scores.ptr, logits.ptr, dq.bf(), dseq1.ptr, dlen1.ptr, 1, Hq, H, d,
+                               scale, false, Tl, 0);
+    });
+    const float tk = timer.ms(10, [&] {
+      topk_select_forward(dsel.ptr, dcounts.ptr, mass.ptr, scores.ptr, dlen1.ptr, 1, H, Tl, B, 4,
+                          16, 0);
+    });
+    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+    std::printf("TIMING batch 1 x %d heads x %d: retrieval_scores %.1f us, topk_select %.1f us\n",
+                H, Tl, ts * 1e3, tk * 1e3);
+  }
   // Elastic gather over PCIe: 8 requests x 8 heads, a full load of B slots
   // and a 20% (elastic) load, from mapped pinned memory.
   const int R = 8, cap = 8192;

@@ -27,9 +27,10 @@ constexpr int kMmaWarps = 4;
 // (sparse_decode_attention.cuh) reads the positions its selection lists.
 // `lengths` is what the split merge needs either way: rows per request.
 struct DenseRows {
-  const int32_t* lengths;  // [batch]
+  static constexpr bool kGather = false;  // position(i) == i: no lookup
+  const int32_t* lengths;                 // [batch]
   __device__ __forceinline__ int count(int b) const { return lengths[b]; }
-  __device__ __forceinline__ int64_t position(int b, int hk, int i) const { return i; }
+  __device__ __forceinline__ int position(int b, int hk, int i) const { return i; }
 };
 
 // A group's G query heads as m16n8k16 A fragments for every 16-dim k-step:
@@ -124,15 +125,30 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   for (int n = 0; n < kOTiles; ++n) o[n][0] = o[n][1] = 0.f;
   float m = -INFINITY, l = 0.f;
 
-  for (int t0 = begin + warp * kMmaTile; t0 < end; t0 += kMmaWarps * kMmaTile) {
+  // Gathered rows: lane i holds the cache position of the tile's row i,
+  // looked up one tile ahead so the lookup hides behind the tile's loads.
+  const int first = begin + warp * kMmaTile;
+  int pos_next = 0;
+  if constexpr (Rows::kGather) {
+    if (first < end) pos_next = rows.position(b, hk, min(first + lane, end - 1));
+  }
+
+  for (int t0 = first; t0 < end; t0 += kMmaWarps * kMmaTile) {
+    [[maybe_unused]] const int pos = pos_next;
     for (int c = lane; c < kMmaTile * kChunks; c += 32) {
       const int r = c / kChunks, col = (c % kChunks) * 8;
       const bool ok = t0 + r < end;
-      const size_t src = static_cast<size_t>(rows.position(b, hk, ok ? t0 + r : begin)) * D + col;
+      int row = ok ? t0 + r : begin;
+      if constexpr (Rows::kGather) row = __shfl_sync(0xffffffffu, pos, r);
+      const size_t src = static_cast<size_t>(row) * D + col;
       cp_async_16(&k_s[r][col], kg + src, ok ? 16 : 0);
       cp_async_16(&v_s[r][col], vg + src, ok ? 16 : 0);
     }
     cp_async_commit();
+    if constexpr (Rows::kGather) {
+      const int next = t0 + kMmaWarps * kMmaTile;
+      if (next < end) pos_next = rows.position(b, hk, min(next + lane, end - 1));
+    }
     cp_async_wait<0>();
     __syncwarp();
 

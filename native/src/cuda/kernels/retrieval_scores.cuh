@@ -20,6 +20,7 @@ constexpr int kScoreWarps = 4;
 constexpr int kScoreTile = kMmaTile;                    // tokens per warp tile
 constexpr int kScoreChunk = 4 * kScoreWarps * kScoreTile;  // tokens per block
 constexpr int kScoreThreads = 512;                      // group kernel
+constexpr int kScoreUnroll = 4;  // group kernel: tokens per thread in flight (few blocks per row)
 
 template <int D>
 constexpr size_t retrieval_logits_smem_bytes() {
@@ -104,15 +105,26 @@ __global__ void __launch_bounds__(kScoreThreads)
   float m[G], s[G];
 #pragma unroll
   for (int h = 0; h < G; ++h) m[h] = -INFINITY, s[h] = 0.f;
-  for (int t = threadIdx.x; t < len; t += kScoreThreads) {
+  for (int t0 = threadIdx.x; t0 < len; t0 += kScoreThreads * kScoreUnroll) {
+    float x[kScoreUnroll][G];
 #pragma unroll
-    for (int h = 0; h < G; ++h) {
-      const float x = rows[h * stride + t];
-      if (x > m[h]) {
-        s[h] = s[h] * expf(m[h] - x) + 1.f;
-        m[h] = x;
-      } else {
-        s[h] += expf(x - m[h]);
+    for (int u = 0; u < kScoreUnroll; ++u)
+#pragma unroll
+      for (int h = 0; h < G; ++h) {
+        const int t = t0 + u * kScoreThreads;
+        x[u][h] = t < len ? rows[h * stride + t] : 0.f;
+      }
+#pragma unroll
+    for (int u = 0; u < kScoreUnroll; ++u) {
+      if (t0 + u * kScoreThreads >= len) break;
+#pragma unroll
+      for (int h = 0; h < G; ++h) {
+        if (x[u][h] > m[h]) {
+          s[h] = s[h] * expf(m[h] - x[u][h]) + 1.f;
+          m[h] = x[u][h];
+        } else {
+          s[h] += expf(x[u][h] - m[h]);
+        }
       }
     }
   }
@@ -138,14 +150,27 @@ __global__ void __launch_bounds__(kScoreThreads)
 #pragma unroll
   for (int h = 0; h < G; ++h) mx[h] = final_s[h][0], inv[h] = final_s[h][1];
   float* out = scores + (static_cast<size_t>(b) * kv_heads + hk) * stride;
-  for (int t = threadIdx.x; t < len; t += kScoreThreads) {
-    float acc = 0.f;
+  for (int t0 = threadIdx.x; t0 < len; t0 += kScoreThreads * kScoreUnroll) {
+    float x[kScoreUnroll][G];
 #pragma unroll
-    for (int h = 0; h < G; ++h) {
-      const float p = expf(rows[h * stride + t] - mx[h]) * inv[h];
-      acc = kMax ? fmaxf(acc, p) : acc + p;
+    for (int u = 0; u < kScoreUnroll; ++u)
+#pragma unroll
+      for (int h = 0; h < G; ++h) {
+        const int t = t0 + u * kScoreThreads;
+        x[u][h] = t < len ? rows[h * stride + t] : 0.f;
+      }
+#pragma unroll
+    for (int u = 0; u < kScoreUnroll; ++u) {
+      const int t = t0 + u * kScoreThreads;
+      if (t >= len) break;
+      float acc = 0.f;
+#pragma unroll
+      for (int h = 0; h < G; ++h) {
+        const float p = expf(x[u][h] - mx[h]) * inv[h];
+        acc = kMax ? fmaxf(acc, p) : acc + p;
+      }
+      out[t] = kMax ? acc : acc / G;
     }
-    out[t] = kMax ? acc : acc / G;
   }
 }
 

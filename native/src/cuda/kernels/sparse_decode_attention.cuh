@@ -12,12 +12,13 @@ namespace spx::cuda {
 
 // Rows of request b, KV head hk: selection[b, hk, 0..counts[b]).
 struct SelectedRows {
+  static constexpr bool kGather = true;
   const int32_t* lengths;    // [batch] counts: rows per request (<= budget)
   const int32_t* selection;  // [batch, kv_heads, budget] cache positions
   int kv_heads;
   int budget;
   __device__ __forceinline__ int count(int b) const { return min(lengths[b], budget); }
-  __device__ __forceinline__ int64_t position(int b, int hk, int i) const {
+  __device__ __forceinline__ int position(int b, int hk, int i) const {
     // A -1 inside the count is a caller bug; reading row 0 keeps it in bounds.
     const int32_t p = selection[(static_cast<int64_t>(b) * kv_heads + hk) * budget + i];
     return p > 0 ? p : 0;

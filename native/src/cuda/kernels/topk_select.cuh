@@ -6,7 +6,7 @@
 // window 2 + i/(n+1), computed with the same float operations), others keep
 // their score. Keys map to order-preserving uint32; four 8-bit passes narrow
 // the B-th largest key (each pass histograms the digits of the rows still
-// matching the prefix, in shared memory with warp-aggregated atomics), and a
+// matching the prefix, in shared memory, warp-aggregated where lanes agree), and a
 // last pass writes the winners in token order: every key above the
 // threshold and the oldest of those equal to it, which is the host's "ties to
 // the older token". The output is ascending by construction.
@@ -17,6 +17,7 @@
 namespace spx::cuda {
 
 constexpr int kTopkThreads = 1024;
+constexpr int kTopkUnroll = 4;  // row loads in flight per thread: the passes are latency-bound
 
 // Order-preserving float -> uint32 (larger float, larger key).
 __device__ __forceinline__ uint32_t topk_key(float score, int t, int len, int n_sink,
@@ -80,17 +81,38 @@ static __global__ void __launch_bounds__(kTopkThreads)
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int i = tid; i < 256; i += kTopkThreads) hist[i] = 0;
     __syncthreads();
-    for (int base = 0; base < len; base += kTopkThreads) {  // uniform: match_any needs all lanes
-      const int t = base + tid;
-      int digit = 256;  // no bin
-      if (t < len) {
-        const float sc = row[t];
-        if (shift == 24) total += sc;
-        const uint32_t u = topk_key(sc, t, len, n_sink, recent_from);
-        if ((u & mask) == prefix) digit = (u >> shift) & 255;
+    // Loop bounds are block-uniform: the ballots need every lane.
+    for (int base = 0; base < len; base += kTopkThreads * kTopkUnroll) {
+      float sc[kTopkUnroll];
+#pragma unroll
+      for (int j = 0; j < kTopkUnroll; ++j) {
+        const int t = base + j * kTopkThreads + tid;
+        sc[j] = t < len ? row[t] : 0.f;
       }
-      const unsigned peers = __match_any_sync(0xffffffffu, digit);
-      if (digit < 256 && lane == __ffs(peers) - 1) atomicAdd(&hist[digit], __popc(peers));
+#pragma unroll
+      for (int j = 0; j < kTopkUnroll; ++j) {
+        const int t = base + j * kTopkThreads + tid;
+        int digit = 256;  // no bin
+        if (t < len) {
+          if (shift == 24) total += sc[j];
+          const uint32_t u = topk_key(sc[j], t, len, n_sink, recent_from);
+          if ((u & mask) == prefix) digit = (u >> shift) & 255;
+        }
+        // Scores cluster (in the first passes most of a warp shares a bin):
+        // the lanes with the first counted lane's digit add once, the rest
+        // alone. Cheaper than __match_any_sync, which made this loop
+        // instruction-bound.
+        const unsigned counted = __ballot_sync(0xffffffffu, digit < 256);
+        if (counted) {
+          const int lead = __shfl_sync(0xffffffffu, digit, __ffs(counted) - 1);
+          const unsigned same = __ballot_sync(0xffffffffu, digit == lead);
+          if (digit == lead) {
+            if (lane == __ffs(same) - 1) atomicAdd(&hist[lead], __popc(same));
+          } else if (digit < 256) {
+            atomicAdd(&hist[digit], 1);
+          }
+        }
+      }
     }
     __syncthreads();
     if (warp == 0) {
@@ -129,32 +151,40 @@ static __global__ void __launch_bounds__(kTopkThreads)
   int run_gt = 0, run_eq = 0;
   float picked = 0.f;
   const unsigned lt_mask = (1u << lane) - 1u;
-  for (int base = 0; base < len; base += kTopkThreads) {
-    const int t = base + tid;
-    bool gt = false, eq = false;
-    float sc = 0.f;
-    if (t < len) {
-      sc = row[t];
-      const uint32_t mu = topk_key(sc, t, len, n_sink, recent_from) & mask;
-      gt = mu > prefix;
-      eq = mu == prefix;
+  for (int base = 0; base < len; base += kTopkThreads * kTopkUnroll) {
+    float scs[kTopkUnroll];
+#pragma unroll
+    for (int j = 0; j < kTopkUnroll; ++j) {
+      const int t = base + j * kTopkThreads + tid;
+      scs[j] = t < len ? row[t] : 0.f;
     }
-    const unsigned bg = __ballot_sync(0xffffffffu, gt), be = __ballot_sync(0xffffffffu, eq);
-    if (lane == 0) warp_a[warp] = __popc(bg), warp_b[warp] = __popc(be);
-    __syncthreads();
-    const int ga = warp_inclusive_scan(warp_a[lane], lane);  // kWarps == 32
-    const int gb = warp_inclusive_scan(warp_b[lane], lane);
-    const int before_gt = run_gt + (warp ? __shfl_sync(0xffffffffu, ga, warp - 1) : 0) +
-                          __popc(bg & lt_mask);
-    const int before_eq = run_eq + (warp ? __shfl_sync(0xffffffffu, gb, warp - 1) : 0) +
-                          __popc(be & lt_mask);
-    if (gt || (eq && before_eq < k)) {
-      out[before_gt + min(before_eq, k)] = t;
-      picked += sc;
+#pragma unroll
+    for (int j = 0; j < kTopkUnroll; ++j) {  // sub-chunks in token order
+      const int t = base + j * kTopkThreads + tid;
+      const float sc = scs[j];
+      bool gt = false, eq = false;
+      if (t < len) {
+        const uint32_t mu = topk_key(sc, t, len, n_sink, recent_from) & mask;
+        gt = mu > prefix;
+        eq = mu == prefix;
+      }
+      const unsigned bg = __ballot_sync(0xffffffffu, gt), be = __ballot_sync(0xffffffffu, eq);
+      if (lane == 0) warp_a[warp] = __popc(bg), warp_b[warp] = __popc(be);
+      __syncthreads();
+      const int ga = warp_inclusive_scan(warp_a[lane], lane);  // kWarps == 32
+      const int gb = warp_inclusive_scan(warp_b[lane], lane);
+      const int before_gt = run_gt + (warp ? __shfl_sync(0xffffffffu, ga, warp - 1) : 0) +
+                            __popc(bg & lt_mask);
+      const int before_eq = run_eq + (warp ? __shfl_sync(0xffffffffu, gb, warp - 1) : 0) +
+                            __popc(be & lt_mask);
+      if (gt || (eq && before_eq < k)) {
+        out[before_gt + min(before_eq, k)] = t;
+        picked += sc;
+      }
+      run_gt += __shfl_sync(0xffffffffu, ga, 31);
+      run_eq += __shfl_sync(0xffffffffu, gb, 31);
+      __syncthreads();  // warp_a / warp_b are rewritten next chunk
     }
-    run_gt += __shfl_sync(0xffffffffu, ga, 31);
-    run_eq += __shfl_sync(0xffffffffu, gb, 31);
-    __syncthreads();  // warp_a / warp_b are rewritten next chunk
   }
   picked = block_sum(picked, red);
   if (mass != nullptr && tid == 0) mass[row_id] = total > 0.f ? picked / total : 0.f;
