@@ -88,6 +88,21 @@ __device__ __forceinline__ void softmax_stat_merge(float& m, float& s, float m2,
   m = mx;
 }
 
+// x[u][h] = logits row h at token t0 + u * kScoreThreads (0 past len): all
+// loads issued before any use.
+template <int G>
+__device__ __forceinline__ void load_group_logits(float (&x)[kScoreUnroll][G],
+                                                  const float* rows,  // [G, stride]
+                                                  int64_t stride, int t0, int len) {
+#pragma unroll
+  for (int u = 0; u < kScoreUnroll; ++u)
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+      const int t = t0 + u * kScoreThreads;
+      x[u][h] = t < len ? rows[h * stride + t] : 0.f;
+    }
+}
+
 template <int G, bool kMax>
 __global__ void __launch_bounds__(kScoreThreads)
     retrieval_group_forward_kernel(float* scores,           // [batch, kv_heads, stride]
@@ -107,13 +122,7 @@ __global__ void __launch_bounds__(kScoreThreads)
   for (int h = 0; h < G; ++h) m[h] = -INFINITY, s[h] = 0.f;
   for (int t0 = threadIdx.x; t0 < len; t0 += kScoreThreads * kScoreUnroll) {
     float x[kScoreUnroll][G];
-#pragma unroll
-    for (int u = 0; u < kScoreUnroll; ++u)
-#pragma unroll
-      for (int h = 0; h < G; ++h) {
-        const int t = t0 + u * kScoreThreads;
-        x[u][h] = t < len ? rows[h * stride + t] : 0.f;
-      }
+    load_group_logits<G>(x, rows, stride, t0, len);
 #pragma unroll
     for (int u = 0; u < kScoreUnroll; ++u) {
       if (t0 + u * kScoreThreads >= len) break;
@@ -152,13 +161,7 @@ __global__ void __launch_bounds__(kScoreThreads)
   float* out = scores + (static_cast<size_t>(b) * kv_heads + hk) * stride;
   for (int t0 = threadIdx.x; t0 < len; t0 += kScoreThreads * kScoreUnroll) {
     float x[kScoreUnroll][G];
-#pragma unroll
-    for (int u = 0; u < kScoreUnroll; ++u)
-#pragma unroll
-      for (int h = 0; h < G; ++h) {
-        const int t = t0 + u * kScoreThreads;
-        x[u][h] = t < len ? rows[h * stride + t] : 0.f;
-      }
+    load_group_logits<G>(x, rows, stride, t0, len);
 #pragma unroll
     for (int u = 0; u < kScoreUnroll; ++u) {
       const int t = t0 + u * kScoreThreads;

@@ -32,6 +32,17 @@ __device__ __forceinline__ uint32_t topk_key(float score, int t, int len, int n_
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+// sc[j] = row[base + j * kTopkThreads + tid] (0 past len): all loads issued
+// before any use.
+__device__ __forceinline__ void load_row_chunk(float (&sc)[kTopkUnroll], const float* row,
+                                               int base, int len) {
+#pragma unroll
+  for (int j = 0; j < kTopkUnroll; ++j) {
+    const int t = base + j * kTopkThreads + static_cast<int>(threadIdx.x);
+    sc[j] = t < len ? row[t] : 0.f;
+  }
+}
+
 // Inclusive scan of x over the lanes of a warp.
 __device__ __forceinline__ int warp_inclusive_scan(int x, int lane) {
 #pragma unroll
@@ -84,11 +95,7 @@ static __global__ void __launch_bounds__(kTopkThreads)
     // Loop bounds are block-uniform: the ballots need every lane.
     for (int base = 0; base < len; base += kTopkThreads * kTopkUnroll) {
       float sc[kTopkUnroll];
-#pragma unroll
-      for (int j = 0; j < kTopkUnroll; ++j) {
-        const int t = base + j * kTopkThreads + tid;
-        sc[j] = t < len ? row[t] : 0.f;
-      }
+      load_row_chunk(sc, row, base, len);
 #pragma unroll
       for (int j = 0; j < kTopkUnroll; ++j) {
         const int t = base + j * kTopkThreads + tid;
@@ -153,11 +160,7 @@ static __global__ void __launch_bounds__(kTopkThreads)
   const unsigned lt_mask = (1u << lane) - 1u;
   for (int base = 0; base < len; base += kTopkThreads * kTopkUnroll) {
     float scs[kTopkUnroll];
-#pragma unroll
-    for (int j = 0; j < kTopkUnroll; ++j) {
-      const int t = base + j * kTopkThreads + tid;
-      scs[j] = t < len ? row[t] : 0.f;
-    }
+    load_row_chunk(scs, row, base, len);
 #pragma unroll
     for (int j = 0; j < kTopkUnroll; ++j) {  // sub-chunks in token order
       const int t = base + j * kTopkThreads + tid;
