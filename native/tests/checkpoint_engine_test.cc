@@ -45,9 +45,12 @@ std::string smollm2_dir() {
   return std::string(SPX_FIXTURES_DIR) + "/../../models/smollm2-135m-instruct";
 }
 
-std::unique_ptr<Engine> open_engine(const std::string& dir, int max_batch = 4) {
+std::unique_ptr<Engine> open_engine(const std::string& dir, int max_batch = 4, const std::string& dlm_dir = "",
+                                   int dlm_layers = 0) {
   EngineOptions o;
   o.model_dir = dir;
+  o.dlm_dir = dlm_dir;
+  o.dlm_layers = dlm_layers;
   o.threads = 2;
   o.max_batch = max_batch;
   Status st;
@@ -158,6 +161,54 @@ TEST(CheckpointEngine, SampledResumeEqualsUninterruptedWithTheSameSeed) {
   r.sampling.top_k = 20;
   r.sampling.seed = 1234;
   expect_resume_matches(fixture("tiny-qwen2"), r, 5, 11);
+}
+
+// Sparse requests: the retrieval head's state (its own layers' K/V below the
+// scoring layer and its scoring K) travels in the checkpoint (format version
+// 2), so the resumed selection, and with it the output, equals the
+// uninterrupted sparse run's.
+void expect_sparse_resume_matches(const std::string& dlm_dir, int dlm_layers) {
+  GenerateRequest req = tiny_request();
+  req.budget = 24;  // below the context from the 13th generated token on
+  auto engine = open_engine(fixture("tiny-llama"), 4, dlm_dir, dlm_layers);
+  ASSERT_TRUE(engine);
+  const std::vector<int32_t> full = run(engine.get(), req);
+  ASSERT_EQ(full.size(), static_cast<size_t>(req.max_new_tokens));
+  const std::string path = temp("sparse"), saved = temp("sparse-saved");
+  CheckpointEvent at;
+  std::vector<int32_t> done = run_until_killed(engine.get(), req, path, saved, 8, 33, &at);
+  ASSERT_GT(engine->stats().sparse_steps, 0u);
+  engine->close();
+  ASSERT_EQ(done, std::vector<int32_t>(full.begin(), full.begin() + static_cast<long>(done.size())));
+
+  auto fresh = open_engine(fixture("tiny-llama"), 4, dlm_dir, dlm_layers);
+  ASSERT_TRUE(fresh);
+  RequestStats stats;
+  std::vector<int32_t> rest = run(fresh.get(), resumed(req, done, saved), &stats);
+  EXPECT_EQ(stats.restore_error, "");
+  EXPECT_EQ(stats.restored_tokens, at.tokens);
+  EXPECT_GT(fresh->stats().sparse_steps, 0u);
+  done.insert(done.end(), rest.begin(), rest.end());
+  EXPECT_EQ(done, full);
+
+  // A checkpoint without the head's state (a request without a budget wrote
+  // it) is refused by a sparse request, which recomputes to the same tokens.
+  GenerateRequest dense = req;
+  dense.budget = 0;
+  const std::string dense_path = temp("dense"), dense_saved = temp("dense-saved");
+  CheckpointEvent dense_at;
+  std::vector<int32_t> dense_done =
+      run_until_killed(fresh.get(), dense, dense_path, dense_saved, 8, 9, &dense_at);
+  std::vector<int32_t> again = run(fresh.get(), resumed(req, dense_done, dense_saved), &stats);
+  EXPECT_NE(stats.restore_error.find("geometry mismatch"), std::string::npos) << stats.restore_error;
+  EXPECT_EQ(stats.restored_tokens, 0);
+  for (const std::string& p : {path, saved, dense_path, dense_saved}) std::remove(p.c_str());
+}
+
+TEST(CheckpointEngine, SparseResumeEqualsUninterruptedSelfDerivedHead) { expect_sparse_resume_matches("", 2); }
+
+TEST(CheckpointEngine, SparseResumeEqualsUninterruptedSeparateDlm) {
+  expect_sparse_resume_matches(fixture("tiny-llama-bf16-sharded"), 0);
 }
 
 TEST(CheckpointEngine, RestoreJoinsARunningBatch) {

@@ -162,6 +162,47 @@ void check_engine_flow(const std::string& name) {
   EXPECT_EQ(head->tokens(5), -1);
 }
 
+// Checkpoints: the head's state (K cache + the last aux row) restored into a
+// fresh head continues with the same scores.
+TEST(Eagle3Head, StateRestoresIntoAFreshHead) {
+  Fixture f;
+  std::unique_ptr<PrunedHead> a, b;
+  std::string kind;
+  ASSERT_TRUE(make(f, spx::testing::fixture(kDir + "/draft"), &a, &kind).ok);
+  ASSERT_TRUE(make(f, spx::testing::fixture(kDir + "/draft"), &b, &kind).ok);
+  EXPECT_EQ(a->state_layers(), 0);
+  const ModelConfig& c = f.target->config();
+  const int T = static_cast<int>(f.prompt.size()), P0 = 30;
+  KvStore store(f.backend.get(), c.num_layers, c.num_kv_heads, c.head_dim);
+  KvSequence* kv = nullptr;
+  ASSERT_TRUE(store.allocate(1, T, &kv).ok);
+  std::vector<float> rows, sa, sb;
+  ASSERT_TRUE(a->open(1, T).ok);
+  target_step(f, kv, *a, 0, P0, &rows);
+  ASSERT_TRUE(a->after_target(1, f.prompt.data(), 0, P0, rows.data()).ok);
+
+  spx::retrieval::HeadState st;
+  ASSERT_TRUE(a->state(1, &st).ok);
+  EXPECT_EQ(st.tokens, P0);
+  ASSERT_EQ(st.aux.size(), static_cast<size_t>(a->aux_width()));
+  ASSERT_TRUE(b->open(2, T + 3).ok);  // another capacity: rows are copied per head
+  const int cap = st.capacity, D = c.head_dim;
+  Status s = b->restore(
+      2, P0,
+      [&](int block, float* dst, int dst_cap) {
+        ASSERT_EQ(block, 0);
+        for (int h = 0; h < c.num_kv_heads; ++h)
+          std::copy_n(st.scoring_k->data() + static_cast<size_t>(h) * cap * D, static_cast<size_t>(P0) * D,
+                      dst + static_cast<size_t>(h) * dst_cap * D);
+      },
+      st.aux.data());
+  ASSERT_TRUE(s.ok) << s.message;
+  std::vector<HeadChunk> ha = {{1, &f.prompt[P0], 1, &sa}}, hb = {{2, &f.prompt[P0], 1, &sb}};
+  ASSERT_TRUE(a->forward(ha).ok);
+  ASSERT_TRUE(b->forward(hb).ok);
+  EXPECT_EQ(sa, sb);
+}
+
 TEST(Eagle3Head, ScoresMatchReferenceBorrowedEmbedding) { check_engine_flow("draft"); }
 TEST(Eagle3Head, ScoresMatchReferenceOwnEmbedding) { check_engine_flow("draft-own-embed"); }
 

@@ -34,16 +34,27 @@ Status Checkpointer::validate(const GenerateRequest& r) {
   return Status::Ok();
 }
 
+CheckpointGeometry Checkpointer::geometry_for(const RequestState* r) const {
+  CheckpointGeometry g = geometry_;
+  if (r->req.budget > 0 && head_ != nullptr) {
+    g.rk_heads = head_->kv_heads();
+    g.rk_dim = head_->head_dim();
+    g.rk_layers = head_->state_layers();
+    g.rk_aux = head_->aux_width();
+  }
+  return g;
+}
+
 int Checkpointer::restore(RequestState* r) {
   const CheckpointSpec& spec = r->req.checkpoint;
   if (!spec.restore) return 0;
-  if (r->req.budget > 0) {
-    // The sparse decoder's retrieval K cache is not in checkpoints yet.
-    r->stats.restore_error = "restore of a sparse (budget > 0) request is not supported: recomputed";
+  if (r->req.budget > 0 && head_ == nullptr) {
+    r->stats.restore_error = "restore of a sparse (budget > 0) request needs the retrieval head: recomputed";
     return 0;
   }
+  const CheckpointGeometry g = geometry_for(r);
   CheckpointReader reader;
-  Status st = reader.open(spec.path, identity_, geometry_);
+  Status st = reader.open(spec.path, identity_, g);
   const std::vector<int32_t>& prompt = r->req.prompt;
   // The last prompt token is always fed, to get the logits of the next one.
   const int usable = std::min(reader.tokens(), static_cast<int>(prompt.size()) - 1);
@@ -81,6 +92,20 @@ int Checkpointer::restore(RequestState* r) {
       }
     }
   }
+  if (g.rk_heads > 0) {
+    // The head's state, so its scores continue exactly (an EAGLE-3 head's aux
+    // row is the one of the file's last position).
+    if (g.rk_aux > 0 && usable != reader.tokens())
+      st = Status::Error("checkpoint's retrieval-head input is for position " + std::to_string(reader.tokens() - 1) +
+                         ", the restore needs " + std::to_string(usable - 1));
+    else
+      st = head_->restore(
+          r->id, usable, [&](int block, float* dst, int cap) { reader.copy_head(block, dst, cap); }, reader.aux());
+    if (!st.ok) {
+      r->stats.restore_error = "retrieval head restore failed: " + st.message;
+      return 0;
+    }
+  }
   kv->n_tokens = usable;
   // Appends continue the same file when it ends where this request's KV does.
   r->ckpt.written_tokens = usable == reader.tokens() ? usable : 0;
@@ -99,7 +124,10 @@ std::unique_ptr<CheckpointJob> Checkpointer::snapshot(RequestState* r, int n) {
   job->path = spec.path;
   job->fresh = from == 0;
   job->header.identity = identity_;
-  job->header.geometry = geometry_;
+  job->header.geometry = geometry_for(r);
+  const CheckpointGeometry& g = job->header.geometry;
+  retrieval::HeadState hs;
+  if (g.rk_heads > 0 && (!head_->state(r->id, &hs).ok || hs.tokens != n)) return nullptr;
   job->header.seed = r->req.sampling.seed;
   job->header.prompt_tokens = static_cast<int>(prompt.size()) - spec.resumed_generated;
   const int P = static_cast<int>(prompt.size());
@@ -113,23 +141,32 @@ std::unique_ptr<CheckpointJob> Checkpointer::snapshot(RequestState* r, int n) {
   s.generated = spec.resumed_generated + static_cast<int>(r->generated.size());
   s.draws = r->sampler.draws();
   KvSequence* kv = r->kv;
-  const bool host = backend_->name() == "cpu";
   for (int l = 0; l < geometry_.layers; ++l) {
-    for (const Tensor* t : {&kv->k[static_cast<size_t>(l)], &kv->v[static_cast<size_t>(l)]}) {
-      const float* data;
-      if (host) {
-        job->keep.push_back(t->owner);
-        data = t->f32();
-      } else {
-        // A device cache is copied whole on this thread: simple, and slow.
-        job->host.emplace_back(static_cast<size_t>(t->numel()));
-        backend_->download(*t, job->host.back().data());
-        data = job->host.back().data();
-      }
-      (t == &kv->k[static_cast<size_t>(l)] ? s.k : s.v).push_back(CacheRows{data, kv->capacity});
+    s.k.push_back(CacheRows{cache_rows(kv->k[static_cast<size_t>(l)], job.get()), kv->capacity});
+    s.v.push_back(CacheRows{cache_rows(kv->v[static_cast<size_t>(l)], job.get()), kv->capacity});
+  }
+  if (g.rk_heads > 0) {
+    for (size_t l = 0; l < hs.k.size(); ++l) {
+      s.head_k.push_back(CacheRows{cache_rows(hs.k[l], job.get()), hs.capacity});
+      s.head_v.push_back(CacheRows{cache_rows(hs.v[l], job.get()), hs.capacity});
     }
+    job->keep.push_back(std::const_pointer_cast<std::vector<float>>(hs.scoring_k));
+    s.retrieval_k = CacheRows{hs.scoring_k->data(), hs.capacity};
+    job->host.push_back(std::move(hs.aux));
+    s.aux = job->host.back().data();
   }
   return job;
+}
+
+const float* Checkpointer::cache_rows(const Tensor& t, CheckpointJob* job) {
+  if (backend_->name() == "cpu") {
+    job->keep.push_back(t.owner);  // rows below n never change: no copy
+    return t.f32();
+  }
+  // A device cache is copied whole on this thread: simple, and slow.
+  job->host.emplace_back(static_cast<size_t>(t.numel()));
+  backend_->download(t, job->host.back().data());
+  return job->host.back().data();
 }
 
 void Checkpointer::after_step(Requests& requests) {
@@ -187,6 +224,7 @@ void Checkpointer::after_step(Requests& requests) {
     }
     const auto t0 = std::chrono::steady_clock::now();
     std::unique_ptr<CheckpointJob> job = snapshot(r, n);
+    if (!job) continue;  // the head lags the target this step: due again at the next
     job->stall_ms = ms_since(t0);
     r->ckpt.written_tokens = n;
     r->ckpt.written_generated = static_cast<int>(r->generated.size());

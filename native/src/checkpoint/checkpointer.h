@@ -16,6 +16,7 @@
 #include "backend/backend.h"
 #include "checkpoint/checkpoint_writer.h"
 #include "engine/request_state.h"
+#include "retrieval/pruned_head.h"
 
 namespace spx {
 
@@ -27,6 +28,11 @@ class Checkpointer {
   Checkpointer(Backend* backend, uint64_t identity, CheckpointGeometry geometry,
                std::function<void()> wake);
   ~Checkpointer();
+
+  // The sparse decoder's retrieval head: requests with a budget then carry
+  // its state in their checkpoints and restore it (without it they refuse to
+  // restore and recompute).
+  void set_head(retrieval::PrunedHead* head) { head_ = head; }
 
   // Validates a restore request's spec (submit time).
   static Status validate(const GenerateRequest& r);
@@ -41,11 +47,16 @@ class Checkpointer {
   bool has_work();
 
  private:
+  // nullptr when the head's state does not cover the n positions yet.
   std::unique_ptr<CheckpointJob> snapshot(RequestState* r, int n);
+  // The file geometry of r: the target's, plus the head's when r has a budget.
+  CheckpointGeometry geometry_for(const RequestState* r) const;
+  const float* cache_rows(const Tensor& t, CheckpointJob* job);
 
   Backend* backend_;
   uint64_t identity_;
   CheckpointGeometry geometry_;
+  retrieval::PrunedHead* head_ = nullptr;
   std::function<void()> wake_;
   std::mutex mu_;
   std::vector<CheckpointResult> done_;

@@ -89,6 +89,7 @@ std::unique_ptr<Engine> EngineImpl::create(const EngineOptions& o, Status* statu
         std::lock_guard<std::mutex> lk(p->mu_);
         p->cv_.notify_all();
       });
+  e->ckpt_->set_head(e->sparse_->mutable_head());  // sparse requests checkpoint the head's state
   e->stats_.threads = e->options_.threads;
   e->stats_.device = e->backend_->name();
   e->thread_ = std::thread([p = e.get()] { p->run(); });

@@ -53,7 +53,7 @@ Status Eagle3Head::open(uint64_t id, int capacity) {
   if (capacity <= 0) return Status::Error("retrieval head: capacity must be positive");
   Request r;
   r.capacity = capacity;
-  r.k.assign(static_cast<size_t>(cfg_.kv_heads) * capacity * cfg_.head_dim, 0.0f);
+  r.k = std::make_shared<std::vector<float>>(static_cast<size_t>(cfg_.kv_heads) * capacity * cfg_.head_dim, 0.0f);
   reqs_[id] = std::move(r);
   return Status::Ok();
 }
@@ -67,13 +67,39 @@ int Eagle3Head::tokens(uint64_t id) const {
 
 uint64_t Eagle3Head::k_cache_bytes() const {
   uint64_t b = 0;
-  for (const auto& [id, r] : reqs_) b += r.k.size() * sizeof(float);
+  for (const auto& [id, r] : reqs_) b += r.k->size() * sizeof(float);
   return b;
 }
 
-const std::vector<float>* Eagle3Head::k_cache(uint64_t id) const {
+Status Eagle3Head::state(uint64_t id, HeadState* out) const {
   auto it = reqs_.find(id);
-  return it == reqs_.end() ? nullptr : &it->second.k;
+  if (it == reqs_.end()) return Status::Error("retrieval head: unknown request");
+  const Request& r = it->second;
+  if (r.n_tokens > 0 && r.last_pos != r.n_tokens - 1)
+    return Status::Error("EAGLE-3 head: the target's step for position " + std::to_string(r.n_tokens - 1) +
+                         " has not been passed to after_target");
+  *out = HeadState();
+  out->tokens = r.n_tokens;
+  out->capacity = r.capacity;
+  out->scoring_k = r.k;
+  out->aux = r.n_tokens > 0 ? r.last : std::vector<float>(static_cast<size_t>(aux_width()), 0.0f);
+  return Status::Ok();
+}
+
+Status Eagle3Head::restore(uint64_t id, int n, const HeadStateFill& fill, const float* aux) {
+  auto it = reqs_.find(id);
+  if (it == reqs_.end()) return Status::Error("retrieval head: unknown request");
+  Request& r = it->second;
+  if (r.n_tokens != 0 || n < 0 || n > r.capacity)
+    return Status::Error("retrieval head: cannot restore " + std::to_string(n) + " positions into this request");
+  if (n > 0 && aux == nullptr) return Status::Error("EAGLE-3 head: the saved state has no aux row");
+  fill(0, r.k->data(), r.capacity);
+  r.n_tokens = n;
+  if (n > 0) {
+    r.last.assign(aux, aux + aux_width());
+    r.last_pos = n - 1;
+  }
+  return Status::Ok();
 }
 
 Status Eagle3Head::ensure_workspace(int n) {
@@ -193,14 +219,14 @@ Status Eagle3Head::project(const std::vector<Item>& items) {
   int row = 0;
   for (const Item& it : items) {
     Request& r = *it.r;
-    write_k_rows(&kh_[static_cast<size_t>(row * kvh * D)], it.n, kvh, D, r.capacity, r.n_tokens, r.k.data());
+    write_k_rows(&kh_[static_cast<size_t>(row * kvh * D)], it.n, kvh, D, r.capacity, r.n_tokens, r.k->data());
     r.n_tokens += it.n;
     if (it.scores) {
       const int64_t T = r.n_tokens;
       qh_.resize(static_cast<size_t>(heads * D));
       if (!(st = be.download(q.rows(row + it.n - 1, 1), qh_.data())).ok) return st;
       it.scores->resize(static_cast<size_t>(heads * T));
-      score_rows(qh_.data(), r.k.data(), heads, heads / kvh, T, r.capacity, D, scale, it.scores->data());
+      score_rows(qh_.data(), r.k->data(), heads, heads / kvh, T, r.capacity, D, scale, it.scores->data());
     }
     row += it.n;
   }

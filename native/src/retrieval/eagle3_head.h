@@ -67,14 +67,15 @@ class Eagle3Head {
   uint64_t head_params() const { return head_params_; }
   uint64_t model_params() const { return model_params_; }
   uint64_t k_cache_bytes() const;
-  // [kv_heads, capacity, head_dim], the first tokens(id) positions valid.
-  const std::vector<float>* k_cache(uint64_t id) const;
+  // Checkpoints (PrunedHead::state / restore): the K cache and the last aux row.
+  Status state(uint64_t id, HeadState* out) const;
+  Status restore(uint64_t id, int n, const HeadStateFill& fill, const float* aux);
 
  private:
   struct Request {
     int capacity = 0;
     int n_tokens = 0;
-    std::vector<float> k;        // [kv_heads, capacity, head_dim]
+    std::shared_ptr<std::vector<float>> k;  // [kv_heads, capacity, head_dim]
     std::vector<float> last;     // [aux_width] the target's rows at position last_pos
     int last_pos = -1;
   };

@@ -108,7 +108,7 @@ Status PrunedHead::after_target(uint64_t id, const int32_t* tokens, int start, i
 uint64_t PrunedHead::k_cache_bytes() const {
   if (eagle3_) return eagle3_->k_cache_bytes();
   uint64_t b = 0;
-  for (const auto& [id, r] : reqs_) b += r.k.size() * sizeof(float);
+  for (const auto& [id, r] : reqs_) b += r.k->size() * sizeof(float);
   return b + store_->bytes_in_use();
 }
 
@@ -120,7 +120,7 @@ Status PrunedHead::open(uint64_t id, int capacity) {
   Status st = store_->allocate(id, capacity, &r.kv);
   if (!st.ok) return st;
   const ModelConfig& c = model_->config();
-  r.k.assign(static_cast<size_t>(c.num_kv_heads) * capacity * c.head_dim, 0.0f);
+  r.k = std::make_shared<std::vector<float>>(static_cast<size_t>(c.num_kv_heads) * capacity * c.head_dim, 0.0f);
   reqs_[id] = std::move(r);
   return Status::Ok();
 }
@@ -151,7 +151,7 @@ Status PrunedHead::adopt(uint64_t id, const KvSequence& kv) {
     Status st = be->download(kv.k[l], buf.data());
     if (!st.ok) return st;
     if (l == layer_) {
-      r.k = buf;  // same layout: [kv_heads, capacity, head_dim]
+      std::copy(buf.begin(), buf.end(), r.k->begin());  // same layout: [kv_heads, capacity, head_dim]
       break;
     }
     if (!(st = be->upload(buf.data(), &r.kv->k[l])).ok) return st;
@@ -160,6 +160,50 @@ Status PrunedHead::adopt(uint64_t id, const KvSequence& kv) {
   }
   r.n_tokens = kv.n_tokens;
   r.kv->n_tokens = kv.n_tokens;
+  return Status::Ok();
+}
+
+int PrunedHead::state_layers() const { return eagle3_ ? 0 : layer_; }
+
+int PrunedHead::head_dim() const { return eagle3_ ? eagle3_->config().head_dim : model_->config().head_dim; }
+
+Status PrunedHead::state(uint64_t id, HeadState* out) const {
+  if (eagle3_) return eagle3_->state(id, out);
+  auto it = reqs_.find(id);
+  if (it == reqs_.end()) return Status::Error("retrieval head: unknown request");
+  const Request& r = it->second;
+  *out = HeadState();
+  out->tokens = r.n_tokens;
+  out->capacity = r.capacity;
+  for (int l = 0; l < layer_; ++l) {
+    out->k.push_back(r.kv->k[static_cast<size_t>(l)]);
+    out->v.push_back(r.kv->v[static_cast<size_t>(l)]);
+  }
+  out->scoring_k = r.k;
+  return Status::Ok();
+}
+
+Status PrunedHead::restore(uint64_t id, int n, const HeadStateFill& fill, const float* aux) {
+  if (eagle3_) return eagle3_->restore(id, n, fill, aux);
+  auto it = reqs_.find(id);
+  if (it == reqs_.end()) return Status::Error("retrieval head: unknown request");
+  Request& r = it->second;
+  if (r.n_tokens != 0 || n < 0 || n > r.capacity)
+    return Status::Error("retrieval head: cannot restore " + std::to_string(n) + " positions into this request");
+  Backend* be = model_->backend();
+  std::vector<float> buf;
+  for (int l = 0; l < layer_; ++l) {
+    for (int which = 0; which < 2; ++which) {
+      Tensor& t = which == 0 ? r.kv->k[static_cast<size_t>(l)] : r.kv->v[static_cast<size_t>(l)];
+      buf.assign(static_cast<size_t>(t.numel()), 0.0f);
+      fill(2 * l + which, buf.data(), r.capacity);
+      Status st = be->upload(buf.data(), &t);
+      if (!st.ok) return st;
+    }
+  }
+  fill(2 * layer_, r.k->data(), r.capacity);
+  r.n_tokens = n;
+  r.kv->n_tokens = n;
   return Status::Ok();
 }
 
@@ -240,7 +284,7 @@ Status PrunedHead::forward(const std::vector<HeadChunk>& chunks) {
   for (const HeadChunk& hc : chunks) {
     ++ci;
     Request& r = reqs_[hc.id];
-    write_k_rows(&kh_[static_cast<size_t>(row * kvh * D)], hc.n, kvh, D, r.capacity, r.n_tokens, r.k.data());
+    write_k_rows(&kh_[static_cast<size_t>(row * kvh * D)], hc.n, kvh, D, r.capacity, r.n_tokens, r.k->data());
     r.n_tokens += hc.n;
     if (hc.scores) {
       const int64_t T = r.n_tokens;
@@ -256,7 +300,7 @@ Status PrunedHead::forward(const std::vector<HeadChunk>& chunks) {
         score_rows(ql, kbuf_.data(), heads, group, T, r.capacity, D, scale,
                    hc.scores->data() + static_cast<size_t>(p) * heads * T);
       }
-      score_rows(qh_.data(), r.k.data(), heads, group, T, r.capacity, D, scale,
+      score_rows(qh_.data(), r.k->data(), heads, group, T, r.capacity, D, scale,
                  hc.scores->data() + static_cast<size_t>(pool_ - 1) * heads * T);
     }
     row += hc.n;

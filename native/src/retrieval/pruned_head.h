@@ -25,6 +25,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <vector>
@@ -48,6 +49,19 @@ struct HeadChunk {
 };
 
 class Eagle3Head;
+
+// One request's head state, for KV checkpoints (checkpoint/checkpointer.cc):
+// positions [0, tokens) of every cache are valid.
+struct HeadState {
+  int tokens = 0;
+  int capacity = 0;
+  std::vector<Tensor> k, v;  // [state_layers()] the head's own layers, [kv_heads, capacity, head_dim]
+  std::shared_ptr<const std::vector<float>> scoring_k;  // host [kv_heads, capacity, head_dim]
+  std::vector<float> aux;    // [aux_width()] the head's input at position tokens-1 (EAGLE-3)
+};
+// Fills a host [kv_heads, capacity, head_dim] buffer with one block of a
+// saved state: 2l / 2l+1 are own layer l's K / V, 2*state_layers() the scoring K.
+using HeadStateFill = std::function<void(int block, float* dst, int capacity)>;
 
 // out[h, t] = q[h] . k[h / group, t] * scale for t < T; k is [kv_heads, cap, D].
 void score_rows(const float* q, const float* k, int64_t heads, int64_t group, int64_t T, int64_t cap,
@@ -103,12 +117,23 @@ class PrunedHead {
   uint64_t model_params() const { return model_params_; }
   uint64_t k_cache_bytes() const;
 
+  // Checkpoints: the head's per-request state is its own layers' K/V below
+  // the scoring layer (state_layers(): none for EAGLE-3), the scoring K cache,
+  // and for EAGLE-3 the target's aux row of the last position.
+  int state_layers() const;
+  int head_dim() const;
+  Status state(uint64_t id, HeadState* out) const;
+  // An open, empty request takes positions [0, n) from a saved state.
+  Status restore(uint64_t id, int n, const HeadStateFill& fill, const float* aux);
+
  private:
   struct Request {
     KvSequence* kv = nullptr;    // layers below the scoring layer
     int capacity = 0;
     int n_tokens = 0;
-    std::vector<float> k;        // [kv_heads, capacity, head_dim] scoring-layer K
+    // [kv_heads, capacity, head_dim] scoring-layer K; shared so a checkpoint
+    // write can read its rows after the request has ended.
+    std::shared_ptr<std::vector<float>> k;
   };
   PrunedHead() = default;
   Status ensure_workspace(int n);

@@ -66,6 +66,7 @@ class SparseDecoder {
   }
   const std::string& head_kind() const { return kind_; }
   const PrunedHead& head() const { return *head_; }
+  PrunedHead* mutable_head() { return head_.get(); }  // checkpoints save and restore its state
 
  private:
   struct Request {
