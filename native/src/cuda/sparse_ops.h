@@ -23,6 +23,7 @@ namespace spx::cuda {
 //   scores[r, g, t]  = mean (reduce_max false) or max over the group's h of p[h, t]
 // as retrieval::Selector does on the host (softmax per query head, then the
 // group reduce). Entries t >= L are not written. `logits` is workspace.
+// Groups of 1..8 query heads per KV head; head_dim 16, 32, 64 or 128.
 cudaError_t retrieval_scores_forward(float* scores,           // [batch, kv_heads, stride]
                                      float* logits,           // [batch, q_heads, stride] workspace
                                      const bf16* q,           // [batch, q_heads, head_dim]
@@ -42,7 +43,9 @@ cudaError_t retrieval_scores_forward(float* scores,           // [batch, kv_head
 // ascending to selection[r, g, 0..count), -1 after. counts[r] = count.
 // mass[r, g] (optional, may be null) = the sum of the selected scores over the
 // sum of all L scores: the share of the group's attention the selection
-// carries (retrieval::SelectResult, for the fallback decision).
+// carries (retrieval::SelectResult, for the fallback decision). That equals
+// Selector's per-head mass for mean scores; for max scores Selector instead
+// averages the query heads' own probability mass.
 cudaError_t topk_select_forward(int32_t* selection,       // [batch, kv_heads, budget]
                                 int32_t* counts,          // [batch]
                                 float* mass,              // [batch, kv_heads] or nullptr
@@ -55,7 +58,8 @@ cudaError_t topk_select_forward(int32_t* selection,       // [batch, kv_heads, b
 // decode_attention_forward where request r's KV head g attends only to the
 // counts[r] cache positions selection[r, g, 0..counts[r]) (gathered inside the
 // kernel; device-resident layers need no copy). Split along the selection as
-// the dense kernel splits along the sequence; same workspace.
+// the dense kernel splits along the sequence; same workspace, with
+// max_splits * split_tokens >= budget. counts[r] <= budget.
 cudaError_t sparse_decode_attention_forward(bf16* out,                 // [batch, q_heads, head_dim]
                                             const bf16* q,             // [batch, q_heads, head_dim]
                                             const DecodeSeq* seqs,     // [batch], device
