@@ -138,7 +138,17 @@ void check_engine_flow(const std::string& name) {
   ASSERT_TRUE(head->open(5, T).ok);
   std::vector<float> rows, s;
   target_step(f, kv, *head, 0, P0, &rows);
-  ASSERT_TRUE((st = head->after_target(5, f.prompt.data(), 0, P0, rows.data())).ok) << st.message;
+  {
+    // The prefill's rows go in through the batch form, as SparseDecoder would call it;
+    // chunk 1 belongs to a request the head does not track.
+    ForwardBatch b;
+    b.tokens.assign(f.prompt.begin(), f.prompt.begin() + P0);
+    b.tokens.push_back(7);
+    b.chunks.push_back({kv, 0, P0, LogitsMode::Last});
+    b.chunks.push_back({kv, 0, 1, LogitsMode::Last});
+    rows.resize(rows.size() + static_cast<size_t>(head->aux_width()));
+    ASSERT_TRUE((st = head->after_target({5, 99}, b, rows)).ok) << st.message;
+  }
   EXPECT_EQ(head->tokens(5), P0);
   for (int p = P0; p < T; ++p) {
     std::vector<HeadChunk> hc = {{5, &f.prompt[p], 1, &s}};

@@ -105,6 +105,24 @@ Status PrunedHead::after_target(uint64_t id, const int32_t* tokens, int start, i
   return eagle3_ ? eagle3_->after_target(id, tokens, start, n, rows) : Status::Ok();
 }
 
+Status PrunedHead::after_target(const std::vector<uint64_t>& ids, const ForwardBatch& batch,
+                                const std::vector<float>& rows) {
+  if (!eagle3_) return Status::Ok();
+  const size_t W = static_cast<size_t>(aux_width());
+  size_t row = 0;
+  for (size_t i = 0; i < batch.chunks.size(); ++i) {
+    const ForwardChunk& ch = batch.chunks[i];
+    if (tokens(ids[i]) >= 0) {
+      if (rows.size() < (row + static_cast<size_t>(ch.n_tokens)) * W)
+        return Status::Error("EAGLE-3 head: the target batch captured no hidden states (ForwardBatch::aux_hidden)");
+      Status st = eagle3_->after_target(ids[i], batch.tokens.data() + row, ch.start_pos, ch.n_tokens, &rows[row * W]);
+      if (!st.ok) return st;
+    }
+    row += static_cast<size_t>(ch.n_tokens);
+  }
+  return Status::Ok();
+}
+
 uint64_t PrunedHead::k_cache_bytes() const {
   if (eagle3_) return eagle3_->k_cache_bytes();
   uint64_t b = 0;

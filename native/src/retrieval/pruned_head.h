@@ -97,6 +97,10 @@ class PrunedHead {
   const std::vector<int>& aux_layers() const;
   int aux_width() const;
   Status after_target(uint64_t id, const int32_t* tokens, int start, int n, const float* rows);
+  // The same for a whole target batch (ids[i]: chunk i's request; rows: the
+  // batch's ForwardBatch::aux_hidden): chunks of requests the head has not
+  // opened are skipped.
+  Status after_target(const std::vector<uint64_t>& ids, const ForwardBatch& batch, const std::vector<float>& rows);
   const Eagle3Head* eagle3() const { return eagle3_.get(); }
 
   // Takes request `id`'s first kv.n_tokens tokens from the source model's own
