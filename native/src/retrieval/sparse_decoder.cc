@@ -32,7 +32,13 @@ Status SparseDecoder::set_host_layers(int n) {
   // each gets slot buffers for the layers that moved to the host tier.
   for (auto& [id, r] : reqs_) {
     Status st = alloc_tier(r, n);
-    if (!st.ok) return st;
+    if (!st.ok) {
+      // Back to the old placement: no request may attend through slots the
+      // step will not fill (caches already moved to the host stay there,
+      // which is correct, only slower).
+      for (auto& [id2, r2] : reqs_) alloc_tier(r2, host_layers_);
+      return st;
+    }
   }
   if (n > host_layers_) {
     // The slot maps are shared by all host layers and the new layers' slots
