@@ -3,21 +3,20 @@
 # specontext_bench and dense_bench (CMake + Ninja, only those targets), runs a
 # smoke pass on a tiny shape (every path: device-only, host tier, drift,
 # elastic-loading check), then the full run (ours: dense + SpeContext) and
-# transformers sdpa / eager, and writes the report. Everything goes to $OUT
-# (or $SPX_GPU_OUT, default /tmp/spx-specontext); a short summary prints last.
+# transformers sdpa / eager, and writes the report. The results (report JSON,
+# PNG, markdown, raw JSON) and logs.tgz go to $OUT (or $SPX_GPU_OUT, default
+# /tmp/spx-specontext); a short summary prints last.
 #
 #   tools/gpu_bench_specontext.sh [--quick] [--no-hf] [--sanitizer]
 #
 #   --quick      the smoke pass only (plus a tiny HF pass on the GPU)
 #   --sanitizer  compute-sanitizer memcheck over the smoke pass at the end
 # Time limits per stage (seconds): SPX_T_OURS (default 240), SPX_T_HF (200).
-# SPX_PREBUILT=DIR: use specontext_bench / dense_bench already built from the
-# same tree (with nvcc from the PyPI wheels, which link cudart statically) when
-# they load here, instead of building (saves a minute of GPU-machine time).
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-out="${OUT:-${SPX_GPU_OUT:-/tmp/spx-specontext}}"
-mkdir -p "$out"
+final="${OUT:-${SPX_GPU_OUT:-/tmp/spx-specontext}}"
+out="$(mktemp -d)"  # everything here; the results are copied to $final at the end
+mkdir -p "$final"
 quick=0 hf=1 sanitizer=0
 for a in "$@"; do
   case "$a" in
@@ -38,13 +37,7 @@ device="$(cut -d, -f1 "$out/gpu.txt" | head -1)"
 
 # ---- build (only the two benchmarks and what they link)
 t0=$SECONDS
-export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-pre="${SPX_PREBUILT:+$root/$SPX_PREBUILT}"
-if [[ -n "$pre" && -x "$pre/specontext_bench" ]] &&
-  "$pre/specontext_bench" --model none 2>&1 | grep -q "unknown model"; then
-  bin="$pre"
-  note "prebuilt benchmarks from $SPX_PREBUILT load here: not building"
-elif cmake -S "$root/native" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+if cmake -S "$root/native" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_CUDA_COMPILER="$(command -v nvcc)" -DSPX_BUILD_TESTS=OFF -DSPX_BUILD_BENCH=OFF \
     >"$out/build.log" 2>&1 &&
   ninja -C "$build" -j"$(nproc)" specontext_bench dense_bench >>"$out/build.log" 2>&1; then
@@ -79,6 +72,7 @@ else
     tail -30 "$out/build.log"
     note "BUILD FAILED"
     printf '%s\n' "${summary[@]}"
+    tar czf "$final/logs.tgz" -C "$out" . 2>/dev/null
     exit 1
   fi
 fi
@@ -119,7 +113,7 @@ else
     t0=$SECONDS
     if PYTHONUNBUFFERED=1 timeout "${SPX_T_HF:-200}" python3 "$root/bench/cuda/hf_bench.py" \
         --model llama-3.1-8b --settings 2048:16384,2048:32768,16384:2048,32768:2048 \
-        --attn sdpa,eager --positions 3 --steps 3 --warm 2 --common 8 \
+        --attn sdpa,eager --positions 3 --steps 5 --warm 2 --common 8 \
         --json "$out/hf.json" >"$out/hf.log" 2>&1; then
       note "hf_bench ok ($((SECONDS - t0)) s)"
     else
@@ -138,11 +132,16 @@ fi
 if [[ $sanitizer == 1 ]]; then
   cs="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
   t0=$SECONDS
-  timeout 150 "$cs" --tool memcheck --error-exitcode 99 "$bin/specontext_bench" --quick \
+  timeout 60 "$cs" --tool memcheck --error-exitcode 99 "$bin/specontext_bench" --quick \
     --json "$out/memcheck.json" >"$out/memcheck.log" 2>&1
   rc=$?
   note "memcheck specontext_bench --quick: rc $rc, $(grep -E 'ERROR SUMMARY' "$out/memcheck.log" | tail -1) ($((SECONDS - t0)) s)"
 fi
+
+for f in specontext-h200.json specontext-h200.png specontext-h200.md ours.json hf.json smoke.json smoke-report.md; do
+  [[ -f "$out/$f" ]] && cp "$out/$f" "$final/"
+done
+tar czf "$final/logs.tgz" -C "$out" --exclude='*.png' . 2>/dev/null
 
 echo
 echo "==================== summary ($((SECONDS - t_all)) s)"

@@ -233,42 +233,47 @@ uint64_t splitmix(uint64_t& x) {
   return z ^ (z >> 31);
 }
 
-// Drift run: the host tier sees a selection that keeps `keep` of last step's
-// selection (a seeded random subset), always holds the newest token, and
-// fills the rest from the head's selection; ascending.
-// `mark` is the calling thread's scratch over token positions, `stamp` a value
-// it never used before.
-void drift_selection(std::vector<int32_t>& prev, const int32_t* head_sel, int n, int32_t newest,
-                     double keep, uint64_t seed, std::vector<uint32_t>& mark, uint32_t stamp,
-                     int32_t* out) {
-  if (prev.size() != size_t(n)) {
-    prev.assign(head_sel, head_sel + n);
-    std::copy(head_sel, head_sel + n, out);
-    return;
-  }
+// Drift run: the host tier's selection for every step, made before the timed
+// steps (the real system gets its selection from the head; building these
+// must not count as its work). Step k keeps a seeded random `keep` share of
+// step k-1's selection, always holds the newest token, and fills the rest with
+// random earlier tokens (as a random head would pick them); ascending.
+// `mark` is the calling thread's scratch over positions, stamps never reused.
+void drift_step(std::vector<int32_t>& prev, int n, int32_t length, double keep, uint64_t& rng,
+                std::vector<uint32_t>& mark, uint32_t& stamp, int32_t* out) {
+  ++stamp;
   int m = 0;
   auto take = [&](int32_t t) {
-    if (m < n && t >= 0 && mark[t] != stamp) {
+    if (m < n && t >= 0 && t < length && mark[t] != stamp) {
       mark[t] = stamp;
       out[m++] = t;
     }
   };
-  take(newest);
-  const int kept = int(keep * n);
-  for (int i = 0; i < kept && i < n; ++i) {  // partial Fisher-Yates over prev
-    const int j = i + int(splitmix(seed) % uint64_t(n - i));
-    std::swap(prev[i], prev[j]);
-    take(prev[i]);
+  take(length - 1);
+  if (prev.size() == size_t(n)) {
+    const int kept = int(keep * n);
+    for (int i = 0; i < kept; ++i) {  // partial Fisher-Yates over prev
+      const int j = i + int(splitmix(rng) % uint64_t(n - i));
+      std::swap(prev[i], prev[j]);
+      take(prev[i]);
+    }
   }
-  const int start = int(splitmix(seed) % uint64_t(n));
-  for (int i = 0; i < n && m < n; ++i) take(head_sel[(start + i) % n]);
+  for (int tries = 0; m < n && tries < 4 * n; ++tries) take(int32_t(splitmix(rng) % uint64_t(length)));
+  for (int32_t t = int32_t(splitmix(rng) % uint64_t(length)), i = 0; m < n && i < length; ++i)
+    take((t + i) % length);  // dense corner: length close to n
   std::sort(out, out + n);
   prev.assign(out, out + n);
 }
 
+enum class Selection { kHead, kDrift, kNoGather };
+
 // SpeContext at context `ctx` with `R` requests and `host` host layers
-// (0: everything on the device, the step is one CUDA graph).
-Status bench_spec(Bench& bn, int ctx, int R, int host, bool drift, Meas* meas) {
+// (0: everything on the device, the step is one CUDA graph). kDrift: the host
+// tier sees the drift selections; kNoGather: the control run, the same step
+// with the copy stream's gathers left out (attention reads stale slots), to
+// show what the transfers cost beyond the compute stream's waits.
+Status bench_spec(Bench& bn, int ctx, int R, int host, Selection mode, Meas* meas) {
+  const bool drift = mode == Selection::kDrift, gather = mode != Selection::kNoGather;
   const Options& o = bn.o;
   const Model& m = bn.m;
   const ModelShape& s = m.s;
@@ -365,7 +370,7 @@ Status bench_spec(Bench& bn, int ctx, int R, int host, bool drift, Meas* meas) {
   Pinned sel_h, counts_h, copies_h, fresh_h, slotsel_h;
   std::vector<bf16*> host_k(host), host_v(host);  // device-visible pointers per host layer
   std::vector<std::vector<SlotMap>> maps;
-  std::vector<std::vector<std::vector<int32_t>>> prev;  // drift: [R][KV] last selection
+  std::vector<int32_t> drift_sel;  // [warm + steps, R, KV, B]
   if (host > 0) {
     SPX_STATUS_TRY(b.get(slot_elems * host, &slot_k));
     SPX_STATUS_TRY(b.get(slot_elems * host, &slot_v));
@@ -405,7 +410,25 @@ Status bench_spec(Bench& bn, int ctx, int R, int host, bool drift, Meas* meas) {
     SPX_CUDA_TRY(cudaMemcpy(slot_seqs, ss_h.data(), ss_h.size() * sizeof(cuda::DecodeSeq),
                             cudaMemcpyHostToDevice));
     maps.assign(R, std::vector<SlotMap>(KV, SlotMap(B)));
-    prev.assign(R, std::vector<std::vector<int32_t>>(KV));
+    if (drift) {
+      const int total = o.warm + o.steps;
+      drift_sel.assign(size_t(total) * R * KV * B, -1);
+      parallel_for(R, [&](int a, int e) {
+        std::vector<uint32_t> mark(cap, 0);
+        uint32_t stamp = 0;
+        for (int i = a; i < e; ++i)
+          for (int h = 0; h < KV; ++h) {
+            std::vector<int32_t> prev;
+            uint64_t rng = 0x5eed0000ull + uint64_t(i) * 131u + h;
+            for (int k = 0; k < total; ++k) {
+              const int32_t length = ctx + k + 1;
+              const int n = std::min<int>(length, B);
+              drift_step(prev, n, length, o.keep, rng, mark, stamp,
+                         drift_sel.data() + ((size_t(k) * R + i) * KV + h) * B);
+            }
+          }
+      });
+    }
   }
   SPX_CUDA_TRY(cudaStreamSynchronize(cs));
 
@@ -512,9 +535,6 @@ Status bench_spec(Bench& bn, int ctx, int R, int host, bool drift, Meas* meas) {
     meas->note = "one CUDA graph per step; head share from eager steps";
   } else {
     // Host layers: selection to the host, slot diff, gathers on the copy stream.
-    const int hw = std::max(1u, std::thread::hardware_concurrency());
-    std::vector<std::vector<uint32_t>> marks(hw);
-    std::vector<uint32_t> stamps(hw, 0);
     std::vector<std::vector<cuda::SlotCopy>> req_copies(R), req_fresh(R);
     std::vector<int64_t> req_loads(R), req_sel(R);
     std::atomic<long long> violations{0};
@@ -553,21 +573,13 @@ Status bench_spec(Bench& bn, int ctx, int R, int host, bool drift, Meas* meas) {
       const int32_t* sel_all = sel_h.as<int32_t>();
       const int32_t* cnt = counts_h.as<int32_t>();
       int32_t* slotsel = slotsel_h.as<int32_t>();
-      std::atomic<int> next_thread{0};
       parallel_for(R, [&](int a, int e) {
-        const int t = next_thread++;
-        std::vector<uint32_t>& mark = marks[t];
-        if (mark.size() < size_t(length)) {
-          mark.assign(length + 64, 0);
-          stamps[t] = 0;
-        }
-        std::vector<int32_t> compact, slots;
+        std::vector<int32_t> slots;
         std::vector<SlotLoad> loads;
         for (int i = a; i < e; ++i) {
           const int n = cnt[i];
           long long bad = n != std::min(length, B);
           const int nn = std::max(0, std::min(n, B));
-          compact.resize(size_t(KV) * nn);
           slots.resize(size_t(KV) * nn);
           req_copies[i].clear();
           req_fresh[i].clear();
@@ -575,17 +587,12 @@ Status bench_spec(Bench& bn, int ctx, int R, int host, bool drift, Meas* meas) {
           req_sel[i] = int64_t(KV) * nn;
           for (int h = 0; h < KV; ++h) {
             const int32_t* row = sel_all + (size_t(i) * KV + h) * B;
-            for (int k = 0; k < nn; ++k)
+            for (int k = 0; k < nn; ++k)  // the head's selection: valid, ascending
               bad += row[k] < 0 || row[k] >= length || (k > 0 && row[k] <= row[k - 1]);
-            int32_t* dst = compact.data() + size_t(h) * nn;
-            if (drift)
-              drift_selection(prev[i][h], row, nn, newest, o.keep,
-                              uint64_t(step_no) * 1000003u + uint64_t(i) * 131u + h, mark,
-                              ++stamps[t], dst);
-            else
-              std::copy(row, row + nn, dst);
+            if (drift)  // this step's precomputed drift selection instead of the head's
+              row = drift_sel.data() + ((size_t(step_no - 1) * R + i) * KV + h) * B;
             loads.clear();
-            const int got = maps[i][h].update(dst, nn, &loads, slots.data() + size_t(h) * nn);
+            const int got = maps[i][h].update(row, nn, &loads, slots.data() + size_t(h) * nn);
             if (got < 0) {
               ++bad;
               continue;
@@ -628,7 +635,7 @@ Status bench_spec(Bench& bn, int ctx, int R, int host, bool drift, Meas* meas) {
       SPX_CUDA_TRY(cudaMemcpyAsync(slotsel_d, slotsel_h.p, size_t(R) * KV * B * 4,
                                    cudaMemcpyHostToDevice, xs));
       for (int j = 0; j < host; ++j) {
-        if (n_copies > 0)
+        if (n_copies > 0 && gather)
           SPX_CUDA_TRY(cuda::elastic_gather_forward(copies_d, n_copies, host_kv + size_t(j) * R,
                                                     slot_kv + size_t(j) * R, KV, D, B, xs));
         SPX_CUDA_TRY(cudaEventRecord(ev_gather(j), xs));
@@ -678,8 +685,10 @@ Status bench_spec(Bench& bn, int ctx, int R, int host, bool drift, Meas* meas) {
     meas->bytes_full = sums[7] / timed;
     meas->reload_fraction = sums[7] > 0 ? sums[6] / sums[7] : 0;
     meas->selection_violations = violations.load();
-    meas->note = "eager launches; ms = host wall clock per step (incl. the slot-map diff and a "
-                 "sync per step); exposed = compute-stream wait on the host tier";
+    meas->note = gather ? "eager launches; ms = host wall clock per step (incl. the slot-map diff "
+                          "and a sync per step); exposed = compute-stream wait on the host tier"
+                        : "control: the same step without the copy-stream gathers";
+    if (!gather) return Status::Ok();
 
     // Elastic check: every slot of the first and last request, every head,
     // in the last host layer holds exactly its token's host row.
@@ -900,8 +909,12 @@ int run(int argc, char** argv) {
     return fail(Status::Error("bad options (settings, budget, steps, warm)"));
   if (cudaDeviceGetAttribute(&bn.num_sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess)
     return fail(Status::Error("no CUDA device"));
-  cudaStreamCreateWithFlags(&bn.cs, cudaStreamNonBlocking);
-  cudaStreamCreateWithFlags(&bn.xs, cudaStreamNonBlocking);
+  // The compute stream outranks the copy stream: the gathers' blocks wait on
+  // PCIe, and a freed SM should go to the layer computation first.
+  int least = 0, greatest = 0;
+  cudaDeviceGetStreamPriorityRange(&least, &greatest);
+  cudaStreamCreateWithPriority(&bn.cs, cudaStreamNonBlocking, greatest);
+  cudaStreamCreateWithPriority(&bn.xs, cudaStreamNonBlocking, least);
   Status st = bn.gemm.init();
   if (!st.ok) return fail(st);
   const auto t_start = Clock::now();
@@ -1055,7 +1068,7 @@ int run(int argc, char** argv) {
         x.selection = "random-head";
         x.batch_kind = j.kind;
         x.in = p.in, x.out = p.out;
-        Status e = bench_spec(bn, ctx, j.R, 0, false, &x);
+        Status e = bench_spec(bn, ctx, j.R, 0, Selection::kHead, &x);
         if (!e.ok) {
           report_fail("specontext decode", e);
           break;
@@ -1073,15 +1086,17 @@ int run(int argc, char** argv) {
           report_fail("planner", Status::Error("no placement at " + std::to_string(cap)));
           continue;
         }
-        for (bool drift : {false, true}) {
-          if (h == 0 && drift) continue;  // nothing moves: the same step as random-head
+        for (Selection mode : {Selection::kHead, Selection::kDrift, Selection::kNoGather}) {
+          if (h == 0 && mode != Selection::kHead) continue;  // nothing moves: one run serves all
           Meas x;
           x.system = "specontext";
-          x.selection = h == 0 ? "any" : drift ? "drift-" + std::to_string(int(o.keep * 100))
-                                              : "random-head";
+          x.selection = h == 0                      ? "any"
+                        : mode == Selection::kDrift ? "drift-" + std::to_string(int(o.keep * 100))
+                        : mode == Selection::kHead  ? "random-head"
+                                                    : "no-gather";
           x.batch_kind = "max";
           x.in = p.in, x.out = p.out;
-          Status e = bench_spec(bn, ctx, p.spec_max, h, drift, &x);
+          Status e = bench_spec(bn, ctx, p.spec_max, h, mode, &x);
           if (!e.ok) {
             report_fail("specontext offload decode", e);
             continue;
