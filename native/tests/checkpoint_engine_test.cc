@@ -167,21 +167,23 @@ TEST(CheckpointEngine, SampledResumeEqualsUninterruptedWithTheSameSeed) {
 // scoring layer and its scoring K) travels in the checkpoint (format version
 // 2), so the resumed selection, and with it the output, equals the
 // uninterrupted sparse run's.
-void expect_sparse_resume_matches(const std::string& dlm_dir, int dlm_layers) {
-  GenerateRequest req = tiny_request();
-  req.budget = 24;  // below the context from the 13th generated token on
-  auto engine = open_engine(fixture("tiny-llama"), 4, dlm_dir, dlm_layers);
+void expect_sparse_resume_matches(const std::string& model, GenerateRequest req, const std::string& dlm_dir,
+                                  int dlm_layers, int kill_after, bool also_headless = true) {
+  auto engine = open_engine(model, 4, dlm_dir, dlm_layers);
   ASSERT_TRUE(engine);
   const std::vector<int32_t> full = run(engine.get(), req);
   ASSERT_EQ(full.size(), static_cast<size_t>(req.max_new_tokens));
   const std::string path = temp("sparse"), saved = temp("sparse-saved");
   CheckpointEvent at;
-  std::vector<int32_t> done = run_until_killed(engine.get(), req, path, saved, 8, 33, &at);
+  std::vector<int32_t> done = run_until_killed(engine.get(), req, path, saved, 8, kill_after, &at);
   ASSERT_GT(engine->stats().sparse_steps, 0u);
   engine->close();
   ASSERT_EQ(done, std::vector<int32_t>(full.begin(), full.begin() + static_cast<long>(done.size())));
+  std::printf("sparse checkpoint: %d tokens, file %llu bytes (%.0f per token), last write %llu bytes, stall %.3f ms\n",
+              at.tokens, static_cast<unsigned long long>(at.file_bytes),
+              static_cast<double>(at.file_bytes) / at.tokens, static_cast<unsigned long long>(at.bytes), at.stall_ms);
 
-  auto fresh = open_engine(fixture("tiny-llama"), 4, dlm_dir, dlm_layers);
+  auto fresh = open_engine(model, 4, dlm_dir, dlm_layers);
   ASSERT_TRUE(fresh);
   RequestStats stats;
   std::vector<int32_t> rest = run(fresh.get(), resumed(req, done, saved), &stats);
@@ -190,6 +192,10 @@ void expect_sparse_resume_matches(const std::string& dlm_dir, int dlm_layers) {
   EXPECT_GT(fresh->stats().sparse_steps, 0u);
   done.insert(done.end(), rest.begin(), rest.end());
   EXPECT_EQ(done, full);
+  if (!also_headless) {
+    for (const std::string& p : {path, saved}) std::remove(p.c_str());
+    return;
+  }
 
   // A checkpoint without the head's state (a request without a budget wrote
   // it) is refused by a sparse request, which recomputes to the same tokens.
@@ -205,10 +211,19 @@ void expect_sparse_resume_matches(const std::string& dlm_dir, int dlm_layers) {
   for (const std::string& p : {path, saved, dense_path, dense_saved}) std::remove(p.c_str());
 }
 
-TEST(CheckpointEngine, SparseResumeEqualsUninterruptedSelfDerivedHead) { expect_sparse_resume_matches("", 2); }
+GenerateRequest tiny_sparse_request() {
+  GenerateRequest r = tiny_request();
+  r.budget = 24;  // below the context from the 13th generated token on
+  return r;
+}
+
+TEST(CheckpointEngine, SparseResumeEqualsUninterruptedSelfDerivedHead) {
+  expect_sparse_resume_matches(fixture("tiny-llama"), tiny_sparse_request(), "", 2, 33);
+}
 
 TEST(CheckpointEngine, SparseResumeEqualsUninterruptedSeparateDlm) {
-  expect_sparse_resume_matches(fixture("tiny-llama-bf16-sharded"), 0);
+  expect_sparse_resume_matches(fixture("tiny-llama"), tiny_sparse_request(), fixture("tiny-llama-bf16-sharded"), 0,
+                               33);
 }
 
 TEST(CheckpointEngine, RestoreJoinsARunningBatch) {
@@ -340,6 +355,18 @@ TEST(CheckpointEngine, SmolLM2GreedyResumeEqualsUninterrupted) {
   for (int i = 0; i < 300; ++i) r.prompt.push_back(1000 + (i * 37) % 20000);
   r.max_new_tokens = 40;
   expect_resume_matches(smollm2_dir(), r, 8, 13);
+}
+
+// The recommended head (7 of 30 layers): its 6 lower layers' K/V and the
+// scoring K travel with the target's KV.
+TEST(CheckpointEngine, SmolLM2SparseResumeEqualsUninterrupted) {
+  struct stat sb;
+  if (stat((smollm2_dir() + "/model.safetensors").c_str(), &sb) != 0) GTEST_SKIP() << "no SmolLM2";
+  GenerateRequest r;
+  for (int i = 0; i < 300; ++i) r.prompt.push_back(1000 + (i * 37) % 20000);
+  r.max_new_tokens = 40;
+  r.budget = 128;
+  expect_sparse_resume_matches(smollm2_dir(), r, "", 0, 13, false);
 }
 
 }  // namespace
