@@ -14,21 +14,13 @@ import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { NatsConnection } from '@nats-io/nats-core';
-import { Client, Connection, defaultPayloadConverter } from '@temporalio/client';
+import { defaultPayloadConverter } from '@temporalio/client';
 import { decodeTimeoutType } from '@temporalio/common';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { messagesFor } from '../activities/prompt';
-import { type RunningApi, startApi } from '../api';
-import type { JobView } from '../api/jobs';
-import { openBlobStore } from '../blobstore';
-import type { BlobStore } from '../blobstore/store';
-import { openEngine } from '../engine';
-import { connectNats } from '../nats/connection';
 import { hostTaskQueue } from '../worker/host';
-import { documentJobWorkflow } from '../workflows';
-import type { GenerateHeartbeat, GenerationOptions } from '../workflows/types';
+import type { GenerateHeartbeat } from '../workflows/types';
 import { SMOLLM2 } from './engine-helpers';
+import { PreemptRig, randomStep } from './helpers/preempt-rig';
 import { compileWorkerEntry, kill, startWorkerProcess } from './helpers/worker-process';
 import { testServiceConfig, waitFor } from './service-helpers';
 
@@ -37,20 +29,8 @@ const EVERY = 8;
 const root = mkdtempSync(path.join(existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'spx-aff-'));
 const config = testServiceConfig('affinity', { SPECONTEXT_THREADS: '1' });
 const SHARED = config.temporal.taskQueue;
-const OPTIONS: GenerationOptions = { maxTokens: 56, temperature: 0, seed: 0 };
-const DOC =
-  'The lighthouse on Gull Rock was kept by Ines for forty years. Each night she climbed ' +
-  'one hundred and twelve steps to light the lamp, and each morning she wrote the weather ' +
-  'in a green notebook. During the great storm of 1953 the lamp failed twice.';
-const ASK = 'Tell the story of the storm night in detail.';
 const HOSTS = [`aff-a-${process.pid}`, `aff-b-${process.pid}`] as const;
-
-let client: Client;
-let connection: Connection;
-let api: RunningApi;
-let nc: NatsConnection;
-let blobs: BlobStore;
-let reference: string;
+const rig = new PreemptRig(config);
 const workers = new Map<string, ChildProcess>();
 
 /** A worker named `host`, with that host's own checkpoint directories. */
@@ -72,36 +52,16 @@ async function stopAll(): Promise<void> {
   workers.clear();
 }
 
-const view = async (id: string): Promise<JobView> =>
-  (await (await fetch(`${api.url}/v1/jobs/${id}`)).json()) as JobView;
-
-async function startJob(id: string): Promise<void> {
-  await client.workflow.start(documentJobWorkflow, {
-    taskQueue: SHARED,
-    workflowId: id,
-    args: [
-      {
-        jobId: id,
-        documentRef: await blobs.put(DOC),
-        instructions: [ASK],
-        options: OPTIONS,
-        truncation: 'reject',
-        heartbeatTimeoutMs: 4_000,
-      },
-    ],
-  });
-}
-
 /** The running generation's last heartbeat (which host, how far), from Temporal. */
 async function heartbeat(id: string): Promise<GenerateHeartbeat | undefined> {
-  const desc = await client.workflow.getHandle(id).describe();
+  const desc = await rig.client.workflow.getHandle(id).describe();
   const payload = desc.raw.pendingActivities?.[0]?.heartbeatDetails?.payloads?.[0];
   return payload ? defaultPayloadConverter.fromPayload<GenerateHeartbeat>(payload) : undefined;
 }
 
 /** Waits until the job is past a checkpoint and a random step, then kills its host. */
 async function killRunningHost(id: string): Promise<GenerateHeartbeat> {
-  const step = EVERY + 2 + Math.floor(Math.random() * (OPTIONS.maxTokens / 2 - EVERY));
+  const step = randomStep(EVERY);
   const hb = await waitFor(
     `job ${id} at token ${step} with a checkpoint`,
     async () => {
@@ -116,19 +76,9 @@ async function killRunningHost(id: string): Promise<GenerateHeartbeat> {
   return hb;
 }
 
-const finished = (id: string) =>
-  waitFor(
-    `job ${id}`,
-    async () => {
-      const v = await view(id);
-      return ['completed', 'failed', 'cancelled'].includes(v.status) && v;
-    },
-    240_000,
-  );
-
 /** Task queue and outcome of each generateAnswer attempt, from workflow history. */
 async function attempts(id: string): Promise<{ queue: string; timeout?: string }[]> {
-  const history = await client.workflow.getHandle(id).fetchHistory();
+  const history = await rig.client.workflow.getHandle(id).fetchHistory();
   const out = new Map<string, { queue: string; timeout?: string }>();
   for (const e of history.events ?? []) {
     const s = e.activityTaskScheduledEventAttributes;
@@ -146,29 +96,12 @@ async function attempts(id: string): Promise<{ queue: string; timeout?: string }
 beforeAll(async () => {
   if (!haveModel) return;
   compileWorkerEntry();
-  const engine = await openEngine({ model: SMOLLM2, threads: 2 });
-  reference = (
-    await engine.generate({
-      messages: messagesFor(DOC, ASK),
-      maxTokens: OPTIONS.maxTokens,
-      temperature: 0,
-      seed: 0,
-    })
-  ).text;
-  await engine.close();
-  connection = await Connection.connect({ address: config.temporal.address });
-  client = new Client({ connection, namespace: config.temporal.namespace });
-  nc = await connectNats(config.nats.url, 'affinity-test');
-  blobs = await openBlobStore(config.blobs, nc);
-  api = await startApi(config, { port: 0 });
+  await rig.open('affinity-test');
 }, 300_000);
 
 afterAll(async () => {
   await stopAll();
-  await api?.stop();
-  await blobs?.close();
-  await nc?.drain();
-  await connection?.close();
+  await rig.close();
   rmSync(root, { recursive: true, force: true });
 });
 
@@ -176,15 +109,15 @@ describe.skipIf(!haveModel)('host-affine retries (real Temporal, NATS, two hosts
   it('the killed host back within its wait: the retry runs there, from its checkpoint', async () => {
     for (const h of HOSTS) await startHost(h, 120_000);
     const id = `aff-back-${Date.now()}`;
-    await startJob(id);
+    await rig.startJob(id);
     const hb = await killRunningHost(id);
     const other = HOSTS.find((h) => h !== hb.host);
     expect(workers.has(other as string)).toBe(true); // the other host polls the shared queue all along
     await startHost(hb.host, 120_000);
-    const v = await finished(id);
+    const v = await rig.finished(id);
     expect(v.status).toBe('completed');
     const r = v.results?.[0];
-    expect(r?.text).toBe(reference);
+    expect(r?.text).toBe(rig.reference);
     expect(r?.stats.host).toBe(hb.host);
     expect(r?.stats.resumedFrom).toBe('checkpoint');
     expect(r?.stats.tokensRecomputed).toBeLessThanOrEqual(EVERY);
@@ -198,13 +131,13 @@ describe.skipIf(!haveModel)('host-affine retries (real Temporal, NATS, two hosts
     const WAIT_MS = 3_000;
     for (const h of HOSTS) await startHost(h, WAIT_MS);
     const id = `aff-gone-${Date.now()}`;
-    await startJob(id);
+    await rig.startJob(id);
     const hb = await killRunningHost(id);
     const other = HOSTS.find((h) => h !== hb.host);
-    const v = await finished(id);
+    const v = await rig.finished(id);
     expect(v.status).toBe('completed');
     const r = v.results?.[0];
-    expect(r?.text).toBe(reference);
+    expect(r?.text).toBe(rig.reference);
     expect(r?.stats.host).toBe(other);
     // The other host has no copy of the checkpoint: it re-prefilled the tokens so far.
     expect(r?.stats.resumedFrom).toBe('recompute');

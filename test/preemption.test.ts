@@ -6,25 +6,17 @@
 //   - with the checkpoint corrupted or deleted meanwhile, it completes by
 //     recompute (re-prefilling the tokens its heartbeat carried) with the same text;
 //   - a batch of five, the worker killed twice: five results, one event each.
-// Answers are short and greedy, so the CPU keeps up (CI has two cores).
 import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { NatsConnection } from '@nats-io/nats-core';
-import { Client, Connection } from '@temporalio/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { messagesFor } from '../activities/prompt';
-import { type RunningApi, startApi } from '../api';
-import type { JobView } from '../api/jobs';
-import { openBlobStore, putJson } from '../blobstore';
-import type { BlobStore } from '../blobstore/store';
-import { openEngine } from '../engine';
-import { connectNats } from '../nats/connection';
-import { batchJobWorkflow, documentJobWorkflow } from '../workflows';
+import { putJson } from '../blobstore';
+import { batchJobWorkflow } from '../workflows';
 import { batchItemJobId } from '../workflows/batch';
-import type { BatchItem, GenerationOptions } from '../workflows/types';
+import type { BatchItem } from '../workflows/types';
 import { SMOLLM2 } from './engine-helpers';
+import { ASK, DOC, OPTIONS, PreemptRig, randomStep } from './helpers/preempt-rig';
 import { compileWorkerEntry, kill, running, startWorkerProcess } from './helpers/worker-process';
 import { storedEvents, testServiceConfig, waitFor } from './service-helpers';
 
@@ -37,19 +29,7 @@ const env = {
   SPECONTEXT_THREADS: '1',
 };
 const config = testServiceConfig('preempt', env);
-const OPTIONS: GenerationOptions = { maxTokens: 56, temperature: 0, seed: 0 };
-const DOC =
-  'The lighthouse on Gull Rock was kept by Ines for forty years. Each night she climbed ' +
-  'one hundred and twelve steps to light the lamp, and each morning she wrote the weather ' +
-  'in a green notebook. During the great storm of 1953 the lamp failed twice.';
-const ASK = 'Tell the story of the storm night in detail.';
-
-let client: Client;
-let connection: Connection;
-let api: RunningApi;
-let nc: NatsConnection;
-let blobs: BlobStore;
-let reference: string;
+const rig = new PreemptRig(config);
 let worker: ChildProcess | undefined;
 
 const startWorker = () =>
@@ -64,38 +44,14 @@ async function ensureWorker(): Promise<void> {
   if (!running(worker)) worker = await startWorker();
 }
 
-const view = async (id: string): Promise<JobView> =>
-  (await (await fetch(`${api.url}/v1/jobs/${id}`)).json()) as JobView;
-
-/** Tokens generated so far by a job's instruction (live progress from the API). */
-const tokensDone = async (id: string) =>
-  (await view(id)).progress?.instructions[0]?.tokensDone ?? 0;
-
 const checkpointFiles = () => readdirSync(shm).filter((f) => f.endsWith('.spxckpt'));
-
-async function startJob(id: string): Promise<void> {
-  await client.workflow.start(documentJobWorkflow, {
-    taskQueue: config.temporal.taskQueue,
-    workflowId: id,
-    args: [
-      {
-        jobId: id,
-        documentRef: await blobs.put(DOC),
-        instructions: [ASK],
-        options: OPTIONS,
-        truncation: 'reject',
-        heartbeatTimeoutMs: 4_000,
-      },
-    ],
-  });
-}
 
 /** Kills the worker once the job is past a random decode step with a checkpoint written. */
 async function killMidway(id: string): Promise<number> {
-  const step = EVERY + 2 + Math.floor(Math.random() * (OPTIONS.maxTokens / 2 - EVERY));
+  const step = randomStep(EVERY);
   await waitFor(
     `job ${id} at token ${step}`,
-    async () => (await tokensDone(id)) >= step,
+    async () => (await rig.tokensDone(id)) >= step,
     180_000,
     100,
   );
@@ -103,43 +59,16 @@ async function killMidway(id: string): Promise<number> {
   return step;
 }
 
-const finished = (id: string) =>
-  waitFor(
-    `job ${id}`,
-    async () => {
-      const v = await view(id);
-      return ['completed', 'failed', 'cancelled'].includes(v.status) && v;
-    },
-    240_000,
-  );
-
 beforeAll(async () => {
   if (!haveModel) return;
   // Workers run from JavaScript compiled here (tests run from the sources).
   compileWorkerEntry();
-  const engine = await openEngine({ model: SMOLLM2, threads: 2 });
-  reference = (
-    await engine.generate({
-      messages: messagesFor(DOC, ASK),
-      maxTokens: OPTIONS.maxTokens,
-      temperature: 0,
-      seed: 0,
-    })
-  ).text;
-  await engine.close();
-  connection = await Connection.connect({ address: config.temporal.address });
-  client = new Client({ connection, namespace: config.temporal.namespace });
-  nc = await connectNats(config.nats.url, 'preempt-test');
-  blobs = await openBlobStore(config.blobs, nc);
-  api = await startApi(config, { port: 0 });
+  await rig.open('preempt-test');
 }, 300_000);
 
 afterAll(async () => {
   if (worker) await kill(worker);
-  await api?.stop();
-  await blobs?.close();
-  await nc?.drain();
-  await connection?.close();
+  await rig.close();
   rmSync(shm, { recursive: true, force: true });
 });
 
@@ -147,14 +76,14 @@ describe.skipIf(!haveModel)('preemption (real Temporal, NATS, workers, SmolLM2)'
   it('a SIGKILLed job resumes from its checkpoint with the uninterrupted text', async () => {
     await ensureWorker();
     const id = `pre-ck-${Date.now()}`;
-    await startJob(id);
+    await rig.startJob(id);
     const step = await killMidway(id);
     expect(checkpointFiles().length).toBe(1);
     worker = await startWorker();
-    const v = await finished(id);
+    const v = await rig.finished(id);
     expect(v.status).toBe('completed');
     const r = v.results?.[0];
-    expect(r?.text).toBe(reference);
+    expect(r?.text).toBe(rig.reference);
     expect(r?.stats.resumes).toBe(1);
     expect(r?.stats.resumedFrom).toBe('checkpoint');
     expect(r?.stats.tokensRecomputed).toBeLessThanOrEqual(EVERY);
@@ -165,16 +94,16 @@ describe.skipIf(!haveModel)('preemption (real Temporal, NATS, workers, SmolLM2)'
   it('SIGTERM checkpoints the in-flight request before the worker exits', async () => {
     await ensureWorker();
     const id = `pre-term-${Date.now()}`;
-    await startJob(id);
-    await waitFor(`job ${id} decoding`, async () => (await tokensDone(id)) >= 3, 180_000, 100);
+    await rig.startJob(id);
+    await waitFor(`job ${id} decoding`, async () => (await rig.tokensDone(id)) >= 3, 180_000, 100);
     const child = worker as ChildProcess;
     const exited = new Promise((r) => child.once('exit', r));
     child.kill('SIGTERM');
     await exited;
     worker = await startWorker();
-    const v = await finished(id);
+    const v = await rig.finished(id);
     expect(v.status).toBe('completed');
-    expect(v.results?.[0]?.text).toBe(reference);
+    expect(v.results?.[0]?.text).toBe(rig.reference);
     expect(v.results?.[0]?.stats.resumedFrom).toBe('checkpoint');
   }, 300_000);
 
@@ -182,7 +111,7 @@ describe.skipIf(!haveModel)('preemption (real Temporal, NATS, workers, SmolLM2)'
     it(`with the checkpoint ${damage}, it completes by recompute with the same text`, async () => {
       await ensureWorker();
       const id = `pre-${damage}-${Date.now()}`;
-      await startJob(id);
+      await rig.startJob(id);
       await killMidway(id);
       const [file] = checkpointFiles();
       expect(file).toBeDefined();
@@ -190,9 +119,9 @@ describe.skipIf(!haveModel)('preemption (real Temporal, NATS, workers, SmolLM2)'
       if (damage === 'deleted') rmSync(full);
       else writeFileSync(full, Buffer.alloc(4096, 7), { flag: 'r+' });
       worker = await startWorker();
-      const v = await finished(id);
+      const v = await rig.finished(id);
       expect(v.status).toBe('completed');
-      expect(v.results?.[0]?.text).toBe(reference);
+      expect(v.results?.[0]?.text).toBe(rig.reference);
       expect(v.results?.[0]?.stats.resumedFrom).toBe('recompute');
       expect(v.results?.[0]?.stats.resumes).toBe(1);
       // The tokens so far came back with the heartbeat and were re-prefilled, not decoded again.
@@ -213,29 +142,30 @@ describe.skipIf(!haveModel)('preemption (real Temporal, NATS, workers, SmolLM2)'
         heartbeatTimeoutMs: 4_000,
       },
     }));
-    const docRef = await blobs.put(DOC);
+    const docRef = await rig.blobs.put(DOC);
     for (const it of items) if (it.job) it.job.documentRef = docRef;
-    await client.workflow.start(batchJobWorkflow, {
+    await rig.client.workflow.start(batchJobWorkflow, {
       taskQueue: config.temporal.taskQueue,
       workflowId: batchId,
-      args: [{ batchId, manifestRef: await putJson(blobs, items), total: 5, concurrency: 5 }],
+      args: [{ batchId, manifestRef: await putJson(rig.blobs, items), total: 5, concurrency: 5 }],
     });
     const ids = items.map((_, i) => batchItemJobId(batchId, i));
     for (const round of [1, 2]) {
       await waitFor(
         `batch progress before kill ${round}`,
-        async () => (await Promise.all(ids.map(tokensDone))).some((n) => n >= 10 * round),
+        async () =>
+          (await Promise.all(ids.map((id) => rig.tokensDone(id)))).some((n) => n >= 10 * round),
         180_000,
         100,
       );
       await kill(worker as ChildProcess);
       worker = await startWorker();
     }
-    const views = await Promise.all(ids.map(finished));
+    const views = await Promise.all(ids.map((id) => rig.finished(id)));
     for (const v of views) expect(v.status).toBe('completed');
     expect(views.reduce((n, v) => n + (v.results?.[0]?.stats.resumes ?? 0), 0)).toBeGreaterThan(0);
     for (const id of ids) {
-      const events = await storedEvents(nc, id);
+      const events = await storedEvents(rig.nc, id);
       expect(events.filter((e) => e.type === 'completed').length).toBe(1);
     }
   }, 480_000);
