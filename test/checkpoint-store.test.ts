@@ -8,6 +8,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { checkpointConfig } from '../checkpoint/config';
 import { CheckpointStore } from '../checkpoint/store';
 import { ConfigError } from '../config/env';
+import { serviceConfig } from '../config/service';
 
 const base = existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir();
 let root: string;
@@ -137,5 +138,45 @@ describe('checkpointConfig', () => {
     expect(() => checkpointConfig('/d', { SPECONTEXT_CHECKPOINT_EVERY_TOKENS: 'soon' })).toThrow(
       /SPECONTEXT_CHECKPOINT_EVERY_TOKENS/,
     );
+  });
+
+  it('copies to NATS only when asked, into the named bucket; the disk tier can move', () => {
+    expect(checkpointConfig('/d', {}).natsBucket).toBeUndefined();
+    const on = checkpointConfig('/d', {
+      SPECONTEXT_CHECKPOINT_NATS: 'true',
+      SPECONTEXT_CHECKPOINT_BUCKET: 'ckpts',
+      SPECONTEXT_CHECKPOINT_SPILL_DIR: '/disk/ck',
+    });
+    expect(on.natsBucket).toBe('ckpts');
+    expect(on.spillDir).toBe('/disk/ck');
+    expect(checkpointConfig('/d', { SPECONTEXT_CHECKPOINT_NATS: '1' }).natsBucket).toBe(
+      'specontext-checkpoints',
+    );
+    expect(() => checkpointConfig('/d', { SPECONTEXT_CHECKPOINT_NATS: 'maybe' })).toThrow(
+      /SPECONTEXT_CHECKPOINT_NATS/,
+    );
+  });
+});
+
+describe('resume settings (serviceConfig)', () => {
+  it('defaults: the machine hostname, a 30 s wait for the checkpoint host, 32768 tokens', () => {
+    const c = serviceConfig({});
+    expect(c.resume).toEqual({ host: undefined, hostWaitMs: 30_000, heartbeatMaxTokens: 32_768 });
+    const r = serviceConfig({
+      SPECONTEXT_WORKER_HOST: 'pod-7_a',
+      SPECONTEXT_AFFINITY_WAIT_MS: '0',
+      SPECONTEXT_HEARTBEAT_MAX_TOKENS: '100',
+    }).resume;
+    expect(r).toEqual({ host: 'pod-7_a', hostWaitMs: 0, heartbeatMaxTokens: 100 });
+  });
+
+  it('names a bad variable', () => {
+    expect(() => serviceConfig({ SPECONTEXT_WORKER_HOST: 'a.b' })).toThrow(
+      /SPECONTEXT_WORKER_HOST/,
+    );
+    expect(() => serviceConfig({ SPECONTEXT_AFFINITY_WAIT_MS: '-1' })).toThrow(
+      /SPECONTEXT_AFFINITY_WAIT_MS/,
+    );
+    expect(() => serviceConfig({ SPECONTEXT_HEARTBEAT_MAX_TOKENS: 'all' })).toThrow(ConfigError);
   });
 });
