@@ -192,6 +192,58 @@ TEST(SparseCounters, BudgetCoveringTheContextCountsFullSteps) {
   e->close();
 }
 
+// An EAGLE-3 draft as the head, through the engine: the target's forward
+// feeds it its hidden states (SparseDecoder's glue); a budget covering the
+// context equals dense, a small one decodes sparsely.
+std::vector<std::vector<int32_t>> generate_eagle3(const std::vector<int>& budgets, EngineStats* stats) {
+  EngineOptions o;
+  o.model_dir = fixture("tiny-eagle3/target");
+  o.dlm_dir = fixture("tiny-eagle3/draft");
+  o.threads = 1;
+  o.max_batch = 4;
+  o.prefill_chunk = 16;
+  Status st;
+  auto e = Engine::open(o, &st);
+  EXPECT_TRUE(st.ok) << st.message;
+  if (!e) return {};
+  const int vocab = e->info().vocab_size;
+  std::vector<std::shared_ptr<CollectSink>> sinks;
+  for (size_t i = 0; i < budgets.size(); ++i) {
+    GenerateRequest r;
+    for (int t = 0; t < 50; ++t) r.prompt.push_back((t * 13 + 5 * static_cast<int>(i)) % vocab);
+    r.max_new_tokens = 20;
+    r.budget = budgets[i];
+    auto sink = std::make_shared<CollectSink>();
+    e->submit(r, sink, &st);
+    EXPECT_TRUE(st.ok) << st.message;
+    sinks.push_back(sink);
+  }
+  std::vector<std::vector<int32_t>> out;
+  for (auto& s : sinks) {
+    EXPECT_TRUE(s->wait());
+    EXPECT_EQ(s->error(), "");
+    out.push_back(s->tokens());
+  }
+  *stats = e->stats();
+  e->close();
+  return out;
+}
+
+TEST(SparseEngine, Eagle3HeadThroughTheEngine) {
+  EngineStats dense_stats, big_stats, small_stats;
+  const auto dense = generate_eagle3({0, 0}, &dense_stats);
+  const auto big = generate_eagle3({70, 0}, &big_stats);  // 50 + 20 <= 70
+  const auto small = generate_eagle3({12, 0}, &small_stats);
+  ASSERT_EQ(dense.size(), 2u);
+  ASSERT_EQ(big.size(), 2u);
+  ASSERT_EQ(small.size(), 2u);
+  EXPECT_EQ(big, dense);
+  EXPECT_EQ(big_stats.full_steps, 19u);
+  EXPECT_EQ(small[1], dense[1]);  // the dense request batched with a sparse one
+  EXPECT_EQ(small[0].size(), 20u);
+  EXPECT_EQ(small_stats.sparse_steps, 19u);
+}
+
 TEST(Placement, NegativeDeviceMemoryIsAClearError) {
   EngineOptions o;
   o.model_dir = fixture("tiny-llama");

@@ -115,7 +115,14 @@ void SparseDecoder::release(uint64_t id) {
 }
 
 Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBatch* batch) {
-  const bool adopts = head_->source() == target_;
+  // An EAGLE-3 head reads the target's hidden states: the target's forward
+  // captures them for after_forward, and the head sees a prompt only then.
+  const bool eagle3 = !head_->aux_layers().empty();
+  if (eagle3 && std::any_of(ids.begin(), ids.end(), [&](uint64_t id) { return reqs_.count(id); })) {
+    batch->aux_layers = head_->aux_layers();
+    batch->aux_hidden = &aux_rows_;
+  }
+  const bool adopts = head_->source() == target_ || eagle3;
   std::vector<HeadChunk> hc;
   std::vector<size_t> decode_chunks;
   size_t offset = 0;
@@ -273,6 +280,7 @@ Status SparseDecoder::own_token_rows(const std::vector<uint64_t>& ids, int layer
 }
 
 Status SparseDecoder::after_forward(const std::vector<uint64_t>& ids, const ForwardBatch& batch) {
+  if (batch.aux_hidden == &aux_rows_) return head_->after_target(ids, batch, aux_rows_);
   if (head_->source() != target_) return Status::Ok();
   for (size_t i = 0; i < batch.chunks.size(); ++i) {
     const ForwardChunk& ch = batch.chunks[i];

@@ -6,6 +6,8 @@
 //   admit(id, capacity, budget)   a request with budget > 0 joins
 //   before_forward(ids, &batch)   head step + selection for decode chunks
 //   after_forward(ids, batch)     the head takes the prompt's KV once prefilled
+//                                 (an EAGLE-3 head: the target's captured
+//                                 hidden states of every chunk)
 //   release(id)                   the request ends
 // Requests with budget 0 are untouched (full attention). A context no longer
 // than B attends fully; so does a step whose selection carries less than
@@ -103,6 +105,7 @@ class SparseDecoder {
   int elem_bytes_ = 4;               // K/V element size of the backend (f32 / bf16)
   std::unique_ptr<cuda::CudaTier> tier_;  // CUDA host tier; null on the CPU backend
   std::vector<float> row_;           // one K or V row in transit
+  std::vector<float> aux_rows_;      // EAGLE-3: the target's captured hidden states this step
 };
 
 }  // namespace spx::retrieval
