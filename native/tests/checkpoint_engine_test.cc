@@ -226,6 +226,12 @@ TEST(CheckpointEngine, SparseResumeEqualsUninterruptedSeparateDlm) {
                                33);
 }
 
+// An EAGLE-3 head: its K cache and the target's aux row of the last position.
+TEST(CheckpointEngine, SparseResumeEqualsUninterruptedEagle3Head) {
+  expect_sparse_resume_matches(fixture("tiny-eagle3/target"), tiny_sparse_request(), fixture("tiny-eagle3/draft"), 0,
+                               33);
+}
+
 TEST(CheckpointEngine, RestoreJoinsARunningBatch) {
   auto engine = open_engine(fixture("tiny-qwen3"));
   ASSERT_TRUE(engine);

@@ -106,8 +106,7 @@ Status EngineImpl::configure_placement() {
   in.model.alpha = 0;  // the attention kernels read K/V per group: no repeat_kv copy
   in.model.kv_elem_bytes = cuda ? 2 : 4;  // bf16 on the GPU, f32 on the CPU
   in.model.target_weight_bytes = static_cast<int64_t>(model_->weight_bytes());
-  const Transformer* dlm = sparse_->head().source();
-  in.model.dlm_weight_bytes = dlm == nullptr || dlm == model_.get() ? 0 : static_cast<int64_t>(dlm->weight_bytes());
+  in.model.dlm_weight_bytes = static_cast<int64_t>(sparse_->head().weight_bytes(model_.get()));
   // The engine's own step buffers: activations of the largest step (a
   // prefill chunk plus a decode token per request), logits included.
   const int64_t rows = options_.prefill_chunk + options_.max_batch;

@@ -42,6 +42,7 @@ Status Eagle3Head::load(const std::string& dir, Transformer* target, Backend* ba
   }
   h->be_ = backend;
   h->inv_freq_ = rope_inv_freq(c.rope, c.head_dim);
+  h->weight_bytes_ = kept * sizeof(float);  // loaded as f32
   h->head_params_ = kept + borrowed;
   h->model_params_ = all + borrowed;
   *out = std::move(h);

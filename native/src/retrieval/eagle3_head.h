@@ -66,6 +66,7 @@ class Eagle3Head {
 
   uint64_t head_params() const { return head_params_; }
   uint64_t model_params() const { return model_params_; }
+  uint64_t weight_bytes() const { return weight_bytes_; }  // kept tensors, a borrowed embedding not counted
   uint64_t k_cache_bytes() const;
   // Checkpoints (PrunedHead::state / restore): the K cache and the last aux row.
   Status state(uint64_t id, HeadState* out) const;
@@ -99,7 +100,7 @@ class Eagle3Head {
   Tensor f_, a_, b_, q_, qt_, k_, kt_, cos_, sin_;
   int ws_cap_ = 0;
   std::vector<float> qh_, kh_;
-  uint64_t head_params_ = 0, model_params_ = 0;
+  uint64_t head_params_ = 0, model_params_ = 0, weight_bytes_ = 0;
 };
 
 }  // namespace spx::retrieval

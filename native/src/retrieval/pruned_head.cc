@@ -123,6 +123,11 @@ Status PrunedHead::after_target(const std::vector<uint64_t>& ids, const ForwardB
   return Status::Ok();
 }
 
+uint64_t PrunedHead::weight_bytes(const Transformer* target) const {
+  if (eagle3_) return eagle3_->weight_bytes();
+  return model_ == target ? 0 : model_->weight_bytes();
+}
+
 uint64_t PrunedHead::k_cache_bytes() const {
   if (eagle3_) return eagle3_->k_cache_bytes();
   uint64_t b = 0;

@@ -120,6 +120,10 @@ class PrunedHead {
   uint64_t head_params() const { return head_params_; }
   uint64_t model_params() const { return model_params_; }
   uint64_t k_cache_bytes() const;
+  // Weight memory the head adds to the target's (the planner's M_D): none for
+  // a head cut from the target, a separate DLM's weights, an EAGLE-3 head's
+  // kept tensors (a borrowed embedding not counted).
+  uint64_t weight_bytes(const Transformer* target) const;
 
   // Checkpoints: the head's per-request state is its own layers' K/V below
   // the scoring layer (state_layers(): none for EAGLE-3), the scoring K cache,
