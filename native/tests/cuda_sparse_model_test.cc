@@ -247,11 +247,11 @@ struct EngineRun {
 };
 
 EngineRun run_engine(const std::string& dir, const std::vector<int>& budgets, int prompt,
-                     int n_new, int64_t device_memory = 0) {
+                     int n_new, int64_t device_memory = 0, int max_batch = 4) {
   EngineOptions o;
   o.model_dir = dir;
   o.device = "cuda:0";
-  o.max_batch = 4;
+  o.max_batch = max_batch;
   o.prefill_chunk = 128;
   o.device_memory_bytes = device_memory;
   Status st;
@@ -331,6 +331,35 @@ TEST(CudaSparse, HostTierMidGenerationKeepsTheTokens) {
     EXPECT_GT(moved.stats.host_layers, 0) << dir;
     EXPECT_GT(moved.stats.elastic_loads, 0u) << dir;
     for (int i = 0; i < 2; ++i) EXPECT_EQ(moved.tokens[i], kept.tokens[i]) << dir << " request " << i;
+  }
+}
+
+// Requests that join while layers are on the host tier: their caches move to
+// pinned memory at admission, so their prefill and, with a budget covering
+// the context, every decode step read the host tier's full K/V through the
+// mapped pointer. Four requests, two at a time: the first pair makes the
+// planner move layers, the second pair joins with them moved. Tokens equal a
+// run that kept every layer on the device.
+TEST(CudaSparse, HostTierServesJoiningRequestsAndFullSteps) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU on this machine; run tools/gpu_test.sh";
+  for (const std::string& dir : model_dirs()) {
+    const bool tiny = dir.find("tiny-") != std::string::npos;
+    const int prompt = tiny ? 60 : 600, n_new = tiny ? 60 : 48, budget = tiny ? 16 : 64;
+    const std::vector<int> budgets = {budget, budget, budget, 4 * (prompt + n_new)};
+    const EngineRun kept = run_engine(dir, budgets, prompt, n_new, int64_t{1} << 50, 2);
+    ASSERT_EQ(kept.tokens.size(), 4u);
+    const int64_t tok = 2LL * 2 * kept.info.num_kv_heads * kept.info.head_dim;
+    const int64_t fixed = kept.stats.planner_fixed_bytes;
+    ASSERT_GT(fixed, 0);
+    const EngineRun moved = run_engine(dir, budgets, prompt, n_new,
+                                       fixed + 2 * tok * (kept.info.num_layers + 1) * (prompt + 10), 2);
+    ASSERT_EQ(moved.tokens.size(), 4u);
+    std::printf("%s: joining requests on the host tier: host layers %d, full steps %llu\n",
+                dir.c_str(), moved.stats.host_layers,
+                static_cast<unsigned long long>(moved.stats.full_steps));
+    EXPECT_GT(moved.stats.host_layers, 0) << dir;
+    EXPECT_EQ(moved.stats.full_steps, static_cast<uint64_t>(n_new - 1)) << dir;
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(moved.tokens[i], kept.tokens[i]) << dir << " request " << i;
   }
 }
 

@@ -163,6 +163,57 @@ TEST_P(Placement, LayersMoveMidGenerationWithoutChangingTokens) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Placement, ::testing::Values("tiny-llama", "tiny-qwen3"));
 
+// Requests joining while layers are on the host tier (two at a time: the
+// first pair makes the planner move layers, the second joins with them
+// moved; one of them with a budget covering its context, so full steps).
+std::vector<std::vector<int32_t>> run_waves(int64_t device_memory, EngineStats* stats) {
+  EngineOptions o;
+  o.model_dir = fixture("tiny-llama");
+  o.threads = 1;
+  o.max_batch = 2;
+  o.prefill_chunk = 32;
+  o.device_memory_bytes = device_memory;
+  Status st;
+  auto e = Engine::open(o, &st);
+  EXPECT_TRUE(st.ok) << st.message;
+  if (!e) return {};
+  std::vector<std::shared_ptr<CollectSink>> sinks;
+  const int budgets[] = {16, 16, 16, 500};
+  for (int i = 0; i < 4; ++i) {
+    GenerateRequest r;
+    for (int t = 0; t < 60; ++t) r.prompt.push_back((t * 37 + 11 * i) % 250);
+    r.max_new_tokens = 60;
+    r.budget = budgets[i];
+    auto sink = std::make_shared<CollectSink>();
+    e->submit(r, sink, &st);
+    EXPECT_TRUE(st.ok) << st.message;
+    sinks.push_back(sink);
+  }
+  std::vector<std::vector<int32_t>> out;
+  for (auto& s : sinks) {
+    EXPECT_TRUE(s->wait());
+    EXPECT_EQ(s->error(), "");
+    out.push_back(s->tokens());
+  }
+  *stats = e->stats();
+  e->close();
+  return out;
+}
+
+TEST(Placement, JoiningRequestsUseTheHostTier) {
+  EngineStats kept_stats, moved_stats;
+  const auto kept = run_waves(int64_t{1} << 40, &kept_stats);
+  ASSERT_EQ(kept.size(), 4u);
+  const int64_t tok = 2LL * 4 * 2 * 16;  // f32 K+V, 2 KV heads, head_dim 16 (tiny-llama)
+  const auto moved = run_waves(kept_stats.planner_fixed_bytes + 2 * tok * 3 * 70, &moved_stats);
+  ASSERT_EQ(moved.size(), 4u);
+  EXPECT_EQ(moved, kept);
+  EXPECT_EQ(kept_stats.host_layers, 0);
+  EXPECT_GT(moved_stats.host_layers, 0);
+  EXPECT_EQ(moved_stats.full_steps, 59u);  // the request whose budget covers its context
+  EXPECT_EQ(moved_stats.sparse_steps, 3u * 59u);
+}
+
 TEST(Placement, OffByDefaultOnTheCpuBackend) {
   const PlacementRun r = run_placement("tiny-llama", 0);
   EXPECT_EQ(r.stats.planner_memory_bytes, 0);
