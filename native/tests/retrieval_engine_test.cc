@@ -5,6 +5,8 @@
 // the tokens, and the counters add up.
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include "collect_sink.h"
 #include "test_util.h"
 
@@ -14,6 +16,50 @@ namespace {
 using testing::CollectSink;
 using testing::fixture;
 
+struct EngineRun {
+  std::vector<std::vector<int32_t>> tokens;  // per request
+  EngineStats stats;                          // after the last request
+  ModelInfo info;
+};
+
+// Opens an engine, submits one request per budget (prompt_of(i): request i's
+// prompt), waits for all and closes it.
+EngineRun run(const EngineOptions& o, const std::vector<int>& budgets, int n_new,
+        const std::function<std::vector<int32_t>(int)>& prompt_of) {
+  Status st;
+  auto e = Engine::open(o, &st);
+  EXPECT_TRUE(st.ok) << st.message;
+  if (!e) return {};
+  std::vector<std::shared_ptr<CollectSink>> sinks;
+  for (size_t i = 0; i < budgets.size(); ++i) {
+    GenerateRequest r;
+    r.prompt = prompt_of(static_cast<int>(i));
+    r.max_new_tokens = n_new;
+    r.budget = budgets[i];
+    auto sink = std::make_shared<CollectSink>();
+    e->submit(r, sink, &st);
+    EXPECT_TRUE(st.ok) << st.message;
+    sinks.push_back(sink);
+  }
+  EngineRun out;
+  for (auto& s : sinks) {
+    EXPECT_TRUE(s->wait());
+    EXPECT_EQ(s->error(), "");
+    out.tokens.push_back(s->tokens());
+  }
+  out.stats = e->stats();
+  out.info = e->info();
+  e->close();
+  return out;
+}
+
+// n tokens of a fixed pattern, varied by request i.
+std::vector<int32_t> pattern(int n, int mul, int i, int vocab = 250) {
+  std::vector<int32_t> p;
+  for (int t = 0; t < n; ++t) p.push_back((t * mul + i) % vocab);
+  return p;
+}
+
 std::vector<std::vector<int32_t>> generate_all(const std::string& name, const std::vector<int>& budgets,
                                                int dlm_layers = 0) {
   EngineOptions o;
@@ -22,29 +68,7 @@ std::vector<std::vector<int32_t>> generate_all(const std::string& name, const st
   o.max_batch = 4;
   o.prefill_chunk = 16;  // several prefill chunks before the head adopts the prompt
   o.dlm_layers = dlm_layers;
-  Status st;
-  auto e = Engine::open(o, &st);
-  EXPECT_TRUE(st.ok) << st.message;
-  if (!e) return {};
-  std::vector<std::shared_ptr<CollectSink>> sinks;
-  for (size_t i = 0; i < budgets.size(); ++i) {
-    GenerateRequest r;
-    for (int t = 0; t < 60; ++t) r.prompt.push_back((t * 31 + 7 * static_cast<int>(i)) % 250);
-    r.max_new_tokens = 24;
-    r.budget = budgets[i];
-    auto sink = std::make_shared<CollectSink>();
-    e->submit(r, sink, &st);
-    EXPECT_TRUE(st.ok) << st.message;
-    sinks.push_back(sink);
-  }
-  std::vector<std::vector<int32_t>> out;
-  for (auto& s : sinks) {
-    EXPECT_TRUE(s->wait());
-    EXPECT_EQ(s->error(), "");
-    out.push_back(s->tokens());
-  }
-  e->close();
-  return out;
+  return run(o, budgets, 24, [](int i) { return pattern(60, 31, 7 * i); }).tokens;
 }
 
 class SparseEngine : public ::testing::TestWithParam<const char*> {};
@@ -86,16 +110,11 @@ TEST(SparseEngine, BadHeadOptionFailsOpenClearly) {
 
 // ---- Adaptive placement and the SpeContext counters on the CPU backend.
 
-struct PlacementRun {
-  std::vector<int32_t> tokens;
-  EngineStats stats;
-};
-
 // One sparse request of a 60-token prompt and 60 new tokens, budget 16, on
 // an engine whose planner may use `device_memory` bytes (0: placement off;
 // -1: the planner's fixed part plus room for `s0` tokens of full KV in every
 // layer and the head's K, so layers move once the sequence passes s0).
-PlacementRun run_placement(const std::string& name, int64_t device_memory, int s0 = 0) {
+EngineRun run_placement(const std::string& name, int64_t device_memory, int s0 = 0) {
   EngineOptions o;
   o.model_dir = fixture(name);
   o.threads = 1;
@@ -103,35 +122,16 @@ PlacementRun run_placement(const std::string& name, int64_t device_memory, int s
   o.prefill_chunk = 32;
   o.dlm_layers = 1;
   o.device_memory_bytes = device_memory;
-  Status st;
+  auto prompt = [](int) { return pattern(60, 37, 11); };
   if (device_memory < 0) {
     // Probe the planner's fixed part with a large pool, then size the pool.
     o.device_memory_bytes = int64_t{1} << 40;
-    auto probe = Engine::open(o, &st);
-    EXPECT_TRUE(st.ok) << st.message;
-    if (!probe) return {};
-    const EngineStats ps = probe->stats();
-    const ModelInfo mi = probe->info();
-    probe->close();
-    EXPECT_GT(ps.planner_fixed_bytes, 0);
-    const int64_t tok = 2LL * 4 * mi.num_kv_heads * mi.head_dim;  // f32 K+V, one token-layer
-    o.device_memory_bytes = ps.planner_fixed_bytes + tok * (mi.num_layers + 1) * s0;
+    const EngineRun probe = run(o, {}, 1, prompt);
+    EXPECT_GT(probe.stats.planner_fixed_bytes, 0);
+    const int64_t tok = 2LL * 4 * probe.info.num_kv_heads * probe.info.head_dim;  // f32 K+V
+    o.device_memory_bytes = probe.stats.planner_fixed_bytes + tok * (probe.info.num_layers + 1) * s0;
   }
-  auto e = Engine::open(o, &st);
-  EXPECT_TRUE(st.ok) << st.message;
-  if (!e) return {};
-  GenerateRequest r;
-  for (int t = 0; t < 60; ++t) r.prompt.push_back((t * 37 + 11) % 250);
-  r.max_new_tokens = 60;
-  r.budget = 16;
-  auto sink = std::make_shared<CollectSink>();
-  e->submit(r, sink, &st);
-  EXPECT_TRUE(st.ok) << st.message;
-  EXPECT_TRUE(sink->wait());
-  EXPECT_EQ(sink->error(), "");
-  PlacementRun out{sink->tokens(), e->stats()};
-  e->close();
-  return out;
+  return run(o, {16}, 60, prompt);
 }
 
 class Placement : public ::testing::TestWithParam<const char*> {};
@@ -142,9 +142,10 @@ class Placement : public ::testing::TestWithParam<const char*> {};
 // tokens equal those of a run that kept every layer on the device, because
 // slot-buffer attention reads exactly the selected K/V.
 TEST_P(Placement, LayersMoveMidGenerationWithoutChangingTokens) {
-  const PlacementRun fixed = run_placement(GetParam(), int64_t{1} << 40);
-  const PlacementRun moving = run_placement(GetParam(), -1, 70);
-  ASSERT_EQ(fixed.tokens.size(), 60u);
+  const EngineRun fixed = run_placement(GetParam(), int64_t{1} << 40);
+  const EngineRun moving = run_placement(GetParam(), -1, 70);
+  ASSERT_EQ(fixed.tokens.size(), 1u);
+  ASSERT_EQ(fixed.tokens[0].size(), 60u);
   EXPECT_EQ(moving.tokens, fixed.tokens);
   EXPECT_EQ(fixed.stats.host_layers, 0);
   EXPECT_EQ(fixed.stats.layer_moves, 0u);
@@ -166,56 +167,32 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, Placement, ::testing::Values("tiny-llama", "t
 // Requests joining while layers are on the host tier (two at a time: the
 // first pair makes the planner move layers, the second joins with them
 // moved; one of them with a budget covering its context, so full steps).
-std::vector<std::vector<int32_t>> run_waves(int64_t device_memory, EngineStats* stats) {
+EngineRun run_waves(int64_t device_memory) {
   EngineOptions o;
   o.model_dir = fixture("tiny-llama");
   o.threads = 1;
   o.max_batch = 2;
   o.prefill_chunk = 32;
   o.device_memory_bytes = device_memory;
-  Status st;
-  auto e = Engine::open(o, &st);
-  EXPECT_TRUE(st.ok) << st.message;
-  if (!e) return {};
-  std::vector<std::shared_ptr<CollectSink>> sinks;
-  const int budgets[] = {16, 16, 16, 500};
-  for (int i = 0; i < 4; ++i) {
-    GenerateRequest r;
-    for (int t = 0; t < 60; ++t) r.prompt.push_back((t * 37 + 11 * i) % 250);
-    r.max_new_tokens = 60;
-    r.budget = budgets[i];
-    auto sink = std::make_shared<CollectSink>();
-    e->submit(r, sink, &st);
-    EXPECT_TRUE(st.ok) << st.message;
-    sinks.push_back(sink);
-  }
-  std::vector<std::vector<int32_t>> out;
-  for (auto& s : sinks) {
-    EXPECT_TRUE(s->wait());
-    EXPECT_EQ(s->error(), "");
-    out.push_back(s->tokens());
-  }
-  *stats = e->stats();
-  e->close();
-  return out;
+  return run(o, {16, 16, 16, 500}, 60, [](int i) { return pattern(60, 37, 11 * i); });
 }
 
 TEST(Placement, JoiningRequestsUseTheHostTier) {
-  EngineStats kept_stats, moved_stats;
-  const auto kept = run_waves(int64_t{1} << 40, &kept_stats);
-  ASSERT_EQ(kept.size(), 4u);
-  const int64_t tok = 2LL * 4 * 2 * 16;  // f32 K+V, 2 KV heads, head_dim 16 (tiny-llama)
-  const auto moved = run_waves(kept_stats.planner_fixed_bytes + 2 * tok * 3 * 70, &moved_stats);
-  ASSERT_EQ(moved.size(), 4u);
-  EXPECT_EQ(moved, kept);
-  EXPECT_EQ(kept_stats.host_layers, 0);
-  EXPECT_GT(moved_stats.host_layers, 0);
-  EXPECT_EQ(moved_stats.full_steps, 59u);  // the request whose budget covers its context
-  EXPECT_EQ(moved_stats.sparse_steps, 3u * 59u);
+  const EngineRun kept = run_waves(int64_t{1} << 40);
+  ASSERT_EQ(kept.tokens.size(), 4u);
+  const int64_t tok = 2LL * 4 * kept.info.num_kv_heads * kept.info.head_dim;  // f32 K+V
+  const EngineRun moved = run_waves(kept.stats.planner_fixed_bytes +
+                              2 * tok * (kept.info.num_layers + 1) * 70);
+  ASSERT_EQ(moved.tokens.size(), 4u);
+  EXPECT_EQ(moved.tokens, kept.tokens);
+  EXPECT_EQ(kept.stats.host_layers, 0);
+  EXPECT_GT(moved.stats.host_layers, 0);
+  EXPECT_EQ(moved.stats.full_steps, 59u);  // the request whose budget covers its context
+  EXPECT_EQ(moved.stats.sparse_steps, 3u * 59u);
 }
 
 TEST(Placement, OffByDefaultOnTheCpuBackend) {
-  const PlacementRun r = run_placement("tiny-llama", 0);
+  const EngineRun r = run_placement("tiny-llama", 0);
   EXPECT_EQ(r.stats.planner_memory_bytes, 0);
   EXPECT_EQ(r.stats.host_layers, 0);
   EXPECT_EQ(r.stats.elastic_loads, 0u);
@@ -225,74 +202,39 @@ TEST(SparseCounters, BudgetCoveringTheContextCountsFullSteps) {
   EngineOptions o;
   o.model_dir = fixture("tiny-llama");
   o.threads = 1;
-  Status st;
-  auto e = Engine::open(o, &st);
-  ASSERT_TRUE(st.ok) << st.message;
-  GenerateRequest r;
-  for (int t = 0; t < 20; ++t) r.prompt.push_back(t + 3);
-  r.max_new_tokens = 10;
-  r.budget = 64;  // 20 + 10 <= 64: full attention on every step
-  auto sink = std::make_shared<CollectSink>();
-  e->submit(r, sink, &st);
-  ASSERT_TRUE(st.ok) << st.message;
-  ASSERT_TRUE(sink->wait());
-  const EngineStats s = e->stats();
-  EXPECT_EQ(s.sparse_steps, 0u);
-  EXPECT_EQ(s.full_steps, 9u);  // the first token comes from the prefill
-  EXPECT_EQ(s.fallback_steps, 0u);
-  e->close();
+  // 20 + 10 <= 64: full attention on every step.
+  const EngineRun r = run(o, {64}, 10, [](int) { return pattern(20, 1, 3); });
+  ASSERT_EQ(r.tokens.size(), 1u);
+  EXPECT_EQ(r.stats.sparse_steps, 0u);
+  EXPECT_EQ(r.stats.full_steps, 9u);  // the first token comes from the prefill
+  EXPECT_EQ(r.stats.fallback_steps, 0u);
 }
 
 // An EAGLE-3 draft as the head, through the engine: the target's forward
 // feeds it its hidden states (SparseDecoder's glue); a budget covering the
 // context equals dense, a small one decodes sparsely.
-std::vector<std::vector<int32_t>> generate_eagle3(const std::vector<int>& budgets, EngineStats* stats) {
+EngineRun generate_eagle3(const std::vector<int>& budgets) {
   EngineOptions o;
   o.model_dir = fixture("tiny-eagle3/target");
   o.dlm_dir = fixture("tiny-eagle3/draft");
   o.threads = 1;
   o.max_batch = 4;
   o.prefill_chunk = 16;
-  Status st;
-  auto e = Engine::open(o, &st);
-  EXPECT_TRUE(st.ok) << st.message;
-  if (!e) return {};
-  const int vocab = e->info().vocab_size;
-  std::vector<std::shared_ptr<CollectSink>> sinks;
-  for (size_t i = 0; i < budgets.size(); ++i) {
-    GenerateRequest r;
-    for (int t = 0; t < 50; ++t) r.prompt.push_back((t * 13 + 5 * static_cast<int>(i)) % vocab);
-    r.max_new_tokens = 20;
-    r.budget = budgets[i];
-    auto sink = std::make_shared<CollectSink>();
-    e->submit(r, sink, &st);
-    EXPECT_TRUE(st.ok) << st.message;
-    sinks.push_back(sink);
-  }
-  std::vector<std::vector<int32_t>> out;
-  for (auto& s : sinks) {
-    EXPECT_TRUE(s->wait());
-    EXPECT_EQ(s->error(), "");
-    out.push_back(s->tokens());
-  }
-  *stats = e->stats();
-  e->close();
-  return out;
+  return run(o, budgets, 20, [](int i) { return pattern(50, 13, 5 * i); });
 }
 
 TEST(SparseEngine, Eagle3HeadThroughTheEngine) {
-  EngineStats dense_stats, big_stats, small_stats;
-  const auto dense = generate_eagle3({0, 0}, &dense_stats);
-  const auto big = generate_eagle3({70, 0}, &big_stats);  // 50 + 20 <= 70
-  const auto small = generate_eagle3({12, 0}, &small_stats);
-  ASSERT_EQ(dense.size(), 2u);
-  ASSERT_EQ(big.size(), 2u);
-  ASSERT_EQ(small.size(), 2u);
-  EXPECT_EQ(big, dense);
-  EXPECT_EQ(big_stats.full_steps, 19u);
-  EXPECT_EQ(small[1], dense[1]);  // the dense request batched with a sparse one
-  EXPECT_EQ(small[0].size(), 20u);
-  EXPECT_EQ(small_stats.sparse_steps, 19u);
+  const EngineRun dense = generate_eagle3({0, 0});
+  const EngineRun big = generate_eagle3({70, 0});  // 50 + 20 <= 70
+  const EngineRun small = generate_eagle3({12, 0});
+  ASSERT_EQ(dense.tokens.size(), 2u);
+  ASSERT_EQ(big.tokens.size(), 2u);
+  ASSERT_EQ(small.tokens.size(), 2u);
+  EXPECT_EQ(big.tokens, dense.tokens);
+  EXPECT_EQ(big.stats.full_steps, 19u);
+  EXPECT_EQ(small.tokens[1], dense.tokens[1]);  // the dense request batched with a sparse one
+  EXPECT_EQ(small.tokens[0].size(), 20u);
+  EXPECT_EQ(small.stats.sparse_steps, 19u);
 }
 
 TEST(Placement, NegativeDeviceMemoryIsAClearError) {
