@@ -196,6 +196,8 @@ def main() -> None:
                drafts={name: draft_reference(tmp / name, target, prompt) for name in ("draft", "draft-own-embed")},
                made_with=dict(torch=torch.__version__, transformers=transformers.__version__, seed=SEED))
     (tmp / "reference.json").write_text(json.dumps(ref, separators=(",", ":")) + "\n")
+    if (args.out / "README.md").exists():  # hand-written, kept
+        shutil.copy(args.out / "README.md", tmp / "README.md")
     shutil.rmtree(args.out, ignore_errors=True)
     tmp.rename(args.out)
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
