@@ -7,13 +7,16 @@
 //     from the checkpoint in that host's memory;
 //   - it does not come back: after the wait the retry goes to the shared
 //     queue, the other host takes it and recomputes from the document and the
-//     tokens its heartbeat carried.
+//     tokens its heartbeat carried;
+//   - the same with checkpoint copies in the NATS Object Store: the other host
+//     restores the copy.
 // Both end with the uninterrupted run's text. Workflow history shows where
 // each attempt was scheduled.
 import type { ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { Objm } from '@nats-io/obj';
 import { defaultPayloadConverter } from '@temporalio/client';
 import { decodeTimeoutType } from '@temporalio/common';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -32,10 +35,16 @@ const SHARED = config.temporal.taskQueue;
 const HOSTS = [`aff-a-${process.pid}`, `aff-b-${process.pid}`] as const;
 const rig = new PreemptRig(config);
 const workers = new Map<string, ChildProcess>();
+const BUCKET = `aff-ckpt-${process.pid}`;
 
 /** A worker named `host`, with that host's own checkpoint directories. */
-async function startHost(host: string, waitMs: number): Promise<void> {
+async function startHost(
+  host: string,
+  waitMs: number,
+  extra: Record<string, string> = {},
+): Promise<void> {
   const child = await startWorkerProcess({
+    ...extra,
     SPECONTEXT_TASK_QUEUE: SHARED,
     SPECONTEXT_THREADS: '1',
     SPECONTEXT_WORKER_HOST: host,
@@ -147,6 +156,30 @@ describe.skipIf(!haveModel)('host-affine retries (real Temporal, NATS, two hosts
     expect(tries.map((t) => t.queue)).toEqual([SHARED, hostTaskQueue(SHARED, hb.host), SHARED]);
     expect(tries[0]?.timeout).toBe('HEARTBEAT');
     expect(tries[1]?.timeout).toBe('SCHEDULE_TO_START');
+    await stopAll();
+  }, 400_000);
+
+  it('with copies in the NATS Object Store, the other host restores the copy instead', async () => {
+    const copies = { SPECONTEXT_CHECKPOINT_NATS: 'true', SPECONTEXT_CHECKPOINT_BUCKET: BUCKET };
+    for (const h of HOSTS) await startHost(h, 3_000, copies);
+    const id = `aff-copy-${Date.now()}`;
+    await rig.startJob(id);
+    const hb = await killRunningHost(id);
+    const other = HOSTS.find((h) => h !== hb.host);
+    const v = await rig.finished(id);
+    expect(v.status).toBe('completed');
+    const r = v.results?.[0];
+    expect(r?.text).toBe(rig.reference);
+    expect(r?.stats.host).toBe(other);
+    // The copy may miss the write the kill interrupted, never the prompt's.
+    expect(r?.stats.resumedFrom).toBe('checkpoint');
+    expect(r?.stats.tokensRecomputed).toBeLessThan(hb.tokensDone);
+    const tries = await attempts(id);
+    expect(tries.map((t) => t.queue)).toEqual([SHARED, hostTaskQueue(SHARED, hb.host), SHARED]);
+    // Once the answer is stored, the copy is deleted too.
+    const bucket = await new Objm(rig.nc).open(BUCKET);
+    await waitFor('the copy deleted', async () => (await bucket.list()).every((o) => o.deleted));
+    await bucket.destroy();
     await stopAll();
   }, 400_000);
 });
