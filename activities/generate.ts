@@ -74,6 +74,7 @@ export function makeGenerate(deps: ActivityDeps) {
         options.maxTokens,
         prior && { ...prior, tokens: decodeTokens(prior.tokens) },
         ctx.log,
+        !options.budget,
       );
     } catch (err) {
       if ((err as Error).name === 'InvalidRequestError') throw badInput((err as Error).message);
@@ -167,6 +168,7 @@ export function makeGenerate(deps: ActivityDeps) {
         const now = Date.now();
         if (now - lastEvent >= deps.progressIntervalMs) emit(now);
       }
+      beat(); // the last tokens, which the throttle may have held back
       result = await stream.result;
     } catch (err) {
       if (ctx.cancellationSignal.aborted) throw stoppedHere();

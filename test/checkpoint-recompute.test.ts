@@ -77,6 +77,19 @@ describe.skipIf(!haveModel)('recompute from the document and the tokens so far (
     });
   }
 
+  test('a sparse request (not continuable) is generated again from the prompt', async () => {
+    const prior = { tokensDone: 12, resumes: 0, checkpointId: 'x', tokens: [1, 2, 3, 4] };
+    const r = await planResume(undefined, engine, 'job-0', prompt, MAX, prior, quiet, false);
+    expect(r.generated).toEqual([]);
+    expect(r.plan).toEqual({
+      resumes: 1,
+      resumedFrom: 'recompute',
+      tokensRecomputed: 12,
+      tokensReprefilled: 0,
+    });
+    expect(r.request(MAX, () => {})).toEqual({ tokens: prompt, maxTokens: MAX });
+  });
+
   test('sampled: without skipping the sampler ahead the continuation differs', async () => {
     // Shows the test above can fail: the RNG position is what makes it match.
     const full = await uninterrupted(SAMPLED);
