@@ -149,6 +149,9 @@ export interface EngineStats {
   /** The memory planner's device memory and its fixed part (weights, buffers); 0: off. */
   plannerMemoryBytes?: number;
   plannerFixedBytes?: number;
+  /** CUDA host tier: prefetch time of host-tier rows, and the part decode waited for (ms). */
+  transferMs?: number;
+  exposedTransferMs?: number;
 }
 
 export interface ModelInfo {

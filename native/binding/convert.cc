@@ -141,6 +141,8 @@ Napi::Object FromEngineStats(Napi::Env env, const spx::EngineStats& s) {
   o.Set("reloadFraction", s.reload_fraction);
   o.Set("plannerMemoryBytes", static_cast<double>(s.planner_memory_bytes));
   o.Set("plannerFixedBytes", static_cast<double>(s.planner_fixed_bytes));
+  o.Set("transferMs", s.transfer_ms);
+  o.Set("exposedTransferMs", s.exposed_transfer_ms);
   return o;
 }
 

@@ -321,12 +321,16 @@ TEST(CudaSparse, HostTierMidGenerationKeepsTheTokens) {
                                        fixed + 2 * tok * (mi.num_layers + 1) * s0);
     ASSERT_EQ(moved.tokens.size(), 2u);
     std::printf("%s: host layers at the end %d (%llu moves), elastic loads %llu (%.1f MB), "
-                "reload fraction %.3f, sparse steps %llu\n",
+                "reload fraction %.3f, sparse steps %llu, prefetch %.2f ms of which exposed "
+                "%.2f ms\n",
                 dir.c_str(), moved.stats.host_layers,
                 static_cast<unsigned long long>(moved.stats.layer_moves),
                 static_cast<unsigned long long>(moved.stats.elastic_loads),
                 moved.stats.elastic_bytes / 1e6, moved.stats.reload_fraction,
-                static_cast<unsigned long long>(moved.stats.sparse_steps));
+                static_cast<unsigned long long>(moved.stats.sparse_steps), moved.stats.transfer_ms,
+                moved.stats.exposed_transfer_ms);
+    EXPECT_GT(moved.stats.transfer_ms, 0.0) << dir;  // prefetches were timed
+    EXPECT_EQ(kept.stats.transfer_ms, 0.0) << dir;
     EXPECT_GE(moved.stats.layer_moves, 1u) << dir;
     EXPECT_GT(moved.stats.host_layers, 0) << dir;
     EXPECT_GT(moved.stats.elastic_loads, 0u) << dir;

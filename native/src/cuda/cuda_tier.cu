@@ -21,7 +21,8 @@ class Tier final : public CudaTier {
  public:
   ~Tier() override {
     if (tier_) cudaStreamSynchronize(tier_);
-    if (ready_) cudaEventDestroy(ready_);
+    for (cudaEvent_t e : {ready_, start_, reached_})
+      if (e) cudaEventDestroy(e);
     if (tier_) cudaStreamDestroy(tier_);
   }
 
@@ -30,7 +31,11 @@ class Tier final : public CudaTier {
     device_ = backend_device(backend);
     SPX_CUDA_TRY(cudaSetDevice(device_));
     SPX_CUDA_TRY(cudaStreamCreateWithFlags(&tier_, cudaStreamNonBlocking));
-    SPX_CUDA_TRY(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
+    // Timed events: the prefetch's span, and when the compute stream reached
+    // the point where it needs the rows (exposed time = ready - reached).
+    SPX_CUDA_TRY(cudaEventCreate(&ready_));
+    SPX_CUDA_TRY(cudaEventCreate(&start_));
+    SPX_CUDA_TRY(cudaEventCreate(&reached_));
     return Status::Ok();
   }
 
@@ -74,6 +79,10 @@ class Tier final : public CudaTier {
     SPX_CUDA_TRY(cudaSetDevice(device_));
     cudaStream_t s = prefetch ? tier_ : compute_;
     StageRing& ring = prefetch ? tier_ring_ : compute_ring_;
+    if (prefetch && !pending_) {
+      harvest();  // the previous step's figures, before the events are reused
+      SPX_CUDA_TRY(cudaEventRecord(start_, tier_));
+    }
     host_.resize(reqs.size());
     slots_.resize(reqs.size());
     for (size_t i = 0; i < reqs.size(); ++i) {
@@ -103,9 +112,30 @@ class Tier final : public CudaTier {
 
   Status wait() override {
     if (!pending_) return Status::Ok();
+    SPX_CUDA_TRY(cudaEventRecord(reached_, compute_));
     SPX_CUDA_TRY(cudaStreamWaitEvent(compute_, ready_, 0));
     pending_ = false;
+    measured_ = true;
     return Status::Ok();
+  }
+
+  void harvest() override {
+    if (!measured_ || pending_) return;
+    // Never blocks: a measurement whose events are not done yet waits for
+    // the next call (the forward's end synchronises them anyway).
+    if (cudaEventQuery(ready_) != cudaSuccess || cudaEventQuery(reached_) != cudaSuccess) {
+      cudaGetLastError();
+      return;
+    }
+    float span = 0, late = 0;
+    if (cudaEventElapsedTime(&span, start_, ready_) == cudaSuccess &&
+        cudaEventElapsedTime(&late, reached_, ready_) == cudaSuccess) {
+      stats_.transfer_ms += span;
+      stats_.exposed_ms += std::max(0.0f, late);
+      ++stats_.measured_steps;
+    }
+    cudaGetLastError();
+    measured_ = false;
   }
 
   const TierStats& stats() const override { return stats_; }
@@ -113,8 +143,11 @@ class Tier final : public CudaTier {
  private:
   cudaStream_t compute_ = nullptr;
   cudaStream_t tier_ = nullptr;
-  cudaEvent_t ready_ = nullptr;  // last prefetch done
-  bool pending_ = false;
+  cudaEvent_t ready_ = nullptr;    // last prefetch of the step done
+  cudaEvent_t start_ = nullptr;    // first prefetch of the step queued
+  cudaEvent_t reached_ = nullptr;  // the compute stream needs the rows
+  bool pending_ = false;           // prefetches queued, not yet waited for
+  bool measured_ = false;          // a waited-for step not yet harvested
   int device_ = 0;
   StageRing tier_ring_, compute_ring_;
   std::vector<HostKv> host_;

@@ -41,6 +41,10 @@ struct TierStats {
   uint64_t moved_bytes = 0;     // device caches moved to pinned memory
   uint64_t gather_launches = 0;
   uint64_t prefetch_launches = 0;
+  // Prefetch timing (GPU events), over the steps harvested so far:
+  double transfer_ms = 0;       // first prefetch queued -> last one done
+  double exposed_ms = 0;        // of that, time the compute stream waited for it
+  uint64_t measured_steps = 0;
 };
 
 class CudaTier {
@@ -62,6 +66,8 @@ class CudaTier {
                       int kv_heads, int head_dim, int budget, bool prefetch) = 0;
   // The compute stream waits for every prefetch issued so far.
   virtual Status wait() = 0;
+  // Adds a finished step's prefetch timing to stats() (never blocks).
+  virtual void harvest() = 0;
   virtual const TierStats& stats() const = 0;
 };
 

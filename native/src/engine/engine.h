@@ -143,6 +143,11 @@ struct EngineStats {
   // it plans with, and the part it counts as fixed (weights, step buffers).
   int64_t planner_memory_bytes = 0;
   int64_t planner_fixed_bytes = 0;
+  // CUDA host tier: time spent prefetching host-tier rows (GPU events, ms),
+  // and the part the compute stream waited for; exposed / transfer is the
+  // share of transfer time not hidden behind the device-resident layers.
+  double transfer_ms = 0;
+  double exposed_transfer_ms = 0;
 };
 
 class Engine {

@@ -256,6 +256,8 @@ void EngineImpl::publish_stats() {
   stats_.elastic_loads = sp.tier.loads;
   stats_.elastic_bytes = sp.tier.bytes;
   stats_.reload_fraction = sp.elastic.reload_fraction();
+  stats_.transfer_ms = sp.transfer_ms;
+  stats_.exposed_transfer_ms = sp.exposed_transfer_ms;
 }
 
 void EngineImpl::finish(RequestState* r, const std::string& reason, const std::string& error) {

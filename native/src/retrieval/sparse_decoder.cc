@@ -115,6 +115,11 @@ void SparseDecoder::release(uint64_t id) {
 }
 
 Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBatch* batch) {
+  if (tier_) {
+    tier_->harvest();
+    stats_.transfer_ms = tier_->stats().transfer_ms;
+    stats_.exposed_transfer_ms = tier_->stats().exposed_ms;
+  }
   // An EAGLE-3 head reads the target's hidden states: the target's forward
   // captures them for after_forward, and the head sees a prompt only then.
   const bool eagle3 = !head_->aux_layers().empty();

@@ -34,6 +34,10 @@ struct SparseStats {
   uint64_t fallback_steps = 0;  // selection mass under the threshold
   ElasticStats elastic;         // slot-map churn of every sparse step (what host layers would load)
   ElasticStats tier;            // the loads that moved, on steps with host-tier layers
+  // CUDA host tier: prefetch time of older tokens' rows, and the part of it
+  // the compute stream waited for (not hidden behind device-resident layers).
+  double transfer_ms = 0;
+  double exposed_transfer_ms = 0;
 };
 
 class SparseDecoder {
