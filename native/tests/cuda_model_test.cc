@@ -9,6 +9,7 @@
 TEST(CudaModel, Skipped) { GTEST_SKIP() << "built without CUDA (nvcc not found)"; }
 #else
 #include <cuda_runtime.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
@@ -23,7 +24,7 @@ TEST(CudaModel, Skipped) { GTEST_SKIP() << "built without CUDA (nvcc not found)"
 #include "engine/engine.h"
 #include "kv/kv_store.h"
 #include "model/transformer.h"
-#include "test_util.h"
+#include "reference_model.h"
 
 namespace spx {
 namespace {
@@ -47,35 +48,23 @@ int argmax(const float* x, size_t n) {
 // Prompt logits (all positions, or those listed in prompt_logits_positions)
 // and teacher-forced greedy decode against reference.json in `dir`.
 void check_against_reference(const std::string& dir, const std::string& name) {
-  Json ref = testing::load_json(dir + "/reference.json");
   Status st;
   auto gpu = make_backend("cuda:0", 0, &st);
   ASSERT_TRUE(st.ok) << st.message;
-  std::unique_ptr<Transformer> model;
-  st = Transformer::load(dir, gpu.get(), &model);
-  ASSERT_TRUE(st.ok) << st.message;
-  const ModelConfig& c = model->config();
-  const size_t V = static_cast<size_t>(c.vocab_size);
-  const std::vector<int32_t> prompt = testing::ints(*ref.find("prompt_ids"));
-  const std::vector<int32_t> gen = testing::ints(*ref.find("generated_ids"));
-  const Json& prompt_logits = *ref.find("prompt_logits");
-  const Json& decode_logits = *ref.find("decode_logits");
+  testing::ReferenceRun r;
+  ASSERT_NO_FATAL_FAILURE(testing::prefill_reference(dir, gpu.get(), &r));
+  const size_t V = r.vocab;
+  const std::vector<int32_t>& prompt = r.prompt;
+  const std::vector<int32_t>& gen = r.gen;
+  const std::vector<float>& logits = r.logits;
+  const Json& prompt_logits = *r.ref.find("prompt_logits");
+  const Json& decode_logits = *r.ref.find("decode_logits");
   std::vector<int32_t> positions;
-  if (const Json* p = ref.find("prompt_logits_positions")) positions = testing::ints(*p);
+  if (const Json* p = r.ref.find("prompt_logits_positions")) positions = testing::ints(*p);
   else
     for (size_t t = 0; t < prompt.size(); ++t) positions.push_back(static_cast<int32_t>(t));
   ASSERT_EQ(prompt_logits.items().size(), positions.size());
 
-  KvStore kv(gpu.get(), c.num_layers, c.num_kv_heads, c.head_dim);
-  KvSequence* seq = nullptr;
-  ASSERT_TRUE(kv.allocate(1, static_cast<int>(prompt.size() + gen.size()), &seq).ok);
-  ForwardBatch batch;
-  batch.tokens = prompt;
-  batch.chunks.push_back(ForwardChunk{seq, 0, static_cast<int>(prompt.size()), LogitsMode::All});
-  std::vector<float> logits;
-  st = model->forward(batch, &logits);
-  ASSERT_TRUE(st.ok) << st.message;
-  ASSERT_EQ(logits.size(), prompt.size() * V);
   double worst = 0;
   for (size_t i = 0; i < positions.size(); ++i) {
     const size_t t = static_cast<size_t>(positions[i]);
@@ -90,11 +79,8 @@ void check_against_reference(const std::string& dir, const std::string& name) {
     if (i == 0) {
       row.assign(logits.end() - static_cast<long>(V), logits.end());
     } else {
-      ForwardBatch step;
-      step.tokens = {gen[i - 1]};  // teacher-forced on HF's greedy tokens
-      step.chunks.push_back(ForwardChunk{seq, seq->n_tokens, 1, LogitsMode::Last});
-      st = model->forward(step, &row);
-      ASSERT_TRUE(st.ok) << st.message;
+      // Teacher-forced on HF's greedy tokens.
+      ASSERT_NO_FATAL_FAILURE(testing::decode_step(&r, gen[i - 1], &row));
     }
     const std::vector<float> want = testing::floats(decode_logits.items()[i]);
     const double e = testing::relative_error(row.data(), want.data(), V);
@@ -235,6 +221,113 @@ TEST(CudaEngine, GreedyTokensMatchCpuAndBatchedEqualsAlone) {
     // Same backend, same kernels: batching must not change a request's tokens.
     EXPECT_EQ(gpu_batched[i], gpu_alone[i]) << "prompt " << i << ": batched vs alone";
   }
+}
+
+// The real model on the GPU (tools/gpu_smollm2.sh converts it there from the
+// GGUF; SPX_SMOLLM2_DIR points at it): prompt logits against transformers'
+// (test/fixtures/smollm2-reference.json, f32 on the CPU), and greedy
+// generations identical to the CPU backend for 32 tokens.
+bool have_smollm2() {
+  struct stat sb;
+  return stat((testing::smollm2_dir() + "/model.safetensors").c_str(), &sb) == 0;
+}
+
+TEST(CudaSmolLM2, LogitsMatchTransformers) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU on this machine; run tools/gpu_test.sh";
+  if (!have_smollm2()) GTEST_SKIP() << "no converted SmolLM2 at " << testing::smollm2_dir();
+  Json ref = testing::load_json(fixture("smollm2-reference.json"));
+  Status st;
+  auto gpu = make_backend("cuda:0", 0, &st);
+  ASSERT_TRUE(st.ok) << st.message;
+  std::unique_ptr<Transformer> model;
+  st = Transformer::load(testing::smollm2_dir(), gpu.get(), &model);
+  ASSERT_TRUE(st.ok) << st.message;
+  const ModelConfig& c = model->config();
+  const size_t V = static_cast<size_t>(c.vocab_size);
+  for (const Json& p : ref.find("prompts")->items()) {
+    const std::string name = p.find("name")->as_string();
+    const std::vector<int32_t> ids = testing::ints(*p.find("ids"));
+    const int prompt_len = static_cast<int>(p.find("prompt_len")->as_int());
+    const std::vector<int32_t> argmax_ref = testing::ints(*p.find("argmax"));
+    const std::vector<int32_t> positions = testing::ints(*p.find("top_positions"));
+    KvStore kv(gpu.get(), c.num_layers, c.num_kv_heads, c.head_dim);
+    KvSequence* seq = nullptr;
+    ASSERT_TRUE(kv.allocate(1, static_cast<int>(ids.size()), &seq).ok);
+    ForwardBatch b;
+    b.tokens = ids;
+    b.chunks.push_back(ForwardChunk{seq, 0, static_cast<int>(ids.size()), LogitsMode::All});
+    std::vector<float> logits;
+    st = model->forward(b, &logits);
+    ASSERT_TRUE(st.ok) << st.message;
+    double worst = 0;
+    int agree = 0;
+    for (size_t i = 0; i < positions.size(); ++i) {
+      const size_t t = static_cast<size_t>(positions[i]);
+      const float* row = logits.data() + t * V;
+      const std::vector<int32_t> top_ids = testing::ints(p.find("top_ids")->items()[i]);
+      const std::vector<float> top = testing::floats(p.find("top_logits")->items()[i]);
+      double scale = 0, diff = 0;
+      for (size_t j = 0; j < top_ids.size(); ++j) {
+        scale = std::max(scale, std::fabs(static_cast<double>(top[j])));
+        diff = std::max(diff, std::fabs(static_cast<double>(row[top_ids[j]]) - top[j]));
+      }
+      const double e = diff / scale;
+      worst = std::max(worst, e);
+      EXPECT_LT(e, kLogitTol) << name << " position " << t;
+      const bool same = argmax(row, V) == argmax_ref[t];
+      agree += same;
+      // Clear margins (wider than the tolerance) must give the same token.
+      if (top.size() > 1 && top[0] - top[1] > kLogitTol * scale) {
+        EXPECT_TRUE(same) << name << " position " << t;
+      }
+      if (static_cast<int>(t) == prompt_len - 1) {
+        const std::vector<float> full =
+            testing::base64_floats(p.find("last_prompt_logits_f32_b64")->as_string());
+        ASSERT_EQ(full.size(), V);
+        const double rel = testing::relative_error(row, full.data(), V);
+        EXPECT_LT(rel, kLogitTol) << name;
+        worst = std::max(worst, rel);
+      }
+    }
+    std::printf("smollm2 %s: worst logits error vs transformers %.2e, argmax agreement %d/%zu\n",
+                name.c_str(), worst, agree, positions.size());
+  }
+}
+
+TEST(CudaSmolLM2, GreedyTokensMatchCpu) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU on this machine; run tools/gpu_test.sh";
+  if (!have_smollm2()) GTEST_SKIP() << "no converted SmolLM2 at " << testing::smollm2_dir();
+  Json ref = testing::load_json(fixture("smollm2-reference.json"));
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<int32_t> paris_gen;
+  size_t paris = 0;
+  for (const Json& p : ref.find("prompts")->items()) {
+    const std::vector<int32_t> ids = testing::ints(*p.find("ids"));
+    const int prompt_len = static_cast<int>(p.find("prompt_len")->as_int());
+    if (p.find("name")->as_string() == "paris-chat") {
+      paris = prompts.size();
+      paris_gen = testing::ints(*p.find("generated_ids"));
+    }
+    prompts.emplace_back(ids.begin(), ids.begin() + prompt_len);
+  }
+  const int n_new = 32;
+  const auto cpu = generate("cpu", testing::smollm2_dir(), prompts, n_new, false);
+  const auto gpu = generate("cuda:0", testing::smollm2_dir(), prompts, n_new, true);
+  ASSERT_EQ(cpu.size(), prompts.size());
+  ASSERT_EQ(gpu.size(), prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    size_t common = 0;
+    while (common < std::min(cpu[i].size(), gpu[i].size()) && cpu[i][common] == gpu[i][common])
+      ++common;
+    std::printf("smollm2 prompt %zu: cuda:0 and cpu agree on %zu of %zu greedy tokens\n", i,
+                common, cpu[i].size());
+    EXPECT_EQ(gpu[i], cpu[i]) << "prompt " << i;
+  }
+  ASSERT_FALSE(paris_gen.empty());
+  const std::vector<int32_t>& g = gpu[paris];
+  EXPECT_TRUE(std::equal(paris_gen.begin(),
+                         paris_gen.begin() + std::min(paris_gen.size(), g.size()), g.begin()))
+      << "paris-chat on cuda:0 differs from transformers' greedy answer";
 }
 
 TEST(CudaEngine, BadDeviceIsAClearError) {

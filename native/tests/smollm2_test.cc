@@ -15,38 +15,11 @@
 namespace spx {
 namespace {
 
-std::string model_dir() {
-  if (const char* env = std::getenv("SPX_SMOLLM2_DIR")) return env;
-  return std::string(SPX_FIXTURES_DIR) + "/../../models/smollm2-135m-instruct";
-}
+std::string model_dir() { return testing::smollm2_dir(); }
 
 bool have_model() {
   struct stat st;
   return stat((model_dir() + "/model.safetensors").c_str(), &st) == 0;
-}
-
-std::vector<float> base64_floats(const std::string& s) {
-  auto val = [](char c) -> int {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    return c == '+' ? 62 : c == '/' ? 63 : -1;
-  };
-  std::string bytes;
-  int acc = 0, bits = 0;
-  for (char c : s) {
-    int v = val(c);
-    if (v < 0) continue;
-    acc = (acc << 6) | v;
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      bytes.push_back(static_cast<char>((acc >> bits) & 0xFF));
-    }
-  }
-  std::vector<float> out(bytes.size() / 4);
-  std::memcpy(out.data(), bytes.data(), out.size() * 4);
-  return out;
 }
 
 class SmolLM2 : public ::testing::Test {
@@ -99,7 +72,7 @@ TEST_F(SmolLM2, LogitsMatchTransformers) {
             << name << " position " << positions[i] << " id " << top_ids[j];
       }
       if (positions[i] == prompt_len - 1) {
-        std::vector<float> full = base64_floats(p.find("last_prompt_logits_f32_b64")->as_string());
+        std::vector<float> full = testing::base64_floats(p.find("last_prompt_logits_f32_b64")->as_string());
         ASSERT_EQ(full.size(), V);
         const double rel = testing::relative_error(row.data(), full.data(), V);
         EXPECT_LT(rel, 1e-4) << name;

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -46,6 +48,37 @@ inline double relative_error(const float* got, const float* ref, size_t n) {
     scale = std::max(scale, std::fabs(static_cast<double>(ref[i])));
   }
   return scale > 0 ? diff / scale : diff;
+}
+
+// Little-endian f32 values packed in base64 (the reference files' full rows).
+inline std::vector<float> base64_floats(const std::string& s) {
+  auto val = [](char c) -> int {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    return c == '+' ? 62 : c == '/' ? 63 : -1;
+  };
+  std::string bytes;
+  int acc = 0, bits = 0;
+  for (char c : s) {
+    const int v = val(c);
+    if (v < 0) continue;
+    acc = (acc << 6) | v;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      bytes.push_back(static_cast<char>((acc >> bits) & 0xFF));
+    }
+  }
+  std::vector<float> out(bytes.size() / 4);
+  std::memcpy(out.data(), bytes.data(), out.size() * 4);
+  return out;
+}
+
+// The converted SmolLM2-135M-Instruct (git-ignored; SPX_SMOLLM2_DIR overrides).
+inline std::string smollm2_dir() {
+  if (const char* env = std::getenv("SPX_SMOLLM2_DIR")) return env;
+  return std::string(SPX_FIXTURES_DIR) + "/../../models/smollm2-135m-instruct";
 }
 
 }  // namespace spx::testing

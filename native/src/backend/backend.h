@@ -42,6 +42,9 @@ struct AttentionSegment {
   int budget = 0;
 };
 
+// How a checkpoint stores a weight tensor (safetensors dtypes we accept).
+enum class WeightDtype { F32, F16, BF16 };
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -50,6 +53,13 @@ class Backend {
   virtual Status alloc(const std::vector<int64_t>& shape, DType dtype, Tensor* out) = 0;
   virtual Status upload(const float* host, Tensor* dst) = 0;
   virtual Status download(const Tensor& src, float* host) = 0;
+  // Weights straight from the checkpoint's (mmapped, maybe unaligned) bytes in
+  // their stored dtype, without an f32 copy on the host. A backend that
+  // returns false from uploads_raw_weights() is given f32 through upload().
+  virtual bool uploads_raw_weights() const { return false; }
+  virtual Status upload_weights(const void* bytes, WeightDtype dtype, Tensor* dst) {
+    return Status::Error("backend " + name() + " loads weights through upload()");
+  }
 
   virtual void embedding(const Tensor& table, const int32_t* ids, int n, Tensor* out) = 0;
   virtual void matmul(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor* y) = 0;

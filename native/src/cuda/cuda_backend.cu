@@ -34,6 +34,10 @@ class CudaBackend final : public Backend {
     cudaFree(small_dev_);
     cudaFree(ws_);
     cudaFreeHost(ring_);
+    for (int i = 0; i < 2; ++i) {
+      cudaFreeHost(stage_[i]);
+      if (stage_done_[i]) cudaEventDestroy(stage_done_[i]);
+    }
     if (stream_) cudaStreamDestroy(stream_);
   }
 
@@ -87,6 +91,50 @@ class CudaBackend final : public Backend {
                                  stream_));
     SPX_CUDA_TRY(cuda::f32_to_bf16_forward(bf(*dst), static_cast<float*>(scratch_), n, stream_));
     // The caller may free `host` on return.
+    SPX_CUDA_TRY(cudaStreamSynchronize(stream_));
+    return Status::Ok();
+  }
+
+  bool uploads_raw_weights() const override { return true; }
+
+  // Weights from the checkpoint's mmapped bytes, never widened to f32 on the
+  // host: chunks pass through two pinned staging buffers, so the host copy of
+  // one overlaps the DMA of the other. bf16 lands in place; f16 / f32 land in
+  // scratch and are rounded to bf16 on the device exactly as upload() rounds.
+  Status upload_weights(const void* bytes, WeightDtype dtype, Tensor* dst) override {
+    if (!err_.ok) return err_;
+    SPX_CUDA_TRY(cudaSetDevice(device_));
+    if (!stage_[0]) {
+      for (int i = 0; i < 2; ++i) {
+        SPX_CUDA_TRY(cudaHostAlloc(&stage_[i], kStageBytes, cudaHostAllocDefault));
+        SPX_CUDA_TRY(cudaEventCreateWithFlags(&stage_done_[i], cudaEventDisableTiming));
+      }
+    }
+    const size_t n = static_cast<size_t>(dst->numel());
+    const size_t esize = dtype == WeightDtype::F32 ? 4 : 2;
+    const size_t chunk = kStageBytes / esize;
+    if (dtype != WeightDtype::BF16) SPX_STATUS_TRY(ensure_scratch(2 * kStageBytes));
+    const char* src = static_cast<const char*>(bytes);
+    int b = 0;
+    for (size_t off = 0; off < n; off += chunk, b ^= 1) {
+      const size_t m = std::min(chunk, n - off);
+      SPX_CUDA_TRY(cudaEventSynchronize(stage_done_[b]));  // its last DMA has finished
+      std::memcpy(stage_[b], src + off * esize, m * esize);
+      if (dtype == WeightDtype::BF16) {
+        SPX_CUDA_TRY(cudaMemcpyAsync(bf(*dst) + off, stage_[b], m * esize, cudaMemcpyHostToDevice,
+                                     stream_));
+      } else {
+        char* tmp = static_cast<char*>(scratch_) + b * kStageBytes;
+        SPX_CUDA_TRY(cudaMemcpyAsync(tmp, stage_[b], m * esize, cudaMemcpyHostToDevice, stream_));
+        SPX_CUDA_TRY(dtype == WeightDtype::F32
+                         ? cuda::f32_to_bf16_forward(bf(*dst) + off, reinterpret_cast<float*>(tmp),
+                                                     m, stream_)
+                         : cuda::f16_to_bf16_forward(bf(*dst) + off,
+                                                     reinterpret_cast<__half*>(tmp), m, stream_));
+      }
+      SPX_CUDA_TRY(cudaEventRecord(stage_done_[b], stream_));
+    }
+    // The checkpoint may be unmapped once loading returns.
     SPX_CUDA_TRY(cudaStreamSynchronize(stream_));
     return Status::Ok();
   }
@@ -215,6 +263,7 @@ class CudaBackend final : public Backend {
 
  private:
   static constexpr size_t kRingBytes = 4u << 20;
+  static constexpr size_t kStageBytes = 16u << 20;  // per weight staging buffer
 
   static bf16* bf(const Tensor& t) { return static_cast<bf16*>(t.data); }
   static const bf16* cbf(const Tensor& t) { return static_cast<const bf16*>(t.data); }
@@ -308,6 +357,8 @@ class CudaBackend final : public Backend {
   void* ring_ = nullptr;       // pinned host
   void* small_dev_ = nullptr;  // its device mirror
   size_t ring_pos_ = 0;
+  void* stage_[2] = {nullptr, nullptr};  // pinned weight staging
+  cudaEvent_t stage_done_[2] = {nullptr, nullptr};
   void* ws_ = nullptr;  // decode attention partials
   size_t ws_bytes_ = 0;
   cuda::SparseAttention sparse_;  // SpeContext decode over a selection

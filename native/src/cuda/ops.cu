@@ -196,6 +196,12 @@ cudaError_t f32_to_bf16_forward(bf16* out, const float* in, size_t n, cudaStream
   return cudaGetLastError();
 }
 
+cudaError_t f16_to_bf16_forward(bf16* out, const __half* in, size_t n, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  f16_to_bf16_kernel<<<grid_for(n), 256, 0, stream>>>(out, in, n);
+  return cudaGetLastError();
+}
+
 cudaError_t bf16_to_f32_forward(float* out, const bf16* in, size_t n, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   bf16_to_f32_kernel<<<grid_for(n), 256, 0, stream>>>(out, in, n);

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -175,6 +176,7 @@ cudaError_t kv_write_forward(bf16* k_cache,  // [kv_heads, capacity, head_dim]
 cudaError_t add_forward(bf16* x, const bf16* y, size_t n, cudaStream_t stream);  // x += y
 cudaError_t f32_to_bf16_forward(bf16* out, const float* in, size_t n, cudaStream_t stream);
 cudaError_t bf16_to_f32_forward(float* out, const bf16* in, size_t n, cudaStream_t stream);
+cudaError_t f16_to_bf16_forward(bf16* out, const __half* in, size_t n, cudaStream_t stream);
 cudaError_t gather_rows_forward(bf16* out,            // [n_rows, dim]
                                 const bf16* x,        // [?, dim]
                                 const int32_t* rows,  // [n_rows], device

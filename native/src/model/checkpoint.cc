@@ -131,29 +131,45 @@ bool Checkpoint::has(const std::string& name) const {
   return file_of(name, &t) != nullptr;
 }
 
-Status Checkpoint::read_f32(const std::string& name, const std::vector<int64_t>& shape,
-                            float* dst) const {
+Status Checkpoint::raw(const std::string& name, const std::vector<int64_t>& shape,
+                       const void** bytes, WeightDtype* dtype) const {
   const StTensor* t = nullptr;
   const SafetensorsFile* f = file_of(name, &t);
   if (f == nullptr) return Status::Error("checkpoint has no tensor '" + name + "'");
   if (t->shape != shape)
     return Status::Error("tensor '" + name + "' has shape " + shape_str(t->shape) +
                          " but the config implies " + shape_str(shape));
-  const uint8_t* src = f->bytes(*t);
-  const int64_t n = t->numel();
   switch (t->dtype) {
-    case StDtype::F32:
-      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
-      break;
-    case StDtype::BF16:
-      convert_halves(src, n, dst, bf16_to_f32);
-      break;
-    case StDtype::F16:
-      convert_halves(src, n, dst, f16_to_f32);
-      break;
+    case StDtype::F32: *dtype = WeightDtype::F32; break;
+    case StDtype::BF16: *dtype = WeightDtype::BF16; break;
+    case StDtype::F16: *dtype = WeightDtype::F16; break;
     default:
       return Status::Error("tensor '" + name + "' has dtype " + st_dtype_name(t->dtype) +
                            "; weights must be F32, F16 or BF16");
+  }
+  *bytes = f->bytes(*t);
+  return Status::Ok();
+}
+
+Status Checkpoint::read_f32(const std::string& name, const std::vector<int64_t>& shape,
+                            float* dst) const {
+  const void* bytes = nullptr;
+  WeightDtype dtype;
+  Status st = raw(name, shape, &bytes, &dtype);
+  if (!st.ok) return st;
+  const auto* src = static_cast<const uint8_t*>(bytes);
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  switch (dtype) {
+    case WeightDtype::F32:
+      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+      break;
+    case WeightDtype::BF16:
+      convert_halves(src, n, dst, bf16_to_f32);
+      break;
+    case WeightDtype::F16:
+      convert_halves(src, n, dst, f16_to_f32);
+      break;
   }
   return Status::Ok();
 }

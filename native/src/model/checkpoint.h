@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "engine/engine.h"
 #include "model/safetensors.h"
 
@@ -19,6 +20,10 @@ class Checkpoint {
   bool has(const std::string& name) const;
   // Converts the tensor to f32 into dst (numel floats) after checking its shape.
   Status read_f32(const std::string& name, const std::vector<int64_t>& shape, float* dst) const;
+  // The tensor's bytes as stored (mmapped, possibly unaligned), after the same
+  // shape and dtype checks: for backends that convert on their own device.
+  Status raw(const std::string& name, const std::vector<int64_t>& shape, const void** bytes,
+             WeightDtype* dtype) const;
 
  private:
   const SafetensorsFile* file_of(const std::string& name, const StTensor** t) const;

@@ -12,6 +12,14 @@ class Loader {
     Status st = backend_->alloc(shape, DType::F32, out);
     if (!st.ok) return Status::Error("loading '" + name + "': " + st.message);
     if (backend_->name() == "cpu") return ckpt_.read_f32(name, shape, out->f32());
+    if (backend_->uploads_raw_weights()) {
+      const void* bytes = nullptr;
+      WeightDtype dtype;
+      st = ckpt_.raw(name, shape, &bytes, &dtype);
+      if (!st.ok) return st;
+      st = backend_->upload_weights(bytes, dtype, out);
+      return st.ok ? st : Status::Error("loading '" + name + "': " + st.message);
+    }
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
     staging_.resize(static_cast<size_t>(n));

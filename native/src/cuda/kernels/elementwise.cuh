@@ -19,6 +19,13 @@ __global__ void f32_to_bf16_kernel(bf16* out, const float* in, size_t n) {
     out[i] = __float2bfloat16(in[i]);
 }
 
+// f16 -> f32 is exact, so this rounds as f32_to_bf16 does after an f32 load.
+__global__ void f16_to_bf16_kernel(bf16* out, const __half* in, size_t n) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    out[i] = __float2bfloat16(__half2float(in[i]));
+}
+
 __global__ void bf16_to_f32_kernel(float* out, const bf16* in, size_t n) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x)
