@@ -1,6 +1,7 @@
 // SpeContext sparse decoding on the CUDA backend against the CPU reference,
-// on the tiny fixtures and the random llama-mid / qwen3-mid checkpoints that
-// tools/gpu_test.sh makes (SPX_CUDA_MODEL_DIRS):
+// on the tiny fixtures, SmolLM2 where converted (SPX_SMOLLM2_DIR) and the
+// random llama-mid / qwen3-mid checkpoints that tools/gpu_test.sh makes
+// (SPX_CUDA_MODEL_DIRS):
 //   - the retrieval head's selections on cuda:0 (bf16) against the CPU's
 //     (f32), and the target's logits when both attend to the same selection;
 //   - through the engine: a budget at or above the context gives exactly the
@@ -13,6 +14,7 @@
 TEST(CudaSparse, Skipped) { GTEST_SKIP() << "built without CUDA (nvcc not found)"; }
 #else
 #include <cuda_runtime.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cmath>
@@ -50,6 +52,10 @@ constexpr double kLogitTol = 6e-2;
 std::vector<std::string> model_dirs() {
   std::vector<std::string> dirs = {fixture("tiny-llama"), fixture("tiny-qwen2"),
                                    fixture("tiny-qwen3")};
+  // The real model where it was converted (tools/gpu_smollm2.sh, SPX_SMOLLM2_DIR).
+  struct stat sb;
+  if (stat((testing::smollm2_dir() + "/model.safetensors").c_str(), &sb) == 0)
+    dirs.push_back(testing::smollm2_dir());
   if (const char* env = std::getenv("SPX_CUDA_MODEL_DIRS")) {
     std::string all = env;
     size_t begin = 0;
