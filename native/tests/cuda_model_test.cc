@@ -232,6 +232,24 @@ bool have_smollm2() {
   return stat((testing::smollm2_dir() + "/model.safetensors").c_str(), &sb) == 0;
 }
 
+// The bar for bf16 logits on the real model: kLogitTol, or 1.5x the error
+// transformers itself makes in bf16 on the same GPU against the same f32
+// reference (tools/hf_bf16_smollm2.py writes it; SPX_SMOLLM2_HF_BF16 names
+// the file), whichever is larger. Early positions of a 30-layer model carry
+// large activations, and bf16 rounding moves their logits more than the
+// tiny fixtures'.
+double smollm2_tolerance(const std::string& prompt, double* hf_error) {
+  *hf_error = -1;
+  const char* path = std::getenv("SPX_SMOLLM2_HF_BF16");
+  if (path == nullptr || *path == '\0') return kLogitTol;
+  Json hf = testing::load_json(path);
+  const Json* p = hf.find("prompts") ? hf.find("prompts")->find(prompt) : nullptr;
+  if (p == nullptr) return kLogitTol;
+  *hf_error = std::max(p->find("worst_top_error")->as_double(),
+                       p->find("last_prompt_error")->as_double());
+  return std::max(kLogitTol, 1.5 * *hf_error);
+}
+
 TEST(CudaSmolLM2, LogitsMatchTransformers) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU on this machine; run tools/gpu_test.sh";
   if (!have_smollm2()) GTEST_SKIP() << "no converted SmolLM2 at " << testing::smollm2_dir();
@@ -259,6 +277,8 @@ TEST(CudaSmolLM2, LogitsMatchTransformers) {
     std::vector<float> logits;
     st = model->forward(b, &logits);
     ASSERT_TRUE(st.ok) << st.message;
+    double hf_error = -1;
+    const double tol = smollm2_tolerance(name, &hf_error);
     double worst = 0;
     int agree = 0;
     for (size_t i = 0; i < positions.size(); ++i) {
@@ -273,11 +293,11 @@ TEST(CudaSmolLM2, LogitsMatchTransformers) {
       }
       const double e = diff / scale;
       worst = std::max(worst, e);
-      EXPECT_LT(e, kLogitTol) << name << " position " << t;
+      EXPECT_LT(e, tol) << name << " position " << t;
       const bool same = argmax(row, V) == argmax_ref[t];
       agree += same;
       // Clear margins (wider than the tolerance) must give the same token.
-      if (top.size() > 1 && top[0] - top[1] > kLogitTol * scale) {
+      if (top.size() > 1 && top[0] - top[1] > tol * scale) {
         EXPECT_TRUE(same) << name << " position " << t;
       }
       if (static_cast<int>(t) == prompt_len - 1) {
@@ -285,12 +305,14 @@ TEST(CudaSmolLM2, LogitsMatchTransformers) {
             testing::base64_floats(p.find("last_prompt_logits_f32_b64")->as_string());
         ASSERT_EQ(full.size(), V);
         const double rel = testing::relative_error(row, full.data(), V);
-        EXPECT_LT(rel, kLogitTol) << name;
+        EXPECT_LT(rel, tol) << name;
         worst = std::max(worst, rel);
       }
     }
-    std::printf("smollm2 %s: worst logits error vs transformers %.2e, argmax agreement %d/%zu\n",
-                name.c_str(), worst, agree, positions.size());
+    std::printf(
+        "smollm2 %s: worst logits error vs transformers f32 %.2e (transformers bf16: %.2e, "
+        "tolerance %.2e), argmax agreement %d/%zu\n",
+        name.c_str(), worst, hf_error, tol, agree, positions.size());
   }
 }
 
@@ -315,13 +337,43 @@ TEST(CudaSmolLM2, GreedyTokensMatchCpu) {
   const auto gpu = generate("cuda:0", testing::smollm2_dir(), prompts, n_new, true);
   ASSERT_EQ(cpu.size(), prompts.size());
   ASSERT_EQ(gpu.size(), prompts.size());
+  // Identical greedy tokens, except that the two may part where the f32
+  // CPU's own top-2 margin is a near-tie within the bf16 tolerance: checked
+  // by re-running the CPU on the common prefix.
+  auto cpu_backend = make_cpu_backend(0);
+  std::unique_ptr<Transformer> cpu_model;
+  Status st = Transformer::load(testing::smollm2_dir(), cpu_backend.get(), &cpu_model);
+  ASSERT_TRUE(st.ok) << st.message;
+  const ModelConfig& c = cpu_model->config();
+  const size_t V = static_cast<size_t>(c.vocab_size);
   for (size_t i = 0; i < prompts.size(); ++i) {
     size_t common = 0;
     while (common < std::min(cpu[i].size(), gpu[i].size()) && cpu[i][common] == gpu[i][common])
       ++common;
     std::printf("smollm2 prompt %zu: cuda:0 and cpu agree on %zu of %zu greedy tokens\n", i,
                 common, cpu[i].size());
-    EXPECT_EQ(gpu[i], cpu[i]) << "prompt " << i;
+    if (common == cpu[i].size()) continue;
+    std::vector<int32_t> seq_ids = prompts[i];
+    seq_ids.insert(seq_ids.end(), cpu[i].begin(), cpu[i].begin() + static_cast<long>(common));
+    KvStore kv(cpu_backend.get(), c.num_layers, c.num_kv_heads, c.head_dim);
+    KvSequence* seq = nullptr;
+    ASSERT_TRUE(kv.allocate(1, static_cast<int>(seq_ids.size()), &seq).ok);
+    ForwardBatch b;
+    b.tokens = seq_ids;
+    b.chunks.push_back(ForwardChunk{seq, 0, static_cast<int>(seq_ids.size()), LogitsMode::Last});
+    std::vector<float> row;
+    st = cpu_model->forward(b, &row);
+    ASSERT_TRUE(st.ok) << st.message;
+    std::vector<float> sorted(row.begin(), row.begin() + static_cast<long>(V));
+    std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
+    double scale = 0;
+    for (size_t j = 0; j < V; ++j) scale = std::max(scale, std::fabs(static_cast<double>(row[j])));
+    const double margin = sorted[0] - sorted[1];
+    std::printf("smollm2 prompt %zu: they part at token %zu, where the CPU's top-2 margin is %.3f "
+                "(%.2e of the largest logit)\n",
+                i, common, margin, margin / scale);
+    EXPECT_LT(margin, kLogitTol * scale)
+        << "prompt " << i << ": cuda:0 and cpu part at token " << common << " on a clear margin";
   }
   ASSERT_FALSE(paris_gen.empty());
   const std::vector<int32_t>& g = gpu[paris];
