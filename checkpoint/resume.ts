@@ -84,10 +84,11 @@ export function reprefillable(tokens: number[] | undefined, maxTokens: number): 
  * How an attempt of generation `id` (with chat-templated `prompt`) runs, after
  * `prior` (the previous attempt's last heartbeat; undefined on a first attempt).
  * With `deps`, the attempt writes checkpoints and may restore one.
- * `continuable` false: the attempt neither restores nor re-prefills, it generates
- * again from the prompt. For sparse attention (budget > 0): its checkpoints lack
- * the retrieval head's cache, and a dense re-prefill of tokens that were decoded
- * sparsely would not give the same KV, so the answer could change.
+ * `reprefill` false: without a usable checkpoint, the attempt generates again
+ * from the prompt instead of re-prefilling the tokens so far. For sparse
+ * attention (budget > 0): a dense re-prefill of tokens that were decoded
+ * sparsely would not give the same KV, so the answer could change. (Its
+ * checkpoints hold the retrieval head's state and restore exactly.)
  */
 export async function planResume(
   deps: CheckpointDeps | undefined,
@@ -97,17 +98,15 @@ export async function planResume(
   maxTokens: number,
   prior: PriorAttempt | undefined,
   log: ResumeLog,
-  continuable = true,
+  reprefill = true,
 ): Promise<Resume> {
   let generated: number[] = [];
   let restore = false;
   let plan: ResumePlan = { resumes: 0, tokensRecomputed: 0 };
   if (prior) {
-    const found = !continuable
-      ? { missing: false, reason: 'a sparse request is generated again from the start' }
-      : deps
-        ? await fromCheckpoint(deps, engine, prior.checkpointId ?? id, prompt, maxTokens)
-        : { missing: true, reason: 'checkpoints are off' };
+    const found = deps
+      ? await fromCheckpoint(deps, engine, prior.checkpointId ?? id, prompt, maxTokens)
+      : { missing: true, reason: 'checkpoints are off' };
     if ('generated' in found) {
       generated = found.generated;
       restore = true;
@@ -124,7 +123,7 @@ export async function planResume(
         remote: found.remote,
       });
     } else {
-      generated = continuable ? reprefillable(prior.tokens, maxTokens) : [];
+      generated = reprefill ? reprefillable(prior.tokens, maxTokens) : [];
       resumeCounters.recomputed++;
       resumeCounters.reprefilled += generated.length;
       if (found.missing) resumeCounters.missing++;

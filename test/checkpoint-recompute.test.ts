@@ -77,7 +77,7 @@ describe.skipIf(!haveModel)('recompute from the document and the tokens so far (
     });
   }
 
-  test('a sparse request (not continuable) is generated again from the prompt', async () => {
+  test('without re-prefill (a sparse request), a recompute generates again from the prompt', async () => {
     const prior = { tokensDone: 12, resumes: 0, checkpointId: 'x', tokens: [1, 2, 3, 4] };
     const r = await planResume(undefined, engine, 'job-0', prompt, MAX, prior, quiet, false);
     expect(r.generated).toEqual([]);
