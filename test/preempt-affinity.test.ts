@@ -102,6 +102,23 @@ async function attempts(id: string): Promise<{ queue: string; timeout?: string }
   return [...out.values()];
 }
 
+/**
+ * Both hosts up (each asking a retry to wait `waitMs` for it), a job started,
+ * its host killed and not restarted: the job's view, the killed host's last
+ * heartbeat, the other host, and where each attempt was scheduled.
+ */
+async function loseRunningHost(name: string, waitMs: number, extra: Record<string, string> = {}) {
+  for (const h of HOSTS) await startHost(h, waitMs, extra);
+  const id = `aff-${name}-${Date.now()}`;
+  await rig.startJob(id);
+  const hb = await killRunningHost(id);
+  const other = HOSTS.find((h) => h !== hb.host);
+  const view = await rig.finished(id);
+  expect(view.status).toBe('completed');
+  expect(view.results?.[0]?.text).toBe(rig.reference);
+  return { id, hb, other, stats: view.results?.[0]?.stats, tries: await attempts(id) };
+}
+
 beforeAll(async () => {
   if (!haveModel) return;
   compileWorkerEntry();
@@ -137,22 +154,12 @@ describe.skipIf(!haveModel)('host-affine retries (real Temporal, NATS, two hosts
   }, 400_000);
 
   it('the killed host not back in time: another host takes it and recomputes', async () => {
-    const WAIT_MS = 3_000;
-    for (const h of HOSTS) await startHost(h, WAIT_MS);
-    const id = `aff-gone-${Date.now()}`;
-    await rig.startJob(id);
-    const hb = await killRunningHost(id);
-    const other = HOSTS.find((h) => h !== hb.host);
-    const v = await rig.finished(id);
-    expect(v.status).toBe('completed');
-    const r = v.results?.[0];
-    expect(r?.text).toBe(rig.reference);
-    expect(r?.stats.host).toBe(other);
+    const { hb, other, stats, tries } = await loseRunningHost('gone', 3_000);
+    expect(stats?.host).toBe(other);
     // The other host has no copy of the checkpoint: it re-prefilled the tokens so far.
-    expect(r?.stats.resumedFrom).toBe('recompute');
-    expect(r?.stats.tokensRecomputed).toBeGreaterThanOrEqual(hb.tokensDone);
-    expect(r?.stats.tokensReprefilled).toBeGreaterThan(0);
-    const tries = await attempts(id);
+    expect(stats?.resumedFrom).toBe('recompute');
+    expect(stats?.tokensRecomputed).toBeGreaterThanOrEqual(hb.tokensDone);
+    expect(stats?.tokensReprefilled).toBeGreaterThan(0);
     expect(tries.map((t) => t.queue)).toEqual([SHARED, hostTaskQueue(SHARED, hb.host), SHARED]);
     expect(tries[0]?.timeout).toBe('HEARTBEAT');
     expect(tries[1]?.timeout).toBe('SCHEDULE_TO_START');
@@ -161,20 +168,11 @@ describe.skipIf(!haveModel)('host-affine retries (real Temporal, NATS, two hosts
 
   it('with copies in the NATS Object Store, the other host restores the copy instead', async () => {
     const copies = { SPECONTEXT_CHECKPOINT_NATS: 'true', SPECONTEXT_CHECKPOINT_BUCKET: BUCKET };
-    for (const h of HOSTS) await startHost(h, 3_000, copies);
-    const id = `aff-copy-${Date.now()}`;
-    await rig.startJob(id);
-    const hb = await killRunningHost(id);
-    const other = HOSTS.find((h) => h !== hb.host);
-    const v = await rig.finished(id);
-    expect(v.status).toBe('completed');
-    const r = v.results?.[0];
-    expect(r?.text).toBe(rig.reference);
-    expect(r?.stats.host).toBe(other);
+    const { hb, other, stats, tries } = await loseRunningHost('copy', 3_000, copies);
+    expect(stats?.host).toBe(other);
     // The copy may miss the write the kill interrupted, never the prompt's.
-    expect(r?.stats.resumedFrom).toBe('checkpoint');
-    expect(r?.stats.tokensRecomputed).toBeLessThan(hb.tokensDone);
-    const tries = await attempts(id);
+    expect(stats?.resumedFrom).toBe('checkpoint');
+    expect(stats?.tokensRecomputed).toBeLessThan(hb.tokensDone);
     expect(tries.map((t) => t.queue)).toEqual([SHARED, hostTaskQueue(SHARED, hb.host), SHARED]);
     // Once the answer is stored, the copy is deleted too.
     const bucket = await new Objm(rig.nc).open(BUCKET);
