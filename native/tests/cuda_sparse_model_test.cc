@@ -130,6 +130,13 @@ std::vector<Step> decode(const std::string& device, const std::string& dir, int 
     rec.logits = logits;
     out.push_back(std::move(rec));
   }
+  // Which path chose the selections: the GPU's HeadSelect (the head's K cache
+  // on the device) unless SPX_HEAD_SCORING=host; the CPU always on the host.
+  const char* path = dec->head_scoring();
+  std::printf("%s on %s: head scoring on the %s, %llu device selections\n", dir.c_str(),
+              device.c_str(), path, static_cast<unsigned long long>(dec->stats().device_selections));
+  if (std::string(path) == "device") EXPECT_GT(dec->stats().device_selections, 0u) << dir;
+  else EXPECT_EQ(dec->stats().device_selections, 0u) << dir;
   dec->release(1);
   return out;
 }

@@ -42,6 +42,29 @@ struct AttentionSegment {
   int budget = 0;
 };
 
+// Optional SpeContext hook (issue 6): the retrieval head's q.K scoring and
+// top-B selection run where its K cache lives, so a GPU backend need not
+// send the cache or the scores to the host each step. One job per decode
+// token: softmax per query head, the mean (or max) over each GQA group, then
+// the newest token, n_sink sinks, n_recent recent tokens and the top of the
+// rest by score (retrieval::Selector's rules; the CPU backend is their
+// reference and has no hook).
+struct HeadSelectJob {
+  const Tensor* q = nullptr;        // [1, q_heads * head_dim] the token's query, post-RoPE
+  const Tensor* k_cache = nullptr;  // [kv_heads, capacity, head_dim], positions < length valid
+  int length = 0;                   // T > budget
+  int budget = 0;
+  int32_t* selection = nullptr;     // host out [kv_heads, budget], ascending
+  float* mass = nullptr;            // host out [kv_heads]: the share of the group's probability selected
+};
+class HeadSelect {
+ public:
+  virtual ~HeadSelect() = default;
+  virtual bool supports(int q_heads, int kv_heads, int head_dim) const = 0;
+  virtual Status select(const std::vector<HeadSelectJob>& jobs, int q_heads, int kv_heads,
+                        int head_dim, float scale, bool reduce_max, int n_sink, int n_recent) = 0;
+};
+
 // How a checkpoint stores a weight tensor (safetensors dtypes we accept).
 enum class WeightDtype { F32, F16, BF16 };
 
@@ -72,6 +95,8 @@ class Backend {
   virtual void attention(const Tensor& q, const std::vector<AttentionSegment>& segments,
                          float scale, Tensor* out) = 0;
   virtual void gather_rows(const Tensor& x, const std::vector<int32_t>& rows, Tensor* out) = 0;
+  // The device-side retrieval selection, or nullptr: the host computes it.
+  virtual HeadSelect* head_select() { return nullptr; }
 };
 
 // threads: OpenMP threads for kernels (0: all cores).

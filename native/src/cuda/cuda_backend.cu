@@ -17,6 +17,7 @@
 
 #include "backend/registry.h"
 #include "cuda/check.h"
+#include "cuda/cuda_head_select.h"
 #include "cuda/cuda_sparse_attention.h"
 #include "cuda/gemm.h"
 #include "cuda/ops.h"
@@ -47,6 +48,7 @@ class CudaBackend final : public Backend {
     SPX_CUDA_TRY(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device));
     sparse_.set_device(num_sms_);
     SPX_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    head_select_.set_stream(device, stream_);
     SPX_CUDA_TRY(cudaMallocHost(&ring_, kRingBytes));
     SPX_CUDA_TRY(cudaMalloc(&small_dev_, kRingBytes));
     return gemm_.init();
@@ -253,6 +255,9 @@ class CudaBackend final : public Backend {
     }
   }
 
+  // The retrieval head's scoring and top-B on this stream (cuda_head_select.h).
+  HeadSelect* head_select() override { return err_.ok ? &head_select_ : nullptr; }
+
   void gather_rows(const Tensor& x, const std::vector<int32_t>& rows, Tensor* out) override {
     const int32_t* d_rows = stage(rows.data(), rows.size() * sizeof(int32_t));
     if (!d_rows) return;
@@ -362,6 +367,7 @@ class CudaBackend final : public Backend {
   void* ws_ = nullptr;  // decode attention partials
   size_t ws_bytes_ = 0;
   cuda::SparseAttention sparse_;  // SpeContext decode over a selection
+  cuda::DeviceHeadSelect head_select_;  // SpeContext retrieval scoring and top-B
 };
 
 }  // namespace

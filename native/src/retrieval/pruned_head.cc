@@ -94,6 +94,21 @@ Status PrunedHead::make_eagle3(std::unique_ptr<Eagle3Head> eagle3, std::unique_p
 
 PrunedHead::~PrunedHead() = default;
 
+bool PrunedHead::use_device_select(int n_sink, int n_recent, bool reduce_max) {
+  // Pooled layers and EAGLE-3 drafts score on the host (their caches live
+  // elsewhere); a head switches only while it holds no request's cache.
+  if (eagle3_ || pool_ != 1 || !reqs_.empty()) return false;
+  HeadSelect* hs = model_->backend()->head_select();
+  if (!hs) return false;
+  const ModelConfig& c = model_->config();
+  if (!hs->supports(c.num_heads, c.num_kv_heads, c.head_dim)) return false;
+  hs_ = hs;
+  hs_sink_ = n_sink;
+  hs_recent_ = n_recent;
+  hs_max_ = reduce_max;
+  return true;
+}
+
 const std::vector<int>& PrunedHead::aux_layers() const {
   static const std::vector<int> none;
   return eagle3_ ? eagle3_->aux_layers() : none;
@@ -131,7 +146,7 @@ uint64_t PrunedHead::weight_bytes(const Transformer* target) const {
 uint64_t PrunedHead::k_cache_bytes() const {
   if (eagle3_) return eagle3_->k_cache_bytes();
   uint64_t b = 0;
-  for (const auto& [id, r] : reqs_) b += r.k->size() * sizeof(float);
+  for (const auto& [id, r] : reqs_) b += r.k ? r.k->size() * sizeof(float) : r.dk.nbytes();
   return b + store_->bytes_in_use();
 }
 
@@ -143,7 +158,16 @@ Status PrunedHead::open(uint64_t id, int capacity) {
   Status st = store_->allocate(id, capacity, &r.kv);
   if (!st.ok) return st;
   const ModelConfig& c = model_->config();
-  r.k = std::make_shared<std::vector<float>>(static_cast<size_t>(c.num_kv_heads) * capacity * c.head_dim, 0.0f);
+  if (hs_) {
+    // Positions < n_tokens are the only ones ever read (scores, checkpoints).
+    st = model_->backend()->alloc({c.num_kv_heads, capacity, c.head_dim}, DType::F32, &r.dk);
+    if (!st.ok) {
+      store_->free(id);
+      return st;
+    }
+  } else {
+    r.k = std::make_shared<std::vector<float>>(static_cast<size_t>(c.num_kv_heads) * capacity * c.head_dim, 0.0f);
+  }
   reqs_[id] = std::move(r);
   return Status::Ok();
 }
@@ -174,7 +198,12 @@ Status PrunedHead::adopt(uint64_t id, const KvSequence& kv) {
     Status st = be->download(kv.k[l], buf.data());
     if (!st.ok) return st;
     if (l == layer_) {
-      std::copy(buf.begin(), buf.end(), r.k->begin());  // same layout: [kv_heads, capacity, head_dim]
+      // Same layout: [kv_heads, capacity, head_dim].
+      if (hs_) {
+        if (!(st = be->upload(buf.data(), &r.dk)).ok) return st;
+      } else {
+        std::copy(buf.begin(), buf.end(), r.k->begin());
+      }
       break;
     }
     if (!(st = be->upload(buf.data(), &r.kv->k[l])).ok) return st;
@@ -202,7 +231,15 @@ Status PrunedHead::state(uint64_t id, HeadState* out) const {
     out->k.push_back(r.kv->k[static_cast<size_t>(l)]);
     out->v.push_back(r.kv->v[static_cast<size_t>(l)]);
   }
-  out->scoring_k = r.k;
+  if (hs_) {
+    // Device selection: the snapshot takes a host copy of the device cache.
+    auto k = std::make_shared<std::vector<float>>(static_cast<size_t>(r.dk.numel()));
+    Status st = model_->backend()->download(r.dk, k->data());
+    if (!st.ok) return st;
+    out->scoring_k = std::move(k);
+  } else {
+    out->scoring_k = r.k;
+  }
   return Status::Ok();
 }
 
@@ -224,7 +261,14 @@ Status PrunedHead::restore(uint64_t id, int n, const HeadStateFill& fill, const 
       if (!st.ok) return st;
     }
   }
-  fill(2 * layer_, r.k->data(), r.capacity);
+  if (hs_) {
+    buf.assign(static_cast<size_t>(r.dk.numel()), 0.0f);
+    fill(2 * layer_, buf.data(), r.capacity);
+    Status st = be->upload(buf.data(), &r.dk);
+    if (!st.ok) return st;
+  } else {
+    fill(2 * layer_, r.k->data(), r.capacity);
+  }
   r.n_tokens = n;
   r.kv->n_tokens = n;
   return Status::Ok();
@@ -257,6 +301,10 @@ Status PrunedHead::forward(const std::vector<HeadChunk>& chunks) {
     Request& r = it->second;
     if (hc.n <= 0 || r.n_tokens + hc.n > r.capacity)
       return Status::Error("retrieval head: chunk exceeds the request's capacity");
+    if (hc.selection && !hs_)
+      return Status::Error("retrieval head: a selection asked of a head that scores on the host");
+    if (hc.selection && (hc.budget <= 0 || r.n_tokens + hc.n <= hc.budget))
+      return Status::Error("retrieval head: device selection needs a context longer than the budget");
     ForwardChunk ch;
     ch.kv = r.kv;
     ch.start_pos = r.n_tokens;
@@ -298,17 +346,32 @@ Status PrunedHead::forward(const std::vector<HeadChunk>& chunks) {
   }
   be.rope(&q3, cos, sin);
   be.rope(&k3, cos, sin);
-  kh_.resize(static_cast<size_t>(N * kvh * D));
-  if (!(st = be.download(k, kh_.data())).ok) return st;
+  if (!hs_) {
+    kh_.resize(static_cast<size_t>(N * kvh * D));
+    if (!(st = be.download(k, kh_.data())).ok) return st;
+  }
 
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const int64_t group = heads / kvh;
+  std::vector<Tensor> qrows;  // the selection jobs' queries (views of q)
+  qrows.reserve(chunks.size());
+  std::vector<HeadSelectJob> jobs;
   int row = 0, ci = -1;
   for (const HeadChunk& hc : chunks) {
     ++ci;
     Request& r = reqs_[hc.id];
-    write_k_rows(&kh_[static_cast<size_t>(row * kvh * D)], hc.n, kvh, D, r.capacity, r.n_tokens, r.k->data());
+    if (hs_) {
+      // The rows go straight into the device cache (K written as its own V).
+      const Tensor kr = k3.rows(row, hc.n);
+      be.kv_write(kr, kr, r.n_tokens, &r.dk, &r.dk);
+    } else {
+      write_k_rows(&kh_[static_cast<size_t>(row * kvh * D)], hc.n, kvh, D, r.capacity, r.n_tokens, r.k->data());
+    }
     r.n_tokens += hc.n;
+    if (hc.selection) {
+      qrows.push_back(q.rows(row + hc.n - 1, 1));
+      jobs.push_back({&qrows.back(), &r.dk, r.n_tokens, hc.budget, hc.selection, hc.mass});
+    }
     if (hc.scores) {
       const int64_t T = r.n_tokens;
       qh_.resize(static_cast<size_t>(heads * D));
@@ -323,11 +386,21 @@ Status PrunedHead::forward(const std::vector<HeadChunk>& chunks) {
         score_rows(ql, kbuf_.data(), heads, group, T, r.capacity, D, scale,
                    hc.scores->data() + static_cast<size_t>(p) * heads * T);
       }
-      score_rows(qh_.data(), r.k->data(), heads, group, T, r.capacity, D, scale,
+      const float* kc = r.k ? r.k->data() : nullptr;
+      if (hs_) {
+        // Host scores of a device cache (evaluation tools, not the engine's step).
+        kbuf_.resize(static_cast<size_t>(r.dk.numel()));
+        if (!(st = be.download(r.dk, kbuf_.data())).ok) return st;
+        kc = kbuf_.data();
+      }
+      score_rows(qh_.data(), kc, heads, group, T, r.capacity, D, scale,
                  hc.scores->data() + static_cast<size_t>(pool_ - 1) * heads * T);
     }
     row += hc.n;
   }
+  if (!jobs.empty())
+    return hs_->select(jobs, static_cast<int>(heads), static_cast<int>(kvh), static_cast<int>(D), scale, hs_max_,
+                       hs_sink_, hs_recent_);
   return Status::Ok();
 }
 

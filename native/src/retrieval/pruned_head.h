@@ -17,6 +17,9 @@
 // The layers below run through the model's own forward (ForwardBatch::n_layers)
 // on the head's KV; the scoring projection runs on the backend, and the K cache
 // and the q.K scores live in host memory (they feed the host-side selection).
+// With device selection (use_device_select: a GPU backend's HeadSelect, pool
+// 1) the K cache stays on the backend instead, and a decode chunk's scores
+// and top-B selection are computed there; only the selection comes back.
 //
 // An EAGLE-3 draft (eagle3_head.h) is the other kind of DLM: it reads the
 // target's hidden states, so its head is fed after the target's step too
@@ -46,6 +49,13 @@ struct HeadChunk {
   // EAGLE-3 heads only: the target's aux hidden states [n, aux_width] of the
   // positions before each token (else the ones kept by after_target).
   const float* features = nullptr;
+  // Device selection only (PrunedHead::device_select()): the last token's
+  // selection [kv_heads, budget] and the share of each KV head's attention it
+  // carries [kv_heads], chosen where the K cache lives. The request's length
+  // after this chunk must exceed the budget.
+  int32_t* selection = nullptr;
+  float* mass = nullptr;
+  int budget = 0;
 };
 
 class Eagle3Head;
@@ -89,6 +99,14 @@ class PrunedHead {
   int tokens(uint64_t id) const;  // -1 when unknown
 
   Status forward(const std::vector<HeadChunk>& chunks);
+
+  // Keeps the scoring K cache on the backend and selects there (HeadChunk::
+  // selection, Backend::head_select) with the selector's rules. Only a head
+  // cut from a Llama-family model scoring one layer (pool 1) on a backend
+  // with the hook for its shape, and only before any request opens; returns
+  // whether the head took it.
+  bool use_device_select(int n_sink, int n_recent, bool reduce_max);
+  bool device_select() const { return hs_ != nullptr; }
 
   // Target layers whose input hidden states the head reads (ForwardBatch::
   // aux_layers): empty except for EAGLE-3 heads, which then need
@@ -142,6 +160,7 @@ class PrunedHead {
     // [kv_heads, capacity, head_dim] scoring-layer K; shared so a checkpoint
     // write can read its rows after the request has ended.
     std::shared_ptr<std::vector<float>> k;
+    Tensor dk;  // device selection: the same cache on the backend (k unused)
   };
   PrunedHead() = default;
   Status ensure_workspace(int n);
@@ -159,6 +178,9 @@ class PrunedHead {
   int ws_cap_ = 0;
   std::vector<float> qh_, kh_;   // host copies of one chunk's q / k rows
   std::vector<float> kbuf_;      // host copy of a pooled layer's K cache
+  HeadSelect* hs_ = nullptr;     // device selection, else null
+  int hs_sink_ = 0, hs_recent_ = 0;
+  bool hs_max_ = false;
   uint64_t head_params_ = 0, model_params_ = 0;
 };
 

@@ -1,6 +1,8 @@
 #include "retrieval/sparse_decoder.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 namespace spx::retrieval {
 
@@ -12,6 +14,16 @@ Status SparseDecoder::make(Transformer* target, Backend* backend, const HeadChoi
   Status st = make_head(target, backend, choice, &d->dlm_, &d->head_, &d->kind_);
   if (!st.ok) return st;
   const ModelConfig& c = target->config();
+  // The head scores and selects where its K cache lives when the backend can
+  // (the CUDA backend; the CPU backend is the reference and has no hook).
+  // SPX_HEAD_SCORING=host keeps the host path. The device reports the mean
+  // reduce's mass, so a max reduce with a fallback threshold stays on the host.
+  const char* where = std::getenv("SPX_HEAD_SCORING");
+  const std::string scoring = where ? where : "";
+  if (!scoring.empty() && scoring != "host" && scoring != "device")
+    return Status::Error("SPX_HEAD_SCORING must be 'host' or 'device', not '" + scoring + "'");
+  if (scoring != "host" && (select.reduce == GroupReduce::Mean || select.fallback_mass <= 0))
+    d->head_->use_device_select(select.n_sink, select.n_recent, select.reduce == GroupReduce::Max);
 #ifdef SPX_HAVE_CUDA
   // The CUDA backend keeps host-tier caches in pinned memory (cuda_tier.h).
   d->tier_ = cuda::CudaTier::make(target->backend(), &st);
@@ -137,7 +149,20 @@ Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBa
     if (it != reqs_.end()) {
       const bool decode = ch.n_tokens == 1 && head_->tokens(ids[i]) == ch.start_pos;
       if (decode) {
-        hc.push_back({ids[i], batch->tokens.data() + offset, 1, &it->second.scores});
+        Request& r = it->second;
+        HeadChunk h{ids[i], batch->tokens.data() + offset, 1, &r.scores};
+        if (head_->device_select()) {
+          // Selected on the device; a context within the budget needs none.
+          h.scores = nullptr;
+          if (ch.start_pos + 1 > r.budget) {
+            r.selection.resize(static_cast<size_t>(target_->config().num_kv_heads) * r.budget);
+            r.mass.resize(static_cast<size_t>(target_->config().num_kv_heads));
+            h.selection = r.selection.data();
+            h.mass = r.mass.data();
+            h.budget = r.budget;
+          }
+        }
+        hc.push_back(h);
         decode_chunks.push_back(i);
       } else if (!adopts) {
         // A separate DLM computes its own prompt KV.
@@ -155,11 +180,17 @@ Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBa
     ForwardChunk& ch = batch->chunks[i];
     Request& r = reqs_[ids[i]];
     const int T = ch.start_pos + 1;
-    SelectOptions so = select_;
-    so.budget = r.budget;
-    r.selection.resize(static_cast<size_t>(c.num_kv_heads) * r.budget);
-    SelectResult res = selector_.select(r.scores.data(), head_->pool(), c.num_heads, c.num_kv_heads,
-                                        T, T, so, r.selection.data());
+    SelectResult res;
+    if (head_->device_select()) {
+      res = device_result(r, T);
+      if (!res.full || res.fallback) ++stats_.device_selections;
+    } else {
+      SelectOptions so = select_;
+      so.budget = r.budget;
+      r.selection.resize(static_cast<size_t>(c.num_kv_heads) * r.budget);
+      res = selector_.select(r.scores.data(), head_->pool(), c.num_heads, c.num_kv_heads, T, T, so,
+                             r.selection.data());
+    }
     if (res.fallback) ++stats_.fallback_steps;
     if (res.full) {
       if (!res.fallback) ++stats_.full_steps;
@@ -218,6 +249,28 @@ Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBa
     };
   }
   return Status::Ok();
+}
+
+SelectResult SparseDecoder::device_result(const Request& r, int T) const {
+  SelectResult res;
+  if (T <= r.budget) {  // full attention, nothing was selected
+    res.count = T;
+    res.full = true;
+    return res;
+  }
+  res.count = r.budget;
+  double sum = 0;
+  res.min_mass = 1.0f;
+  for (float m : r.mass) {
+    res.min_mass = std::min(res.min_mass, m);
+    sum += m;
+  }
+  res.mean_mass = r.mass.empty() ? 1.0f : static_cast<float>(sum / r.mass.size());
+  if (select_.fallback_mass > 0 && res.min_mass < select_.fallback_mass) {
+    res.full = true;
+    res.fallback = true;
+  }
+  return res;
 }
 
 Status SparseDecoder::load_rows(Request& r, int layer, bool new_token_only) {

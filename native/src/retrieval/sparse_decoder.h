@@ -38,6 +38,7 @@ struct SparseStats {
   // the compute stream waited for (not hidden behind device-resident layers).
   double transfer_ms = 0;
   double exposed_transfer_ms = 0;
+  uint64_t device_selections = 0;  // sparse or fallback steps selected on the device
 };
 
 class SparseDecoder {
@@ -71,6 +72,9 @@ class SparseDecoder {
     return it == reqs_.end() ? nullptr : &it->second.scores;
   }
   const std::string& head_kind() const { return kind_; }
+  // Where the head scores and selects: "device" (the backend's HeadSelect,
+  // its K cache on the device; last_scores() stays empty) or "host".
+  const char* head_scoring() const { return head_->device_select() ? "device" : "host"; }
   const PrunedHead& head() const { return *head_; }
   PrunedHead* mutable_head() { return head_.get(); }  // checkpoints save and restore its state
 
@@ -78,7 +82,8 @@ class SparseDecoder {
   struct Request {
     int budget = 0;
     std::vector<int32_t> selection;  // [kv_heads, B], valid during one step
-    std::vector<float> scores;       // [pool, q_heads, T]
+    std::vector<float> scores;       // [pool, q_heads, T] (host scoring)
+    std::vector<float> mass;         // [kv_heads] (device selection)
     std::vector<Tensor> tier_k, tier_v;  // [layers]: [kv_heads, B, hd] for host layers, else empty
     std::vector<int32_t> tier_slots;     // [kv_heads, B]
     std::vector<std::vector<SlotLoad>> loads;  // [kv_heads] this step's
@@ -86,6 +91,8 @@ class SparseDecoder {
     int new_pos = -1;                // this step's own token, loaded inside the forward
   };
   Status load_rows(Request& r, int layer, bool new_token_only);
+  // The SelectResult of a device selection (its masses, the fallback rule).
+  SelectResult device_result(const Request& r, int T) const;
   // Slot buffers for the last host_layers layers (others empty); on the
   // CUDA backend their full caches move to pinned host memory.
   Status alloc_tier(Request& r, int host_layers);

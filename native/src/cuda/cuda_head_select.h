@@ -1,0 +1,49 @@
+// The CUDA backend's HeadSelect (backend/backend.h): the retrieval head's
+// scores over its device K cache (retrieval_scores_forward) and the top-B
+// selection (topk_select_forward) on the backend's stream, batched over the
+// step's decode tokens; only the [kv_heads, B] selections and the [kv_heads]
+// masses come back to the host (the slot maps and the fallback need them).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "backend/backend.h"
+#include "cuda/ops.h"
+
+namespace spx::cuda {
+
+class DeviceHeadSelect final : public HeadSelect {
+ public:
+  DeviceHeadSelect() = default;
+  ~DeviceHeadSelect() override;
+  DeviceHeadSelect(const DeviceHeadSelect&) = delete;
+  DeviceHeadSelect& operator=(const DeviceHeadSelect&) = delete;
+
+  void set_stream(int device, cudaStream_t stream) {
+    device_ = device;
+    stream_ = stream;
+  }
+  bool supports(int q_heads, int kv_heads, int head_dim) const override;
+  Status select(const std::vector<HeadSelectJob>& jobs, int q_heads, int kv_heads, int head_dim,
+                float scale, bool reduce_max, int n_sink, int n_recent) override;
+  uint64_t launches() const { return launches_; }
+
+ private:
+  // A device buffer of at least `bytes` (grown after the stream drains).
+  Status ensure(void** p, size_t* have, size_t bytes);
+  Status ensure_host(void** p, size_t* have, size_t bytes);
+
+  int device_ = 0;
+  cudaStream_t stream_ = nullptr;
+  void *q_ = nullptr, *desc_ = nullptr, *scores_ = nullptr, *logits_ = nullptr, *out_ = nullptr;
+  size_t q_bytes_ = 0, desc_bytes_ = 0, scores_bytes_ = 0, logits_bytes_ = 0, out_bytes_ = 0;
+  void *h_desc_ = nullptr, *h_out_ = nullptr;  // pinned
+  size_t h_desc_bytes_ = 0, h_out_bytes_ = 0;
+  uint64_t launches_ = 0;
+  std::vector<int> order_;
+};
+
+}  // namespace spx::cuda
