@@ -2,6 +2,7 @@
 // write cost, and bytes per token, through the Engine API (not a test).
 //
 //   checkpoint_bench MODEL_DIR [--contexts 4096,8128] [--threads T] [--dir /dev/shm]
+//                    [--device cpu|cuda:N] [--single 0|1]
 //   checkpoint_bench --make-random-smollm2 OUT_DIR   (SmolLM2-135M shape, seeded
 //                                                     random f32 weights: speed only)
 //
@@ -53,9 +54,12 @@ class Sink : public testing::CollectSink {
   double ttft_ms() const { return std::chrono::duration<double, std::milli>(first - submitted).count(); }
 };
 
+std::string g_device = "cpu";
+
 std::unique_ptr<Engine> open(const std::string& dir, int threads, int ctx) {
   EngineOptions o;
   o.model_dir = dir;
+  o.device = g_device;
   o.threads = threads;
   o.max_batch = 2;
   o.max_context = ctx;
@@ -165,10 +169,11 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--contexts")) contexts = argv[i + 1];
     else if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--dir")) dir = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--device")) g_device = argv[i + 1];
   }
   const int kNew = 24, kEvery = 4;
-  std::printf("{\"model_dir\":\"%s\",\"threads\":%d,\"new_tokens\":%d,\"every_tokens\":%d,\"single\":%s,\"rows\":[",
-              model.c_str(), threads, kNew, kEvery, single ? "true" : "false");
+  std::printf("{\"device\":\"%s\",\"model_dir\":\"%s\",\"threads\":%d,\"new_tokens\":%d,\"every_tokens\":%d,\"single\":%s,\"rows\":[",
+              g_device.c_str(), model.c_str(), threads, kNew, kEvery, single ? "true" : "false");
   std::stringstream list(contexts);
   std::string item;
   bool firstRow = true;
