@@ -133,6 +133,7 @@ DecodeRun decode(Backend* be, const std::string& name, const HeadChoice& head, i
     run.selections.emplace_back();
     if (sel) run.selections.back().assign(sel, sel + static_cast<size_t>(c.num_kv_heads) * budget);
     EXPECT_TRUE(model->forward(b, &logits).ok);
+    EXPECT_TRUE(dec->after_forward(ids, b).ok);  // an EAGLE-3 head reads the step's hidden states
     run.logits.push_back(logits);
   }
   run.stats = dec->stats();
@@ -205,6 +206,20 @@ TEST(DeviceSelect, SeparateDlmHeadAndFallbackMatchTheHost) {
     if (fallback > 0) EXPECT_GT(dev.stats.fallback_steps, 0u) << what << ": the threshold must bite";
     expect_same(host, dev, what);
   }
+}
+
+TEST(DeviceSelect, Eagle3HeadMatchesTheHost) {
+  HeadChoice e3;
+  e3.dlm_dir = spx::testing::fixture("tiny-eagle3/draft");
+  auto cpu = make_cpu_backend(1);
+  HookedCpu hooked;
+  const DecodeRun host = decode(cpu.get(), "tiny-eagle3/target", e3, 16);
+  const DecodeRun dev = decode(&hooked, "tiny-eagle3/target", e3, 16);
+  EXPECT_EQ(host.path, "host");
+  EXPECT_EQ(dev.path, "device");
+  EXPECT_GT(dev.stats.sparse_steps, 0u);
+  EXPECT_EQ(dev.stats.device_selections, dev.stats.sparse_steps);
+  expect_same(host, dev, "EAGLE-3 head");
 }
 
 TEST(DeviceSelect, PooledHeadsAndTheHostSwitchStayOnTheHost) {

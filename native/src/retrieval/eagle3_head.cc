@@ -49,12 +49,18 @@ Status Eagle3Head::load(const std::string& dir, Transformer* target, Backend* ba
   return Status::Ok();
 }
 
+bool Eagle3Head::use_device_select(int n_sink, int n_recent, bool reduce_max) {
+  if (!reqs_.empty()) return false;  // only while no request holds a cache
+  return ds_.attach(be_, cfg_.heads, cfg_.kv_heads, cfg_.head_dim, n_sink, n_recent, reduce_max);
+}
+
 Status Eagle3Head::open(uint64_t id, int capacity) {
   if (reqs_.count(id)) return Status::Error("retrieval head: request already open");
   if (capacity <= 0) return Status::Error("retrieval head: capacity must be positive");
   Request r;
   r.capacity = capacity;
-  r.k = std::make_shared<std::vector<float>>(static_cast<size_t>(cfg_.kv_heads) * capacity * cfg_.head_dim, 0.0f);
+  Status st = r.k.open(be_, ds_.hook != nullptr, cfg_.kv_heads, capacity, cfg_.head_dim);
+  if (!st.ok) return st;
   reqs_[id] = std::move(r);
   return Status::Ok();
 }
@@ -68,7 +74,7 @@ int Eagle3Head::tokens(uint64_t id) const {
 
 uint64_t Eagle3Head::k_cache_bytes() const {
   uint64_t b = 0;
-  for (const auto& [id, r] : reqs_) b += r.k->size() * sizeof(float);
+  for (const auto& [id, r] : reqs_) b += r.k.bytes();
   return b;
 }
 
@@ -82,7 +88,8 @@ Status Eagle3Head::state(uint64_t id, HeadState* out) const {
   *out = HeadState();
   out->tokens = r.n_tokens;
   out->capacity = r.capacity;
-  out->scoring_k = r.k;
+  Status st = r.k.snapshot(&out->scoring_k);
+  if (!st.ok) return st;
   out->aux = r.n_tokens > 0 ? r.last : std::vector<float>(static_cast<size_t>(aux_width()), 0.0f);
   return Status::Ok();
 }
@@ -94,7 +101,8 @@ Status Eagle3Head::restore(uint64_t id, int n, const HeadStateFill& fill, const 
   if (r.n_tokens != 0 || n < 0 || n > r.capacity)
     return Status::Error("retrieval head: cannot restore " + std::to_string(n) + " positions into this request");
   if (n > 0 && aux == nullptr) return Status::Error("EAGLE-3 head: the saved state has no aux row");
-  fill(0, r.k->data(), r.capacity);
+  Status st = r.k.load([&](float* dst) { fill(0, dst, r.capacity); });
+  if (!st.ok) return st;
   r.n_tokens = n;
   if (n > 0) {
     r.last.assign(aux, aux + aux_width());
@@ -128,6 +136,10 @@ Status Eagle3Head::forward(const std::vector<HeadChunk>& chunks) {
     Request& r = it->second;
     if (hc.n <= 0 || r.n_tokens + hc.n > r.capacity)
       return Status::Error("retrieval head: chunk exceeds the request's capacity");
+    if (hc.selection && !ds_.hook)
+      return Status::Error("retrieval head: a selection asked of a head that scores on the host");
+    if (hc.selection && (hc.budget <= 0 || r.n_tokens + hc.n <= hc.budget))
+      return Status::Error("retrieval head: device selection needs a context longer than the budget");
     const size_t at = feats_.size();
     if (hc.features) {
       feats_.insert(feats_.end(), hc.features, hc.features + hc.n * W);
@@ -143,7 +155,7 @@ Status Eagle3Head::forward(const std::vector<HeadChunk>& chunks) {
                            " (the target's step must be passed to after_target, or the chunk must carry features)");
     }
     if (r.n_tokens == 0) std::fill(feats_.begin() + static_cast<int64_t>(at), feats_.begin() + static_cast<int64_t>(at + W), 0.0f);
-    items.push_back({&r, hc.tokens, hc.n, hc.scores});
+    items.push_back({&r, hc.tokens, hc.n, hc.scores, &hc});
   }
   return project(items);
 }
@@ -213,24 +225,38 @@ Status Eagle3Head::project(const std::vector<Item>& items) {
   Tensor q3 = q.reshaped({N, heads, D}), k3 = k.reshaped({N, kvh, D});
   be.rope(&q3, cos, sin);
   be.rope(&k3, cos, sin);
-  kh_.resize(static_cast<size_t>(N * kvh * D));
-  if (!(st = be.download(k, kh_.data())).ok) return st;
+  if (!ds_.hook) {
+    kh_.resize(static_cast<size_t>(N * kvh * D));
+    if (!(st = be.download(k, kh_.data())).ok) return st;
+  }
 
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  std::vector<Tensor> qrows;  // the selection jobs' queries (views of q)
+  qrows.reserve(items.size());
+  std::vector<HeadSelectJob> jobs;
   int row = 0;
   for (const Item& it : items) {
     Request& r = *it.r;
-    write_k_rows(&kh_[static_cast<size_t>(row * kvh * D)], it.n, kvh, D, r.capacity, r.n_tokens, r.k->data());
+    r.k.write(k.rows(row, it.n), ds_.hook ? nullptr : &kh_[static_cast<size_t>(row * kvh * D)], it.n, r.n_tokens);
     r.n_tokens += it.n;
+    if (it.chunk && it.chunk->selection) {
+      qrows.push_back(q.rows(row + it.n - 1, 1));
+      jobs.push_back({&qrows.back(), &r.k.tensor(), r.n_tokens, it.chunk->budget, it.chunk->selection,
+                      it.chunk->mass});
+    }
     if (it.scores) {
       const int64_t T = r.n_tokens;
       qh_.resize(static_cast<size_t>(heads * D));
       if (!(st = be.download(q.rows(row + it.n - 1, 1), qh_.data())).ok) return st;
       it.scores->resize(static_cast<size_t>(heads * T));
-      score_rows(qh_.data(), r.k->data(), heads, heads / kvh, T, r.capacity, D, scale, it.scores->data());
+      const float* kc = nullptr;
+      if (!(st = r.k.host(&kbuf_, &kc)).ok) return st;
+      score_rows(qh_.data(), kc, heads, heads / kvh, T, r.capacity, D, scale, it.scores->data());
     }
     row += it.n;
   }
+  if (!jobs.empty())
+    return ds_.run(jobs, static_cast<int>(heads), static_cast<int>(kvh), static_cast<int>(D), scale);
   return Status::Ok();
 }
 

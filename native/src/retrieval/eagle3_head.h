@@ -63,6 +63,10 @@ class Eagle3Head {
   Status forward(const std::vector<HeadChunk>& chunks);
   // The target's aux rows [n, aux_width()] of positions start .. start+n-1.
   Status after_target(uint64_t id, const int32_t* tokens, int start, int n, const float* rows);
+  // Device selection (PrunedHead::use_device_select): the K cache on the
+  // backend, decode chunks' HeadChunk::selection chosen there.
+  bool use_device_select(int n_sink, int n_recent, bool reduce_max);
+  bool device_select() const { return ds_.hook != nullptr; }
 
   uint64_t head_params() const { return head_params_; }
   uint64_t model_params() const { return model_params_; }
@@ -76,7 +80,7 @@ class Eagle3Head {
   struct Request {
     int capacity = 0;
     int n_tokens = 0;
-    std::shared_ptr<std::vector<float>> k;  // [kv_heads, capacity, head_dim]
+    ScoringCache k;              // [kv_heads, capacity, head_dim]
     std::vector<float> last;     // [aux_width] the target's rows at position last_pos
     int last_pos = -1;
   };
@@ -85,6 +89,7 @@ class Eagle3Head {
     const int32_t* tokens;
     int n;
     std::vector<float>* scores;  // last token's [q_heads, T] or nullptr
+    const HeadChunk* chunk = nullptr;  // its selection, with device selection
   };
   Eagle3Head() = default;
   Status ensure_workspace(int n);
@@ -99,7 +104,8 @@ class Eagle3Head {
   std::vector<float> feats_;      // [n, aux_width] host staging
   Tensor f_, a_, b_, q_, qt_, k_, kt_, cos_, sin_;
   int ws_cap_ = 0;
-  std::vector<float> qh_, kh_;
+  std::vector<float> qh_, kh_, kbuf_;
+  DeviceSelect ds_;  // hook null: host scoring
   uint64_t head_params_ = 0, model_params_ = 0, weight_bytes_ = 0;
 };
 

@@ -97,17 +97,13 @@ PrunedHead::~PrunedHead() = default;
 bool PrunedHead::use_device_select(int n_sink, int n_recent, bool reduce_max) {
   // Pooled layers and EAGLE-3 drafts score on the host (their caches live
   // elsewhere); a head switches only while it holds no request's cache.
-  if (eagle3_ || pool_ != 1 || !reqs_.empty()) return false;
-  HeadSelect* hs = model_->backend()->head_select();
-  if (!hs) return false;
+  if (eagle3_) return eagle3_->use_device_select(n_sink, n_recent, reduce_max);
+  if (pool_ != 1 || !reqs_.empty()) return false;
   const ModelConfig& c = model_->config();
-  if (!hs->supports(c.num_heads, c.num_kv_heads, c.head_dim)) return false;
-  hs_ = hs;
-  hs_sink_ = n_sink;
-  hs_recent_ = n_recent;
-  hs_max_ = reduce_max;
-  return true;
+  return ds_.attach(model_->backend(), c.num_heads, c.num_kv_heads, c.head_dim, n_sink, n_recent, reduce_max);
 }
+
+bool PrunedHead::device_select() const { return eagle3_ ? eagle3_->device_select() : ds_.hook != nullptr; }
 
 const std::vector<int>& PrunedHead::aux_layers() const {
   static const std::vector<int> none;
@@ -146,7 +142,7 @@ uint64_t PrunedHead::weight_bytes(const Transformer* target) const {
 uint64_t PrunedHead::k_cache_bytes() const {
   if (eagle3_) return eagle3_->k_cache_bytes();
   uint64_t b = 0;
-  for (const auto& [id, r] : reqs_) b += r.k ? r.k->size() * sizeof(float) : r.dk.nbytes();
+  for (const auto& [id, r] : reqs_) b += r.k.bytes();
   return b + store_->bytes_in_use();
 }
 
@@ -158,15 +154,9 @@ Status PrunedHead::open(uint64_t id, int capacity) {
   Status st = store_->allocate(id, capacity, &r.kv);
   if (!st.ok) return st;
   const ModelConfig& c = model_->config();
-  if (hs_) {
-    // Positions < n_tokens are the only ones ever read (scores, checkpoints).
-    st = model_->backend()->alloc({c.num_kv_heads, capacity, c.head_dim}, DType::F32, &r.dk);
-    if (!st.ok) {
-      store_->free(id);
-      return st;
-    }
-  } else {
-    r.k = std::make_shared<std::vector<float>>(static_cast<size_t>(c.num_kv_heads) * capacity * c.head_dim, 0.0f);
+  if (!(st = r.k.open(model_->backend(), ds_.hook != nullptr, c.num_kv_heads, capacity, c.head_dim)).ok) {
+    store_->free(id);
+    return st;
   }
   reqs_[id] = std::move(r);
   return Status::Ok();
@@ -199,11 +189,7 @@ Status PrunedHead::adopt(uint64_t id, const KvSequence& kv) {
     if (!st.ok) return st;
     if (l == layer_) {
       // Same layout: [kv_heads, capacity, head_dim].
-      if (hs_) {
-        if (!(st = be->upload(buf.data(), &r.dk)).ok) return st;
-      } else {
-        std::copy(buf.begin(), buf.end(), r.k->begin());
-      }
+      if (!(st = r.k.set(buf.data())).ok) return st;
       break;
     }
     if (!(st = be->upload(buf.data(), &r.kv->k[l])).ok) return st;
@@ -231,16 +217,7 @@ Status PrunedHead::state(uint64_t id, HeadState* out) const {
     out->k.push_back(r.kv->k[static_cast<size_t>(l)]);
     out->v.push_back(r.kv->v[static_cast<size_t>(l)]);
   }
-  if (hs_) {
-    // Device selection: the snapshot takes a host copy of the device cache.
-    auto k = std::make_shared<std::vector<float>>(static_cast<size_t>(r.dk.numel()));
-    Status st = model_->backend()->download(r.dk, k->data());
-    if (!st.ok) return st;
-    out->scoring_k = std::move(k);
-  } else {
-    out->scoring_k = r.k;
-  }
-  return Status::Ok();
+  return r.k.snapshot(&out->scoring_k);
 }
 
 Status PrunedHead::restore(uint64_t id, int n, const HeadStateFill& fill, const float* aux) {
@@ -261,14 +238,8 @@ Status PrunedHead::restore(uint64_t id, int n, const HeadStateFill& fill, const 
       if (!st.ok) return st;
     }
   }
-  if (hs_) {
-    buf.assign(static_cast<size_t>(r.dk.numel()), 0.0f);
-    fill(2 * layer_, buf.data(), r.capacity);
-    Status st = be->upload(buf.data(), &r.dk);
-    if (!st.ok) return st;
-  } else {
-    fill(2 * layer_, r.k->data(), r.capacity);
-  }
+  Status st = r.k.load([&](float* dst) { fill(2 * layer_, dst, r.capacity); });
+  if (!st.ok) return st;
   r.n_tokens = n;
   r.kv->n_tokens = n;
   return Status::Ok();
@@ -301,7 +272,7 @@ Status PrunedHead::forward(const std::vector<HeadChunk>& chunks) {
     Request& r = it->second;
     if (hc.n <= 0 || r.n_tokens + hc.n > r.capacity)
       return Status::Error("retrieval head: chunk exceeds the request's capacity");
-    if (hc.selection && !hs_)
+    if (hc.selection && !ds_.hook)
       return Status::Error("retrieval head: a selection asked of a head that scores on the host");
     if (hc.selection && (hc.budget <= 0 || r.n_tokens + hc.n <= hc.budget))
       return Status::Error("retrieval head: device selection needs a context longer than the budget");
@@ -346,7 +317,7 @@ Status PrunedHead::forward(const std::vector<HeadChunk>& chunks) {
   }
   be.rope(&q3, cos, sin);
   be.rope(&k3, cos, sin);
-  if (!hs_) {
+  if (!ds_.hook) {
     kh_.resize(static_cast<size_t>(N * kvh * D));
     if (!(st = be.download(k, kh_.data())).ok) return st;
   }
@@ -360,17 +331,11 @@ Status PrunedHead::forward(const std::vector<HeadChunk>& chunks) {
   for (const HeadChunk& hc : chunks) {
     ++ci;
     Request& r = reqs_[hc.id];
-    if (hs_) {
-      // The rows go straight into the device cache (K written as its own V).
-      const Tensor kr = k3.rows(row, hc.n);
-      be.kv_write(kr, kr, r.n_tokens, &r.dk, &r.dk);
-    } else {
-      write_k_rows(&kh_[static_cast<size_t>(row * kvh * D)], hc.n, kvh, D, r.capacity, r.n_tokens, r.k->data());
-    }
+    r.k.write(k.rows(row, hc.n), ds_.hook ? nullptr : &kh_[static_cast<size_t>(row * kvh * D)], hc.n, r.n_tokens);
     r.n_tokens += hc.n;
     if (hc.selection) {
       qrows.push_back(q.rows(row + hc.n - 1, 1));
-      jobs.push_back({&qrows.back(), &r.dk, r.n_tokens, hc.budget, hc.selection, hc.mass});
+      jobs.push_back({&qrows.back(), &r.k.tensor(), r.n_tokens, hc.budget, hc.selection, hc.mass});
     }
     if (hc.scores) {
       const int64_t T = r.n_tokens;
@@ -386,21 +351,15 @@ Status PrunedHead::forward(const std::vector<HeadChunk>& chunks) {
         score_rows(ql, kbuf_.data(), heads, group, T, r.capacity, D, scale,
                    hc.scores->data() + static_cast<size_t>(p) * heads * T);
       }
-      const float* kc = r.k ? r.k->data() : nullptr;
-      if (hs_) {
-        // Host scores of a device cache (evaluation tools, not the engine's step).
-        kbuf_.resize(static_cast<size_t>(r.dk.numel()));
-        if (!(st = be.download(r.dk, kbuf_.data())).ok) return st;
-        kc = kbuf_.data();
-      }
+      const float* kc = nullptr;
+      if (!(st = r.k.host(&kbuf_, &kc)).ok) return st;
       score_rows(qh_.data(), kc, heads, group, T, r.capacity, D, scale,
                  hc.scores->data() + static_cast<size_t>(pool_ - 1) * heads * T);
     }
     row += hc.n;
   }
   if (!jobs.empty())
-    return hs_->select(jobs, static_cast<int>(heads), static_cast<int>(kvh), static_cast<int>(D), scale, hs_max_,
-                       hs_sink_, hs_recent_);
+    return ds_.run(jobs, static_cast<int>(heads), static_cast<int>(kvh), static_cast<int>(D), scale);
   return Status::Ok();
 }
 

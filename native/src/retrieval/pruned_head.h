@@ -18,7 +18,7 @@
 // on the head's KV; the scoring projection runs on the backend, and the K cache
 // and the q.K scores live in host memory (they feed the host-side selection).
 // With device selection (use_device_select: a GPU backend's HeadSelect, pool
-// 1) the K cache stays on the backend instead, and a decode chunk's scores
+// 1 or EAGLE-3) the K cache stays on the backend instead, and a decode chunk's scores
 // and top-B selection are computed there; only the selection comes back.
 //
 // An EAGLE-3 draft (eagle3_head.h) is the other kind of DLM: it reads the
@@ -35,6 +35,7 @@
 
 #include "kv/kv_store.h"
 #include "model/transformer.h"
+#include "retrieval/scoring_cache.h"
 
 namespace spx::retrieval {
 
@@ -101,12 +102,12 @@ class PrunedHead {
   Status forward(const std::vector<HeadChunk>& chunks);
 
   // Keeps the scoring K cache on the backend and selects there (HeadChunk::
-  // selection, Backend::head_select) with the selector's rules. Only a head
-  // cut from a Llama-family model scoring one layer (pool 1) on a backend
-  // with the hook for its shape, and only before any request opens; returns
-  // whether the head took it.
+  // selection, Backend::head_select) with the selector's rules: a head
+  // scoring one layer (pool 1) or an EAGLE-3 head, on a backend with the hook
+  // for its shape, and only before any request opens; returns whether the
+  // head took it.
   bool use_device_select(int n_sink, int n_recent, bool reduce_max);
-  bool device_select() const { return hs_ != nullptr; }
+  bool device_select() const;
 
   // Target layers whose input hidden states the head reads (ForwardBatch::
   // aux_layers): empty except for EAGLE-3 heads, which then need
@@ -157,10 +158,7 @@ class PrunedHead {
     KvSequence* kv = nullptr;    // layers below the scoring layer
     int capacity = 0;
     int n_tokens = 0;
-    // [kv_heads, capacity, head_dim] scoring-layer K; shared so a checkpoint
-    // write can read its rows after the request has ended.
-    std::shared_ptr<std::vector<float>> k;
-    Tensor dk;  // device selection: the same cache on the backend (k unused)
+    ScoringCache k;              // [kv_heads, capacity, head_dim] scoring-layer K
   };
   PrunedHead() = default;
   Status ensure_workspace(int n);
@@ -178,9 +176,7 @@ class PrunedHead {
   int ws_cap_ = 0;
   std::vector<float> qh_, kh_;   // host copies of one chunk's q / k rows
   std::vector<float> kbuf_;      // host copy of a pooled layer's K cache
-  HeadSelect* hs_ = nullptr;     // device selection, else null
-  int hs_sink_ = 0, hs_recent_ = 0;
-  bool hs_max_ = false;
+  DeviceSelect ds_;              // hook null: host scoring
   uint64_t head_params_ = 0, model_params_ = 0;
 };
 
