@@ -135,6 +135,9 @@ std::vector<Step> decode(const std::string& device, const std::string& dir, int 
   const char* path = dec->head_scoring();
   std::printf("%s on %s: head scoring on the %s, %llu device selections\n", dir.c_str(),
               device.c_str(), path, static_cast<unsigned long long>(dec->stats().device_selections));
+  const char* forced = std::getenv("SPX_HEAD_SCORING");
+  const bool host_forced = forced && std::string(forced) == "host";
+  EXPECT_EQ(std::string(path), device != "cpu" && !host_forced ? "device" : "host") << dir;
   if (std::string(path) == "device") EXPECT_GT(dec->stats().device_selections, 0u) << dir;
   else EXPECT_EQ(dec->stats().device_selections, 0u) << dir;
   dec->release(1);
