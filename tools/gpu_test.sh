@@ -7,7 +7,9 @@
 # transformers. Prints a short summary last; full logs go to $SPX_GPU_OUT (or
 # /tmp/spx-gpu).
 #
-#   tools/gpu_test.sh [--no-tests] [--no-sanitizer] [--bench] [--bench-quick]
+#   tools/gpu_test.sh [--no-tests] [--no-sanitizer] [--bench] [--bench-quick] [--only REGEX]
+# --only runs just the test binaries whose names match REGEX (bash =~), and
+# builds only those.
 #
 # GoogleTest: the Debian package if CMake finds it, else the sources in
 # .carry/googletest (copy /usr/src/googletest there on a machine that has it).
@@ -15,9 +17,12 @@ set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="${SPX_GPU_OUT:-/tmp/spx-gpu}"
 mkdir -p "$out"
-tests=1 sanitizer=1 bench=0 quick=0
-for a in "$@"; do
+tests=1 sanitizer=1 bench=0 quick=0 only=''
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  a="${args[$i]}"
   case "$a" in
+    --only) i=$((i + 1)); only="${args[$i]:-}" ;;
     --no-tests) tests=0 ;;
     --no-sanitizer) sanitizer=0 ;;
     --bench) bench=1 ;;
@@ -35,12 +40,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 nvcc --version | tail -1
 
 # ---- build
+targets=()
+if [[ -n "$only" ]]; then
+  mapfile -t targets < <(cd "$root/native/tests" && ls *_test.cc | sed 's/\.cc$//' | grep -E "$only")
+  [[ $sanitizer == 1 ]] && targets+=(cuda_model_test dense_bench)
+fi
 gtest_arg=()
 [[ -d "$root/.carry/googletest" ]] && gtest_arg=(-DSPX_GTEST_SRC="$root/.carry/googletest")
 t0=$SECONDS
 if cmake -S "$root/native" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_CUDA_COMPILER="$(command -v nvcc)" "${gtest_arg[@]}" >"$out/build.log" 2>&1 &&
-  ninja -C "$build" -j"$jobs" >>"$out/build.log" 2>&1; then
+  ninja -C "$build" -j"$jobs" "${targets[@]}" >>"$out/build.log" 2>&1; then
   note "build ok ($((SECONDS - t0)) s)"
 else
   tail -40 "$out/build.log"
@@ -67,6 +77,7 @@ if [[ $tests == 1 ]]; then
   : >"$out/tests.log"
   for bin in "$build"/*_test; do
     name="$(basename "$bin")"
+    [[ -n "$only" && ! "$name" =~ $only ]] && continue
     t0=$SECONDS
     if "$bin" >"$out/$name.log" 2>&1; then status=ok; else status=FAILED; fail=1; fi
     passed=$(grep -c '^\[       OK \]' "$out/$name.log")
