@@ -95,8 +95,8 @@ Status PrunedHead::make_eagle3(std::unique_ptr<Eagle3Head> eagle3, std::unique_p
 PrunedHead::~PrunedHead() = default;
 
 bool PrunedHead::use_device_select(int n_sink, int n_recent, bool reduce_max) {
-  // Pooled layers and EAGLE-3 drafts score on the host (their caches live
-  // elsewhere); a head switches only while it holds no request's cache.
+  // Pooled layers score on the host (their K caches are the head's own
+  // layers'); a head switches only while it holds no request's cache.
   if (eagle3_) return eagle3_->use_device_select(n_sink, n_recent, reduce_max);
   if (pool_ != 1 || !reqs_.empty()) return false;
   const ModelConfig& c = model_->config();
