@@ -1,12 +1,15 @@
 // The checkpoint file format: round trip (the retrieval head's state included:
 // its own layers' K/V, scoring K, aux row), incremental segments, version 1
-// files still read, and every way a file can be wrong (version, truncation,
+// files still read, version 3's bf16 rows (raw, widened, from f32 files), and every way a file can be wrong (version, truncation,
 // checksum, identity, geometry, gaps) rejected with a message naming it.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <limits>
 #include <fstream>
 #include <random>
 
@@ -252,6 +255,211 @@ TEST(CheckpointFormat, WithoutRetrievalHead) {
   std::remove(path.c_str());
 }
 
+// Rewrites the file and expects the reader to refuse it with `reason`.
+void expect_file_rejected(const std::string& path, const std::string& bytes, const std::string& reason,
+                          uint64_t identity, const CheckpointGeometry& g) {
+  spit(path, bytes);
+  CheckpointReader r;
+  Status st = r.open(path, identity, g);
+  EXPECT_FALSE(st.ok);
+  EXPECT_NE(st.message.find(reason), std::string::npos) << st.message;
+}
+
+TEST(CheckpointFormat, Version2StillReads) {
+  FakeCaches c(kGeo, 30, 8);
+  const std::string path = temp_path("v2");
+  write_file(path, c, {0, 11, 25}, kIdentity, 2);
+  expect_restores(path, c, 25);
+  CheckpointReader r;
+  ASSERT_TRUE(r.open(path, kIdentity, kGeo).ok);
+  EXPECT_EQ(r.header().version, 2u);
+  EXPECT_EQ(r.kv_dtype(), DType::F32);
+  std::remove(path.c_str());
+}
+
+TEST(CheckpointFormat, OldVersionsStoreF32Only) {
+  const std::string path = temp_path("v2bf16");
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  ASSERT_GE(fd, 0);
+  CheckpointHeader h;
+  h.geometry = kGeo;
+  h.version = 2;
+  h.kv_dtype = DType::BF16;
+  EXPECT_FALSE(write_checkpoint_header(fd, h).ok);
+  ::close(fd);
+  std::remove(path.c_str());
+}
+
+TEST(CheckpointFormat, ConvertKv) {
+  // bf16 -> f32 is exact; f32 -> bf16 rounds to nearest, ties to even.
+  const float in[] = {1.0f, -2.5f, 1.00390625f /* 1 + 2^-8: a tie, stays 1 */, 1.01171875f /* tie, up to even */,
+                      1.0f + 3.0f / 512, 0.f};
+  uint16_t b[6];
+  convert_kv(in, DType::F32, b, DType::BF16, 6);
+  EXPECT_EQ(b[0], 0x3F80);
+  EXPECT_EQ(b[1], 0xC020);
+  EXPECT_EQ(b[2], 0x3F80);
+  EXPECT_EQ(b[3], 0x3F82);
+  EXPECT_EQ(b[4], 0x3F81);  // 0.75 of a step: up
+  EXPECT_EQ(b[5], 0x0000);
+  float back[6];
+  convert_kv(b, DType::BF16, back, DType::F32, 6);
+  EXPECT_EQ(back[0], 1.0f);
+  EXPECT_EQ(back[1], -2.5f);
+  EXPECT_EQ(back[3], 1.015625f);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  uint16_t bn;
+  convert_kv(&nan, DType::F32, &bn, DType::BF16, 1);
+  float nb;
+  convert_kv(&bn, DType::BF16, &nb, DType::F32, 1);
+  EXPECT_TRUE(std::isnan(nb));
+}
+
+// The CUDA backend's caches: bf16 rows, written and read back as they are.
+struct Bf16Caches {
+  FakeCaches f;
+  std::vector<std::vector<uint16_t>> k, v;
+  explicit Bf16Caches(const CheckpointGeometry& g, int cap, uint32_t seed) : f(g, cap, seed) {
+    for (int l = 0; l < g.layers; ++l) {
+      k.emplace_back(f.k[static_cast<size_t>(l)].size());
+      v.emplace_back(f.v[static_cast<size_t>(l)].size());
+      convert_kv(f.k[static_cast<size_t>(l)].data(), DType::F32, k.back().data(), DType::BF16, k.back().size());
+      convert_kv(f.v[static_cast<size_t>(l)].data(), DType::F32, v.back().data(), DType::BF16, v.back().size());
+      // The f32 view of the same values, what a reader widening them must give.
+      convert_kv(k.back().data(), DType::BF16, f.k[static_cast<size_t>(l)].data(), DType::F32, k.back().size());
+      convert_kv(v.back().data(), DType::BF16, f.v[static_cast<size_t>(l)].data(), DType::F32, v.back().size());
+    }
+  }
+  void write(const std::string& path, const std::vector<int>& cuts) const {
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ASSERT_GE(fd, 0);
+    CheckpointHeader h;
+    h.identity = kIdentity;
+    h.geometry = f.g;
+    h.seed = 42;
+    h.prompt_tokens = cuts.front();
+    h.kv_dtype = DType::BF16;
+    ASSERT_TRUE(write_checkpoint_header(fd, h).ok);
+    for (size_t i = 0; i + 1 < cuts.size(); ++i) {
+      SegmentSource s = f.segment(cuts[i], cuts[i + 1]);
+      for (int l = 0; l < f.g.layers; ++l) {
+        s.k[static_cast<size_t>(l)].data = k[static_cast<size_t>(l)].data();
+        s.v[static_cast<size_t>(l)].data = v[static_cast<size_t>(l)].data();
+      }
+      uint64_t bytes = 0;
+      Status st = append_checkpoint_segment(fd, f.g, s, &bytes, DType::BF16);
+      ASSERT_TRUE(st.ok) << st.message;
+      EXPECT_EQ(bytes, kSegmentHeaderBytes + f.g.segment_payload(cuts[i + 1] - cuts[i], 2));
+    }
+    ::close(fd);
+  }
+};
+
+TEST(CheckpointFormat, Bf16RoundTrip) {
+  Bf16Caches c(kGeo, 40, 9);
+  const std::string path = temp_path("bf16");
+  c.write(path, {0, 17, 18, 33});
+  EXPECT_EQ(slurp(path).size(), kCheckpointHeaderBytes + 3 * kSegmentHeaderBytes + kGeo.segment_payload(17, 2) +
+                                    kGeo.segment_payload(1, 2) + kGeo.segment_payload(15, 2));
+  // Widened to f32 (a CPU cache): exactly the bf16 values; the head's blocks and aux as written.
+  expect_restores(path, c.f, 33);
+  CheckpointReader r;
+  ASSERT_TRUE(r.open(path, kIdentity, kGeo).ok);
+  EXPECT_EQ(r.header().version, 3u);
+  EXPECT_EQ(r.kv_dtype(), DType::BF16);
+  // The raw rows (a bf16 cache): the same bytes, piece by piece.
+  const int hd = kGeo.head_dim;
+  for (int block = 0; block < 2 * kGeo.layers; ++block) {
+    const std::vector<uint16_t>& want = (block % 2 == 0 ? c.k : c.v)[static_cast<size_t>(block / 2)];
+    std::vector<uint16_t> got(want.size(), 0xFFFF);
+    int pieces = 0;
+    r.for_each_rows(block, [&](int h, int from, int n, const void* src) {
+      ++pieces;
+      std::memcpy(got.data() + (static_cast<size_t>(h) * 40 + from) * hd, src, static_cast<size_t>(n) * hd * 2);
+    });
+    EXPECT_EQ(pieces, 3 * kGeo.kv_heads);
+    for (int h = 0; h < kGeo.kv_heads; ++h)
+      for (int t = 0; t < 33 * hd; ++t)
+        ASSERT_EQ(got[static_cast<size_t>(h) * 40 * hd + t], want[static_cast<size_t>(h) * 40 * hd + t]) << "block " << block;
+  }
+  std::remove(path.c_str());
+}
+
+TEST(CheckpointFormat, F32FileIntoBf16Rows) {
+  // An old (f32) file restored into a bf16 cache: rounded as the CUDA upload rounds.
+  FakeCaches c(kGeo, 20, 10);
+  const std::string path = temp_path("f32tobf16");
+  write_file(path, c, {0, 20}, kIdentity, 2);
+  CheckpointReader r;
+  ASSERT_TRUE(r.open(path, kIdentity, kGeo).ok);
+  r.for_each_rows(3, [&](int h, int from, int n, const void* src) {
+    std::vector<uint16_t> got(static_cast<size_t>(n) * 8), want(got.size());
+    convert_kv(src, r.kv_dtype(), got.data(), DType::BF16, got.size());
+    convert_kv(c.v[1].data() + (static_cast<size_t>(h) * 20 + from) * 8, DType::F32, want.data(), DType::BF16,
+               want.size());
+    EXPECT_EQ(got, want);
+  });
+  std::remove(path.c_str());
+}
+
+class Bf16Corruption : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path = temp_path("badbf16");
+    caches.write(path, {0, 12, 20});
+    good = slurp(path);
+  }
+  void TearDown() override { std::remove(path.c_str()); }
+  void expect_rejected(const std::string& bytes, const std::string& reason) {
+    expect_file_rejected(path, bytes, reason, kIdentity, kGeo);
+  }
+  Bf16Caches caches{kGeo, 24, 11};
+  std::string path, good;
+};
+
+TEST_F(Bf16Corruption, PayloadBitFlip) {
+  std::string b = good;
+  b[kCheckpointHeaderBytes + kSegmentHeaderBytes + 12 * 4 + 100] ^= 0x10;  // inside layer 0's K rows
+  expect_rejected(b, "checksum mismatch (payload corrupted)");
+}
+
+TEST_F(Bf16Corruption, Truncated) { expect_rejected(good.substr(0, good.size() - 3), "truncated"); }
+
+TEST_F(Bf16Corruption, ReadAsF32IsAPayloadSizeMismatch) {
+  // The dtype field says f32 (header CRC fixed up): the segments no longer fit.
+  std::string b = good;
+  b[64] = 0;
+  const uint32_t crc = crc32c(0, b.data(), kCheckpointHeaderBytes - 4);
+  std::memcpy(&b[kCheckpointHeaderBytes - 4], &crc, 4);
+  expect_rejected(b, "payload size does not match");
+}
+
+TEST_F(Bf16Corruption, UnknownDtype) {
+  std::string b = good;
+  b[64] = 7;
+  const uint32_t crc = crc32c(0, b.data(), kCheckpointHeaderBytes - 4);
+  std::memcpy(&b[kCheckpointHeaderBytes - 4], &crc, 4);
+  expect_rejected(b, "dtype code 7 is unknown");
+}
+
+TEST(Crc32c, CombineAndParallel) {
+  std::mt19937 rng(3);
+  std::vector<uint8_t> buf((80u << 20) + 13);
+  for (size_t i = 0; i < buf.size(); i += 4096) buf[i] = static_cast<uint8_t>(rng());
+  for (size_t i = 0; i < 1000; ++i) buf[rng() % buf.size()] = static_cast<uint8_t>(rng());
+  const uint32_t whole = crc32c(0, buf.data(), buf.size());
+  for (size_t cut : {size_t{0}, size_t{1}, size_t{7}, size_t{4096}, buf.size() / 3, buf.size()})
+    EXPECT_EQ(crc32c_combine(crc32c(0, buf.data(), cut), crc32c(0, buf.data() + cut, buf.size() - cut),
+                             buf.size() - cut),
+              whole)
+        << "cut at " << cut;
+  EXPECT_EQ(crc32c_parallel(buf.data(), buf.size(), 2), whole);
+  EXPECT_EQ(crc32c_parallel(buf.data(), buf.size(), 3), whole);
+  EXPECT_EQ(crc32c_parallel(buf.data(), 1000, 4), crc32c(0, buf.data(), 1000));
+  buf[buf.size() - 1] ^= 1;
+  EXPECT_NE(crc32c_parallel(buf.data(), buf.size(), 2), whole);
+}
+
 class Corruption : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -260,14 +468,9 @@ class Corruption : public ::testing::Test {
     good = slurp(path);
   }
   void TearDown() override { std::remove(path.c_str()); }
-  // Rewrites the file and expects the reader to refuse it with `reason`.
   void expect_rejected(const std::string& bytes, const std::string& reason,
                        uint64_t identity = kIdentity, CheckpointGeometry g = kGeo) {
-    spit(path, bytes);
-    CheckpointReader r;
-    Status st = r.open(path, identity, g);
-    EXPECT_FALSE(st.ok);
-    EXPECT_NE(st.message.find(reason), std::string::npos) << st.message;
+    expect_file_rejected(path, bytes, reason, identity, g);
   }
   FakeCaches caches{kGeo, 24, 4};
   std::string path, good;
@@ -285,8 +488,8 @@ TEST_F(Corruption, NotACheckpoint) { expect_rejected(std::string(100, 'x'), "bad
 
 TEST_F(Corruption, WrongVersion) {
   std::string b = good;
-  b[8] = 3;  // version field; the header CRC is checked after the version
-  expect_rejected(b, "unsupported checkpoint version 3");
+  b[8] = 4;  // version field; the header CRC is checked after the version
+  expect_rejected(b, "unsupported checkpoint version 4");
 }
 
 TEST_F(Corruption, HeaderChecksum) {

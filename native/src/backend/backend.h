@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -97,6 +98,36 @@ class Backend {
   virtual void gather_rows(const Tensor& x, const std::vector<int32_t>& rows, Tensor* out) = 0;
   // The device-side retrieval selection, or nullptr: the host computes it.
   virtual HeadSelect* head_select() { return nullptr; }
+
+  // Raw bytes of a tensor in its own dtype, for KV checkpoints (nothing is
+  // widened to f32): `bytes` bytes at byte `offset` of the tensor.
+  // read_bytes may run on another thread than the kernels (the checkpoint
+  // writer): see fence_reads(). write_bytes
+  // may queue the copy: `host` can be reused on return, the bytes are in
+  // place for every later kernel, and finish_writes() waits for them.
+  // The defaults go through f32 upload()/download() of the whole tensor
+  // (correct, slow; only for f32 tensors); real backends override them.
+  virtual Status read_bytes(const Tensor& src, size_t offset, size_t bytes, void* host) {
+    if (src.dtype != DType::F32 || offset + bytes > src.nbytes())
+      return Status::Error("backend " + name() + ": read_bytes out of range or not f32");
+    std::vector<float> all(static_cast<size_t>(src.numel()));
+    Status st = download(src, all.data());
+    if (st.ok) std::memcpy(host, reinterpret_cast<const char*>(all.data()) + offset, bytes);
+    return st;
+  }
+  virtual Status write_bytes(const void* host, size_t offset, size_t bytes, Tensor* dst) {
+    if (dst->dtype != DType::F32 || offset + bytes > dst->nbytes())
+      return Status::Error("backend " + name() + ": write_bytes out of range or not f32");
+    std::vector<float> all(static_cast<size_t>(dst->numel()));
+    Status st = download(*dst, all.data());
+    if (!st.ok) return st;
+    std::memcpy(reinterpret_cast<char*>(all.data()) + offset, host, bytes);
+    return upload(all.data(), dst);
+  }
+  virtual Status finish_writes() { return Status::Ok(); }
+  // Marks the work queued so far: read_bytes on another thread waits for
+  // what was queued before the latest mark (not for later steps).
+  virtual void fence_reads() {}
 };
 
 // threads: OpenMP threads for kernels (0: all cores).

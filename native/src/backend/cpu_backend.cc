@@ -54,6 +54,18 @@ class CpuBackend final : public Backend {
     return Status::Ok();
   }
 
+  Status read_bytes(const Tensor& src, size_t offset, size_t bytes, void* host) override {
+    if (offset + bytes > src.nbytes()) return Status::Error("read_bytes past the end of the tensor");
+    std::memcpy(host, static_cast<const char*>(src.data) + offset, bytes);
+    return Status::Ok();
+  }
+
+  Status write_bytes(const void* host, size_t offset, size_t bytes, Tensor* dst) override {
+    if (offset + bytes > dst->nbytes()) return Status::Error("write_bytes past the end of the tensor");
+    std::memcpy(static_cast<char*>(dst->data) + offset, host, bytes);
+    return Status::Ok();
+  }
+
   void embedding(const Tensor& table, const int32_t* ids, int n, Tensor* out) override {
     const int64_t d = table.dim(1);
     for (int i = 0; i < n; ++i)

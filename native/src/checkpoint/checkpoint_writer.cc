@@ -10,9 +10,19 @@
 namespace spx {
 
 namespace {
-CheckpointEvent write_job(const CheckpointJob& job) {
+CheckpointEvent write_job(CheckpointJob& job) {
   const auto t0 = std::chrono::steady_clock::now();
   CheckpointEvent ev;
+  if (job.fetch) {
+    const Status fs = job.fetch(&job);
+    job.fetch_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if (!fs.ok) {
+      ev.path = job.path;
+      ev.ok = false;
+      ev.message = "checkpoint copy off the device failed: " + fs.message;
+      return ev;
+    }
+  }
   ev.path = job.path;
   ev.tokens = job.segment.to;
   ev.generated = job.segment.generated;
@@ -28,7 +38,7 @@ CheckpointEvent write_job(const CheckpointJob& job) {
   if (job.fresh) st = write_checkpoint_header(fd, job.header);
   uint64_t bytes = job.fresh ? (job.header.version == 1 ? kCheckpointHeaderBytesV1 : kCheckpointHeaderBytes) : 0;
   uint64_t seg = 0;
-  if (st.ok) st = append_checkpoint_segment(fd, job.header.geometry, job.segment, &seg);
+  if (st.ok) st = append_checkpoint_segment(fd, job.header.geometry, job.segment, &seg, job.header.kv_dtype);
   bytes += seg;
   struct stat sb {};
   if (::fstat(fd, &sb) == 0) ev.file_bytes = static_cast<uint64_t>(sb.st_size);

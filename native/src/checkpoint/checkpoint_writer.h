@@ -29,7 +29,12 @@ struct CheckpointJob {
   SegmentSource segment;        // cache pointers into `keep` / `host`
   std::vector<std::shared_ptr<void>> keep;   // owners of the engine's tensors
   std::vector<std::vector<float>> host;      // copies, for device backends
+  std::vector<std::vector<uint8_t>> raw;     // device rows fetched by `fetch`
+  // Run on the writer thread before writing (device backends: copy the
+  // new rows off the device, so the engine's thread does not wait on it).
+  std::function<Status(CheckpointJob*)> fetch;
   double stall_ms = 0;
+  double fetch_ms = 0;
 };
 
 struct CheckpointResult {

@@ -70,27 +70,32 @@ int Checkpointer::restore(RequestState* r) {
     r->stats.restore_error = st.message;
     return 0;
   }
+  // The file's rows go straight into the cache (raw bytes; converted only
+  // when the file's KV dtype is not the cache's).
   KvSequence* kv = r->kv;
-  const bool host = backend_->name() == "cpu";
-  std::vector<float> buf;
-  for (int l = 0; l < geometry_.layers; ++l) {
-    for (int which = 0; which < 2; ++which) {
+  const int hd = geometry_.head_dim;
+  std::vector<uint8_t> conv;
+  for (int l = 0; l < geometry_.layers && st.ok; ++l) {
+    for (int which = 0; which < 2 && st.ok; ++which) {
       Tensor& t = which == 0 ? kv->k[static_cast<size_t>(l)] : kv->v[static_cast<size_t>(l)];
-      float* dst = t.f32();
-      if (!host) {
-        buf.assign(static_cast<size_t>(t.numel()), 0.f);
-        dst = buf.data();
-      }
-      if (which == 0) reader.copy_k(l, dst, kv->capacity);
-      else reader.copy_v(l, dst, kv->capacity);
-      if (!host) {
-        st = backend_->upload(buf.data(), &t);
-        if (!st.ok) {
-          r->stats.restore_error = "checkpoint upload failed: " + st.message;
-          return 0;
+      const size_t esize = dtype_size(t.dtype);
+      reader.for_each_rows(2 * l + which, [&](int h, int from, int n, const void* src) {
+        if (!st.ok) return;
+        const size_t elems = static_cast<size_t>(n) * hd;
+        const void* p = src;
+        if (reader.kv_dtype() != t.dtype) {
+          conv.resize(elems * esize);
+          convert_kv(src, reader.kv_dtype(), conv.data(), t.dtype, elems);
+          p = conv.data();
         }
-      }
+        st = backend_->write_bytes(p, (static_cast<size_t>(h) * kv->capacity + from) * hd * esize, elems * esize, &t);
+      });
     }
+  }
+  if (st.ok) st = backend_->finish_writes();
+  if (!st.ok) {
+    r->stats.restore_error = "checkpoint upload failed: " + st.message;
+    return 0;
   }
   if (g.rk_heads > 0) {
     // The head's state, so its scores continue exactly (an EAGLE-3 head's aux
@@ -141,9 +146,44 @@ std::unique_ptr<CheckpointJob> Checkpointer::snapshot(RequestState* r, int n) {
   s.generated = spec.resumed_generated + static_cast<int>(r->generated.size());
   s.draws = r->sampler.draws();
   KvSequence* kv = r->kv;
-  for (int l = 0; l < geometry_.layers; ++l) {
-    s.k.push_back(CacheRows{cache_rows(kv->k[static_cast<size_t>(l)], job.get()), kv->capacity});
-    s.v.push_back(CacheRows{cache_rows(kv->v[static_cast<size_t>(l)], job.get()), kv->capacity});
+  if (geometry_.layers > 0) job->header.kv_dtype = kv->k[0].dtype;
+  if (backend_->name() == "cpu") {
+    for (int l = 0; l < geometry_.layers; ++l) {
+      s.k.push_back(CacheRows{cache_rows(kv->k[static_cast<size_t>(l)], job.get()), kv->capacity});
+      s.v.push_back(CacheRows{cache_rows(kv->v[static_cast<size_t>(l)], job.get()), kv->capacity});
+    }
+  } else {
+    // Device caches: only the new rows, in the cache's dtype, copied by the
+    // writer thread (the tensors stay alive with the job). The fence makes
+    // those copies wait for this step's KV writes, not for later steps.
+    std::vector<Tensor> tensors;
+    for (int l = 0; l < geometry_.layers; ++l) {
+      tensors.push_back(kv->k[static_cast<size_t>(l)]);
+      tensors.push_back(kv->v[static_cast<size_t>(l)]);
+    }
+    s.k.resize(static_cast<size_t>(geometry_.layers));
+    s.v.resize(static_cast<size_t>(geometry_.layers));
+    backend_->fence_reads();
+    job->fetch = [be = backend_, tensors = std::move(tensors), heads = geometry_.kv_heads, hd = geometry_.head_dim,
+                  cap = kv->capacity](CheckpointJob* j) -> Status {
+      SegmentSource& seg = j->segment;
+      const size_t n = static_cast<size_t>(seg.to - seg.from);
+      j->raw.resize(tensors.size());
+      for (size_t i = 0; i < tensors.size(); ++i) {
+        const Tensor& t = tensors[i];
+        const size_t esize = dtype_size(t.dtype);
+        const size_t piece = n * hd * esize;
+        std::vector<uint8_t>& buf = j->raw[i];
+        buf.resize(static_cast<size_t>(heads) * piece);
+        for (int h = 0; h < heads; ++h) {
+          const Status st = be->read_bytes(t, (static_cast<size_t>(h) * cap + seg.from) * hd * esize, piece,
+                                           buf.data() + static_cast<size_t>(h) * piece);
+          if (!st.ok) return st;
+        }
+        (i % 2 == 0 ? seg.k : seg.v)[i / 2] = CacheRows{buf.data(), static_cast<int>(n), seg.from};
+      }
+      return Status::Ok();
+    };
   }
   if (g.rk_heads > 0) {
     for (size_t l = 0; l < hs.k.size(); ++l) {
@@ -163,7 +203,8 @@ const float* Checkpointer::cache_rows(const Tensor& t, CheckpointJob* job) {
     job->keep.push_back(t.owner);  // rows below n never change: no copy
     return t.f32();
   }
-  // A device cache is copied whole on this thread: simple, and slow.
+  // The retrieval head's device blocks (small) are copied whole, as f32, on
+  // this thread.
   job->host.emplace_back(static_cast<size_t>(t.numel()));
   backend_->download(t, job->host.back().data());
   return job->host.back().data();

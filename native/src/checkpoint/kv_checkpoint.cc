@@ -48,22 +48,55 @@ Status write_all(int fd, std::vector<iovec> iov) {
 
 std::string pos(size_t off) { return " at byte " + std::to_string(off); }
 
+// The header's KV dtype codes (version 3).
+constexpr uint32_t kDtypeF32 = 0, kDtypeBf16 = 1;
+
+float bf16_to_f32(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+uint16_t f32_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7F800000u) == 0x7F800000u && (u & 0x007FFFFFu) != 0) return static_cast<uint16_t>((u >> 16) | 0x40u);  // NaN stays NaN
+  u += 0x7FFFu + ((u >> 16) & 1u);  // round to nearest, ties to even
+  return static_cast<uint16_t>(u >> 16);
+}
+
 }  // namespace
 
-uint64_t CheckpointGeometry::segment_payload(int n) const {
+uint64_t CheckpointGeometry::segment_payload(int n, size_t kv_elem) const {
   const uint64_t rows = static_cast<uint64_t>(n);
-  uint64_t b = rows * 4 + 2ull * layers * kv_heads * rows * head_dim * 4;
+  uint64_t b = rows * 4 + 2ull * layers * kv_heads * rows * head_dim * kv_elem;
   if (rk_heads > 0)
     b += (2ull * rk_layers + 1) * static_cast<uint64_t>(rk_heads) * rows * rk_dim * 4 +
          static_cast<uint64_t>(rk_aux) * 4;
   return b;
 }
 
+void convert_kv(const void* src, DType from, void* dst, DType to, size_t n) {
+  if (from == to) {
+    std::memcpy(dst, src, n * dtype_size(from));
+  } else if (from == DType::BF16) {
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+    float* d = static_cast<float*>(dst);
+    for (size_t i = 0; i < n; ++i) d[i] = bf16_to_f32(s[i]);
+  } else {
+    const float* s = static_cast<const float*>(src);
+    uint16_t* d = static_cast<uint16_t*>(dst);
+    for (size_t i = 0; i < n; ++i) d[i] = f32_to_bf16(s[i]);
+  }
+}
+
 Status write_checkpoint_header(int fd, const CheckpointHeader& h) {
   const CheckpointGeometry& g = h.geometry;
   const bool v1 = h.version == 1;
-  if (h.version != 1 && h.version != kCheckpointVersion)
+  if (h.version < 1 || h.version > kCheckpointVersion)
     return Status::Error("cannot write checkpoint version " + std::to_string(h.version));
+  if (h.version < 3 && h.kv_dtype != DType::F32)
+    return Status::Error("checkpoint versions 1 and 2 store f32 KV only");
   if (v1 && (g.rk_layers != 0 || g.rk_aux != 0))
     return Status::Error("checkpoint version 1 has no retrieval-head layers or aux rows");
   const size_t size = v1 ? kCheckpointHeaderBytesV1 : kCheckpointHeaderBytes;
@@ -83,12 +116,13 @@ Status write_checkpoint_header(int fd, const CheckpointHeader& h) {
     put<int32_t>(b, 56, g.rk_layers);
     put<int32_t>(b, 60, g.rk_aux);
   }
+  if (h.version >= 3) put<uint32_t>(b, 64, h.kv_dtype == DType::BF16 ? kDtypeBf16 : kDtypeF32);
   put<uint32_t>(b, size - 4, crc32c(0, b, size - 4));
   return write_all(fd, {iovec{b, size}});
 }
 
 Status append_checkpoint_segment(int fd, const CheckpointGeometry& g, const SegmentSource& s,
-                                 uint64_t* bytes) {
+                                 uint64_t* bytes, DType kv_dtype) {
   const int n = s.to - s.from;
   if (n <= 0) return Status::Error("checkpoint segment is empty");
   if (static_cast<int>(s.k.size()) != g.layers || static_cast<int>(s.v.size()) != g.layers)
@@ -96,25 +130,27 @@ Status append_checkpoint_segment(int fd, const CheckpointGeometry& g, const Segm
   // Each head's rows [from, to) are contiguous in a [heads, capacity, dim] cache.
   std::vector<iovec> pieces;
   pieces.push_back(iovec{const_cast<int32_t*>(s.tokens), static_cast<size_t>(n) * 4});
-  auto add_cache = [&](const CacheRows& c, int heads, int dim) {
+  auto add_cache = [&](const CacheRows& c, int heads, int dim, size_t esize) {
     for (int h = 0; h < heads; ++h) {
-      const float* p = c.data + (static_cast<size_t>(h) * c.capacity + s.from) * dim;
-      pieces.push_back(iovec{const_cast<float*>(p), static_cast<size_t>(n) * dim * 4});
+      const char* p = static_cast<const char*>(c.data) +
+                      (static_cast<size_t>(h) * c.capacity + (s.from - c.first)) * dim * esize;
+      pieces.push_back(iovec{const_cast<char*>(p), static_cast<size_t>(n) * dim * esize});
     }
   };
+  const size_t kv_elem = dtype_size(kv_dtype);
   for (int l = 0; l < g.layers; ++l) {
-    add_cache(s.k[static_cast<size_t>(l)], g.kv_heads, g.head_dim);
-    add_cache(s.v[static_cast<size_t>(l)], g.kv_heads, g.head_dim);
+    add_cache(s.k[static_cast<size_t>(l)], g.kv_heads, g.head_dim, kv_elem);
+    add_cache(s.v[static_cast<size_t>(l)], g.kv_heads, g.head_dim, kv_elem);
   }
   if (g.rk_heads > 0) {
     if (s.retrieval_k.data == nullptr || static_cast<int>(s.head_k.size()) != g.rk_layers ||
         static_cast<int>(s.head_v.size()) != g.rk_layers || (g.rk_aux > 0 && s.aux == nullptr))
       return Status::Error("checkpoint segment lacks the retrieval head's state");
     for (int l = 0; l < g.rk_layers; ++l) {
-      add_cache(s.head_k[static_cast<size_t>(l)], g.rk_heads, g.rk_dim);
-      add_cache(s.head_v[static_cast<size_t>(l)], g.rk_heads, g.rk_dim);
+      add_cache(s.head_k[static_cast<size_t>(l)], g.rk_heads, g.rk_dim, 4);
+      add_cache(s.head_v[static_cast<size_t>(l)], g.rk_heads, g.rk_dim, 4);
     }
-    add_cache(s.retrieval_k, g.rk_heads, g.rk_dim);
+    add_cache(s.retrieval_k, g.rk_heads, g.rk_dim, 4);
     if (g.rk_aux > 0) pieces.push_back(iovec{const_cast<float*>(s.aux), static_cast<size_t>(g.rk_aux) * 4});
   }
   uint32_t crc = 0;
@@ -149,9 +185,9 @@ Status CheckpointReader::open(const std::string& path, uint64_t expected_identit
                          " bytes, shorter than its header");
   if (std::memcmp(b, kMagic, 8) != 0) return Status::Error("not a checkpoint file (bad magic)");
   const uint32_t version = get<uint32_t>(b, 8);
-  if (version != 1 && version != kCheckpointVersion)
+  if (version < 1 || version > kCheckpointVersion)
     return Status::Error("unsupported checkpoint version " + std::to_string(version) +
-                         " (this engine reads versions 1 and " + std::to_string(kCheckpointVersion) + ")");
+                         " (this engine reads versions 1 to " + std::to_string(kCheckpointVersion) + ")");
   const size_t hsize = version == 1 ? kCheckpointHeaderBytesV1 : kCheckpointHeaderBytes;
   if (size < hsize)
     return Status::Error("checkpoint truncated: " + std::to_string(size) +
@@ -172,6 +208,14 @@ Status CheckpointReader::open(const std::string& path, uint64_t expected_identit
     g.rk_layers = get<int32_t>(b, 56);
     g.rk_aux = get<int32_t>(b, 60);
   }
+  header_.kv_dtype = DType::F32;
+  if (version >= 3) {
+    const uint32_t code = get<uint32_t>(b, 64);
+    if (code != kDtypeF32 && code != kDtypeBf16)
+      return Status::Error("checkpoint KV dtype code " + std::to_string(code) + " is unknown");
+    header_.kv_dtype = code == kDtypeBf16 ? DType::BF16 : DType::F32;
+  }
+  const size_t kv_elem = dtype_size(header_.kv_dtype);
   if (header_.identity != expected_identity)
     return Status::Error("checkpoint model hash mismatch: written for identity " +
                          std::to_string(header_.identity) + ", this engine is " +
@@ -199,14 +243,14 @@ Status CheckpointReader::open(const std::string& path, uint64_t expected_identit
                            std::to_string(to) + "), expected to start at " +
                            std::to_string(expect_from));
     const uint64_t payload = get<uint64_t>(h, 32);
-    if (payload != g.segment_payload(to - from))
+    if (payload != g.segment_payload(to - from, kv_elem))
       return Status::Error("checkpoint " + which + " payload size does not match its geometry");
     if (payload > size - off - kSegmentHeaderBytes)
       return Status::Error("checkpoint truncated: " + which + " needs " + std::to_string(payload) +
                            " payload bytes, " + std::to_string(size - off - kSegmentHeaderBytes) +
                            " remain");
     const uint8_t* p = h + kSegmentHeaderBytes;
-    if (crc32c(0, p, payload) != get<uint32_t>(h, 40))
+    if (crc32c_parallel(p, payload) != get<uint32_t>(h, 40))
       return Status::Error("checkpoint " + which + " checksum mismatch (payload corrupted)");
     const size_t ntok = static_cast<size_t>(to - from);
     const size_t old = token_ids_.size();
@@ -229,10 +273,35 @@ const float* CheckpointReader::aux() const {
   if (g.rk_heads <= 0 || g.rk_aux <= 0 || segments_.empty()) return nullptr;
   const Segment& s = segments_.back();
   const size_t n = static_cast<size_t>(s.to - s.from);
-  const size_t kv_block = static_cast<size_t>(g.kv_heads) * n * g.head_dim;
+  const size_t kv_block = static_cast<size_t>(g.kv_heads) * n * g.head_dim * dtype_size(header_.kv_dtype);
   const size_t head_block = static_cast<size_t>(g.rk_heads) * n * g.rk_dim;
-  return reinterpret_cast<const float*>(s.payload + n * 4 + 2 * g.layers * kv_block * 4 +
+  return reinterpret_cast<const float*>(s.payload + n * 4 + 2 * g.layers * kv_block +
                                         (2 * static_cast<size_t>(g.rk_layers) + 1) * head_block * 4);
+}
+
+// Where block `block` of segment s starts, and its element size.
+const uint8_t* CheckpointReader::block_start(const Segment& s, int block, size_t* esize) const {
+  const CheckpointGeometry& g = header_.geometry;
+  const size_t n = static_cast<size_t>(s.to - s.from);
+  const size_t kv_elem = dtype_size(header_.kv_dtype);
+  const size_t kv_block = static_cast<size_t>(g.kv_heads) * n * g.head_dim * kv_elem;
+  const size_t head_block = static_cast<size_t>(g.rk_heads) * n * g.rk_dim * 4;
+  const bool head = block >= 2 * g.layers;
+  *esize = head ? 4 : kv_elem;
+  const size_t at = head ? 2 * g.layers * kv_block + static_cast<size_t>(block - 2 * g.layers) * head_block
+                         : static_cast<size_t>(block) * kv_block;
+  return s.payload + n * 4 + at;
+}
+
+void CheckpointReader::for_each_rows(int block, const std::function<void(int, int, int, const void*)>& fn) const {
+  const CheckpointGeometry& g = header_.geometry;
+  for (const Segment& s : segments_) {
+    const int n = s.to - s.from;
+    size_t esize = 0;
+    const uint8_t* base = block_start(s, block, &esize);
+    for (int h = 0; h < g.kv_heads; ++h)
+      fn(h, s.from, n, base + static_cast<size_t>(h) * n * g.head_dim * esize);
+  }
 }
 
 void CheckpointReader::copy(int block, float* dst, int capacity) const {
@@ -240,17 +309,14 @@ void CheckpointReader::copy(int block, float* dst, int capacity) const {
   const bool head = block >= 2 * g.layers;
   const int heads = head ? g.rk_heads : g.kv_heads;
   const int dim = head ? g.rk_dim : g.head_dim;
+  const DType from = head ? DType::F32 : header_.kv_dtype;
   for (const Segment& s : segments_) {
     const int n = s.to - s.from;
-    const size_t kv_block = static_cast<size_t>(g.kv_heads) * n * g.head_dim;
-    const size_t head_block = static_cast<size_t>(g.rk_heads) * n * g.rk_dim;
-    const size_t at = head ? 2 * g.layers * kv_block + static_cast<size_t>(block - 2 * g.layers) * head_block
-                           : static_cast<size_t>(block) * kv_block;
-    const uint8_t* base = s.payload + static_cast<size_t>(n) * 4 + at * 4;
-    const float* src = reinterpret_cast<const float*>(base);
+    size_t esize = 0;
+    const uint8_t* base = block_start(s, block, &esize);
     for (int h = 0; h < heads; ++h)
-      std::memcpy(dst + (static_cast<size_t>(h) * capacity + s.from) * dim,
-                  src + static_cast<size_t>(h) * n * dim, static_cast<size_t>(n) * dim * 4);
+      convert_kv(base + static_cast<size_t>(h) * n * dim * esize, from,
+                 dst + (static_cast<size_t>(h) * capacity + s.from) * dim, DType::F32, static_cast<size_t>(n) * dim);
   }
 }
 

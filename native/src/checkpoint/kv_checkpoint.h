@@ -2,14 +2,17 @@
 // exactly where the old one stopped, written as one file of segments.
 //
 // File (little-endian, every offset a multiple of 4):
-//   header   80 bytes (version 2; 64 in version 1): magic "SPXKVCK1", version,
-//            model/DLM/options identity, KV geometry, seed, prompt length,
-//            retrieval-head geometry; CRC32C of the header itself.
+//   header   80 bytes (versions 2, 3; 64 in version 1): magic "SPXKVCK1",
+//            version, model/DLM/options identity, KV geometry, seed, prompt
+//            length, retrieval-head geometry, (version 3) the KV dtype;
+//            CRC32C of the header itself.
 //   segment  48-byte header (KV positions [from, to), the token sampled but
 //            not yet fed, tokens generated, sampler draws, payload size,
 //            payload CRC32C, header CRC32C), then the payload:
 //              tokens   i32 [to - from]        the tokens fed at those positions
-//              per layer K f32 [kv_heads, to - from, head_dim], then V alike
+//              per layer K [kv_heads, to - from, head_dim], then V alike, in
+//                the KV dtype (version 3: the cache's own, bf16 or f32;
+//                versions 1 and 2: f32)
 //              the retrieval head's state, when rk_heads > 0:
 //                per head layer K f32 [rk_heads, to - from, rk_dim], V alike
 //                   (rk_layers: a head's own layers below its scoring layer)
@@ -20,24 +23,29 @@
 //            checkpoint after the first appends only the new positions).
 // The last segment's token/sampler fields describe the request as a whole.
 //
-// KV is stored as f32, the CPU backend's own layout, so a checkpoint restores
-// with memcpy. Everything a reader finds wrong comes back as a Status whose
+// KV is stored in the cache's own dtype and layout (bf16 from the CUDA
+// backend, f32 from the CPU one), so writing and restoring are raw copies;
+// a file restores into a cache of the other dtype by conversion (bf16 ->
+// f32 exactly, f32 -> bf16 rounded to nearest even, as the CUDA upload
+// rounds). The retrieval head's blocks stay f32. Everything a reader finds wrong comes back as a Status whose
 // message names the problem (version, truncation, checksum, identity).
 // Version 1 files (no head layers, no aux) are still read; a reader that
 // expects no retrieval head accepts a file with one and ignores it.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
+#include "backend/tensor.h"
 #include "engine/engine.h"
 #include "util/mapped_file.h"
 
 namespace spx {
 
-inline constexpr uint32_t kCheckpointVersion = 2;
-inline constexpr size_t kCheckpointHeaderBytes = 80;    // version 2
+inline constexpr uint32_t kCheckpointVersion = 3;
+inline constexpr size_t kCheckpointHeaderBytes = 80;    // versions 2 and 3
 inline constexpr size_t kCheckpointHeaderBytesV1 = 64;
 inline constexpr size_t kSegmentHeaderBytes = 48;
 
@@ -57,8 +65,8 @@ struct CheckpointGeometry {
   bool same_target(const CheckpointGeometry& o) const {
     return layers == o.layers && kv_heads == o.kv_heads && head_dim == o.head_dim;
   }
-  // Payload bytes of a segment of n positions.
-  uint64_t segment_payload(int n) const;
+  // Payload bytes of a segment of n positions, KV elements of kv_elem bytes.
+  uint64_t segment_payload(int n, size_t kv_elem = 4) const;
 };
 
 struct CheckpointHeader {
@@ -66,13 +74,20 @@ struct CheckpointHeader {
   CheckpointGeometry geometry;
   uint64_t seed = 0;
   int32_t prompt_tokens = 0;  // of the request that wrote the first segment
-  uint32_t version = kCheckpointVersion;  // 1 only for compatibility tests
+  uint32_t version = kCheckpointVersion;  // 1, 2 only for compatibility tests
+  DType kv_dtype = DType::F32;  // of the target's K/V rows (versions 1, 2: f32)
 };
 
-// Rows of a cache laid out [heads, capacity, dim], as the KV store keeps them.
+// n elements from one dtype to another (a copy when they are the same).
+void convert_kv(const void* src, DType from, void* dst, DType to, size_t n);
+
+// Rows of a cache laid out [heads, capacity, dim], as the KV store keeps them,
+// in the file's KV dtype (target K/V) or f32 (the head's blocks). `first`:
+// the position of data's row 0 (a copy of rows [first, ...) only).
 struct CacheRows {
-  const float* data = nullptr;
+  const void* data = nullptr;
   int capacity = 0;
+  int first = 0;
 };
 
 // What one segment writes: positions [from, to) of every cache.
@@ -94,7 +109,8 @@ struct SegmentSource {
 // segments append. *bytes gets what was written.
 Status write_checkpoint_header(int fd, const CheckpointHeader& header);
 Status append_checkpoint_segment(int fd, const CheckpointGeometry& geometry,
-                                 const SegmentSource& segment, uint64_t* bytes);
+                                 const SegmentSource& segment, uint64_t* bytes,
+                                 DType kv_dtype = DType::F32);
 
 // Maps a checkpoint file and validates all of it (header, identity, geometry,
 // every segment's checksum and continuity) before exposing anything.
@@ -111,9 +127,13 @@ class CheckpointReader {
   uint64_t draws() const { return draws_; }
   size_t file_bytes() const { return file_.size(); }
 
-  // Copies positions [0, tokens()) of one cache into dst [heads, capacity, dim].
+  DType kv_dtype() const { return header_.kv_dtype; }
+  // Copies positions [0, tokens()) of one cache into dst [heads, capacity, dim] (f32).
   void copy_k(int layer, float* dst, int capacity) const { copy(2 * layer, dst, capacity); }
   void copy_v(int layer, float* dst, int capacity) const { copy(2 * layer + 1, dst, capacity); }
+  // The file's own rows of a target block (2*layer K, 2*layer+1 V), piece by
+  // piece: fn(head, from, n, src) with src [n, head_dim] in kv_dtype().
+  void for_each_rows(int block, const std::function<void(int, int, int, const void*)>& fn) const;
   // The retrieval head's blocks (geometry().rk_heads > 0): 2*l / 2*l+1 are
   // head layer l's K / V, 2*rk_layers the scoring K.
   void copy_head(int block, float* dst, int capacity) const { copy(2 * header_.geometry.layers + block, dst, capacity); }
@@ -128,6 +148,7 @@ class CheckpointReader {
   };
   // block: 2*layer (K), 2*layer+1 (V), then the head's blocks.
   void copy(int block, float* dst, int capacity) const;
+  const uint8_t* block_start(const Segment& s, int block, size_t* esize) const;
 
   MappedFile file_;
   CheckpointHeader header_;
