@@ -14,6 +14,7 @@
 // through a pinned ring so the copies stay asynchronous.
 #include <algorithm>
 #include <cstring>
+#include <mutex>
 
 #include "backend/registry.h"
 #include "cuda/check.h"
@@ -38,7 +39,11 @@ class CudaBackend final : public Backend {
     for (int i = 0; i < 2; ++i) {
       cudaFreeHost(stage_[i]);
       if (stage_done_[i]) cudaEventDestroy(stage_done_[i]);
+      cudaFreeHost(read_stage_[i]);
+      if (read_done_[i]) cudaEventDestroy(read_done_[i]);
     }
+    if (read_fence_) cudaEventDestroy(read_fence_);
+    if (read_stream_) cudaStreamDestroy(read_stream_);
     if (stream_) cudaStreamDestroy(stream_);
   }
 
@@ -48,6 +53,7 @@ class CudaBackend final : public Backend {
     SPX_CUDA_TRY(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device));
     sparse_.set_device(num_sms_);
     SPX_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    SPX_CUDA_TRY(cudaEventCreateWithFlags(&read_fence_, cudaEventDisableTiming));
     head_select_.set_stream(device, stream_);
     SPX_CUDA_TRY(cudaMallocHost(&ring_, kRingBytes));
     SPX_CUDA_TRY(cudaMalloc(&small_dev_, kRingBytes));
@@ -106,12 +112,7 @@ class CudaBackend final : public Backend {
   Status upload_weights(const void* bytes, WeightDtype dtype, Tensor* dst) override {
     if (!err_.ok) return err_;
     SPX_CUDA_TRY(cudaSetDevice(device_));
-    if (!stage_[0]) {
-      for (int i = 0; i < 2; ++i) {
-        SPX_CUDA_TRY(cudaHostAlloc(&stage_[i], kStageBytes, cudaHostAllocDefault));
-        SPX_CUDA_TRY(cudaEventCreateWithFlags(&stage_done_[i], cudaEventDisableTiming));
-      }
-    }
+    SPX_STATUS_TRY(ensure_stage());
     const size_t n = static_cast<size_t>(dst->numel());
     const size_t esize = dtype == WeightDtype::F32 ? 4 : 2;
     const size_t chunk = kStageBytes / esize;
@@ -138,6 +139,76 @@ class CudaBackend final : public Backend {
     }
     // The checkpoint may be unmapped once loading returns.
     SPX_CUDA_TRY(cudaStreamSynchronize(stream_));
+    return Status::Ok();
+  }
+
+  // Checkpoint restore: host bytes straight into the tensor's bf16 memory
+  // through the pinned staging pair. No sync: the stream orders the copies
+  // before every later kernel, and the staging events let the next chunk's
+  // host copy overlap this one's DMA, across calls too.
+  Status write_bytes(const void* host, size_t offset, size_t bytes, Tensor* dst) override {
+    if (!err_.ok) return err_;
+    if (offset + bytes > dst->nbytes()) return Status::Error("write_bytes past the end of the tensor");
+    SPX_CUDA_TRY(cudaSetDevice(device_));
+    SPX_STATUS_TRY(ensure_stage());
+    const char* src = static_cast<const char*>(host);
+    char* d = static_cast<char*>(dst->data) + offset;
+    for (size_t off = 0; off < bytes; off += kStageBytes) {
+      const size_t m = std::min(kStageBytes, bytes - off);
+      const int b = stage_next_;
+      stage_next_ ^= 1;
+      SPX_CUDA_TRY(cudaEventSynchronize(stage_done_[b]));
+      std::memcpy(stage_[b], src + off, m);
+      SPX_CUDA_TRY(cudaMemcpyAsync(d + off, stage_[b], m, cudaMemcpyHostToDevice, stream_));
+      SPX_CUDA_TRY(cudaEventRecord(stage_done_[b], stream_));
+    }
+    return Status::Ok();
+  }
+
+  Status finish_writes() override {
+    if (!err_.ok) return err_;
+    SPX_CUDA_TRY(cudaStreamSynchronize(stream_));
+    return err_;
+  }
+
+  // The engine's thread, between steps: no lock (CUDA orders a record
+  // against the writer's wait on the same event).
+  void fence_reads() override {
+    if (cudaEventRecord(read_fence_, stream_) != cudaSuccess) cudaGetLastError();
+  }
+
+  // Checkpoint snapshots, on the writer thread: bf16 bytes off the device on
+  // a side stream (after the latest fence_reads(), so decode steps queued
+  // since are not waited for) through two pinned buffers of its own; the
+  // compute stream and the engine's thread never wait for it. Touches no
+  // state the kernels use (err_ included), hence its own mutex.
+  Status read_bytes(const Tensor& src, size_t offset, size_t bytes, void* host) override {
+    if (offset + bytes > src.nbytes()) return Status::Error("read_bytes past the end of the tensor");
+    std::lock_guard<std::mutex> lk(read_mu_);
+    SPX_CUDA_TRY(cudaSetDevice(device_));
+    if (!read_stream_) SPX_CUDA_TRY(cudaStreamCreateWithFlags(&read_stream_, cudaStreamNonBlocking));
+    for (int i = 0; i < 2; ++i) {
+      if (!read_stage_[i]) SPX_CUDA_TRY(cudaHostAlloc(&read_stage_[i], kStageBytes, cudaHostAllocDefault));
+      if (!read_done_[i]) SPX_CUDA_TRY(cudaEventCreateWithFlags(&read_done_[i], cudaEventDisableTiming));
+    }
+    SPX_CUDA_TRY(cudaStreamWaitEvent(read_stream_, read_fence_, 0));
+    const char* s = static_cast<const char*>(src.data) + offset;
+    char* out = static_cast<char*>(host);
+    const size_t chunks = (bytes + kStageBytes - 1) / kStageBytes;
+    auto issue = [&](size_t i) {
+      const size_t off = i * kStageBytes, m = std::min(kStageBytes, bytes - off);
+      cudaError_t e = cudaMemcpyAsync(read_stage_[i & 1], s + off, m, cudaMemcpyDeviceToHost, read_stream_);
+      if (e == cudaSuccess) e = cudaEventRecord(read_done_[i & 1], read_stream_);
+      return e;
+    };
+    if (chunks > 0) SPX_CUDA_TRY(issue(0));
+    for (size_t i = 0; i < chunks; ++i) {
+      // The next chunk's DMA runs while this one is copied out.
+      if (i + 1 < chunks) SPX_CUDA_TRY(issue(i + 1));
+      SPX_CUDA_TRY(cudaEventSynchronize(read_done_[i & 1]));
+      const size_t off = i * kStageBytes;
+      std::memcpy(out + off, read_stage_[i & 1], std::min(kStageBytes, bytes - off));
+    }
     return Status::Ok();
   }
 
@@ -277,6 +348,16 @@ class CudaBackend final : public Backend {
     if (e != cudaSuccess && err_.ok) err_ = cuda::CudaStatus(e, what, file, line);
   }
 
+  // The pinned staging pair of weight loading and checkpoint restore.
+  Status ensure_stage() {
+    if (stage_[0]) return Status::Ok();
+    for (int i = 0; i < 2; ++i) {
+      SPX_CUDA_TRY(cudaHostAlloc(&stage_[i], kStageBytes, cudaHostAllocDefault));
+      SPX_CUDA_TRY(cudaEventCreateWithFlags(&stage_done_[i], cudaEventDisableTiming));
+    }
+    return Status::Ok();
+  }
+
   Status ensure_scratch(size_t bytes) {
     if (bytes <= scratch_bytes_) return Status::Ok();
     SPX_CUDA_TRY(cudaStreamSynchronize(stream_));
@@ -364,6 +445,13 @@ class CudaBackend final : public Backend {
   size_t ring_pos_ = 0;
   void* stage_[2] = {nullptr, nullptr};  // pinned weight staging
   cudaEvent_t stage_done_[2] = {nullptr, nullptr};
+  int stage_next_ = 0;  // write_bytes' next staging buffer
+  // Checkpoint snapshot reads (writer thread): own stream, buffers, events.
+  std::mutex read_mu_;
+  cudaStream_t read_stream_ = nullptr;
+  cudaEvent_t read_fence_ = nullptr;
+  void* read_stage_[2] = {nullptr, nullptr};
+  cudaEvent_t read_done_[2] = {nullptr, nullptr};
   void* ws_ = nullptr;  // decode attention partials
   size_t ws_bytes_ = 0;
   cuda::SparseAttention sparse_;  // SpeContext decode over a selection
