@@ -3,6 +3,7 @@
 // continues with exactly the tokens of an uninterrupted run - greedy and
 // seeded sampling, alone and inside a running batch. A corrupt, foreign or
 // missing checkpoint falls back to prefill with the same tokens.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -11,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "checkpoint/kv_checkpoint.h"
 #include "collect_sink.h"
 #include "test_util.h"
 
@@ -312,6 +314,98 @@ TEST(CheckpointEngine, MissingFallsBackToPrefill) { expect_fallback("tiny-llama"
 TEST(CheckpointEngine, OtherModelsCheckpointIsRejected) {
   // Same geometry, other weights (bf16 shards): the identity differs.
   expect_fallback("tiny-llama-bf16-sharded", "", "model hash mismatch");
+}
+
+// Rewrites a checkpoint as one version-3 segment with bf16 KV rows (what
+// the CUDA backend writes), so a CPU engine can restore it.
+void rewrite_as_bf16(const std::string& from, const std::string& to, uint64_t identity, const CheckpointGeometry& g) {
+  CheckpointReader r;
+  Status st = r.open(from, identity, g);
+  ASSERT_TRUE(st.ok) << st.message;
+  const int n = r.tokens();
+  const size_t elems = static_cast<size_t>(g.kv_heads) * n * g.head_dim;
+  std::vector<std::vector<uint16_t>> rows;
+  SegmentSource s;
+  s.from = 0;
+  s.to = n;
+  s.tokens = r.token_ids().data();
+  s.next_token = r.next_token();
+  s.generated = r.generated();
+  s.draws = r.draws();
+  std::vector<float> f(elems);
+  for (int block = 0; block < 2 * g.layers; ++block) {
+    if (block % 2 == 0) r.copy_k(block / 2, f.data(), n);
+    else r.copy_v(block / 2, f.data(), n);
+    rows.emplace_back(elems);
+    convert_kv(f.data(), DType::F32, rows.back().data(), DType::BF16, elems);
+  }
+  for (int l = 0; l < g.layers; ++l) {
+    s.k.push_back(CacheRows{rows[static_cast<size_t>(2 * l)].data(), n});
+    s.v.push_back(CacheRows{rows[static_cast<size_t>(2 * l + 1)].data(), n});
+  }
+  CheckpointHeader h = r.header();
+  h.version = kCheckpointVersion;
+  h.kv_dtype = DType::BF16;
+  const int fd = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  ASSERT_GE(fd, 0);
+  st = write_checkpoint_header(fd, h);
+  uint64_t bytes = 0;
+  if (st.ok) st = append_checkpoint_segment(fd, g, s, &bytes, DType::BF16);
+  ::close(fd);
+  ASSERT_TRUE(st.ok) << st.message;
+}
+
+// A bf16 file (from a GPU worker) restores into the CPU backend's f32 cache,
+// widened exactly; the restored request's next checkpoint starts the file
+// again in f32 rather than appending f32 rows to a bf16 file.
+TEST(CheckpointEngine, Bf16FileRestoresIntoTheCpuCache) {
+  const GenerateRequest req = tiny_request();
+  auto engine = open_engine(fixture("tiny-llama"));
+  ASSERT_TRUE(engine);
+  const ModelInfo m = engine->info();
+  const CheckpointGeometry g{m.num_layers, m.num_kv_heads, m.head_dim, 0, 0};
+  const std::string path = temp("b16live"), saved = temp("b16saved"), b16 = temp("b16");
+  CheckpointEvent at;
+  std::vector<int32_t> done = run_until_killed(engine.get(), req, path, saved, 8, 17, &at);
+  rewrite_as_bf16(saved, b16, engine->identity(), g);
+
+  GenerateRequest again = resumed(req, done, b16);
+  again.checkpoint.every_tokens = 4;
+  RequestStats stats;
+  std::vector<int32_t> rest = run(engine.get(), again, &stats);
+  EXPECT_EQ(stats.restore_error, "");
+  EXPECT_EQ(stats.restored_tokens, at.tokens);
+  EXPECT_EQ(rest.size(), static_cast<size_t>(again.max_new_tokens));
+  const uint64_t identity = engine->identity();
+  engine->close();  // the writer has finished the file
+
+  CheckpointReader f32_file, after;
+  ASSERT_TRUE(f32_file.open(saved, identity, g).ok);
+  Status st = after.open(b16, identity, g);
+  ASSERT_TRUE(st.ok) << st.message;
+  EXPECT_EQ(after.kv_dtype(), DType::F32);
+  EXPECT_GT(after.tokens(), at.tokens);
+  // Its first rows are the restored cache's: the f32 values rounded to bf16 and widened back.
+  const int n = at.tokens;
+  const size_t elems = static_cast<size_t>(g.kv_heads) * n * g.head_dim;
+  const int cap = after.tokens();  // copy_k fills every position the file holds
+  const size_t row = static_cast<size_t>(n) * g.head_dim;
+  std::vector<float> orig(elems), got(static_cast<size_t>(g.kv_heads) * cap * g.head_dim), want(elems);
+  std::vector<uint16_t> b(elems);
+  int rounded = 0;
+  for (int l = 0; l < g.layers; ++l) {
+    f32_file.copy_k(l, orig.data(), n);
+    convert_kv(orig.data(), DType::F32, b.data(), DType::BF16, elems);
+    convert_kv(b.data(), DType::BF16, want.data(), DType::F32, elems);
+    after.copy_k(l, got.data(), cap);
+    for (int h = 0; h < g.kv_heads; ++h)
+      ASSERT_TRUE(std::equal(want.begin() + h * row, want.begin() + (h + 1) * row,
+                             got.begin() + static_cast<size_t>(h) * cap * g.head_dim))
+          << "K layer " << l << " head " << h;
+    for (size_t i = 0; i < elems; ++i) rounded += orig[i] != want[i];
+  }
+  EXPECT_GT(rounded, 0) << "bf16 rounding changed nothing: the test would not notice a missing conversion";
+  for (const std::string& p : {path, saved, b16}) std::remove(p.c_str());
 }
 
 TEST(CheckpointEngine, CheckpointNowWritesTheCurrentState) {

@@ -112,8 +112,10 @@ int Checkpointer::restore(RequestState* r) {
     }
   }
   kv->n_tokens = usable;
-  // Appends continue the same file when it ends where this request's KV does.
-  r->ckpt.written_tokens = usable == reader.tokens() ? usable : 0;
+  // Appends continue the same file when it ends where this request's KV does
+  // and its rows are in this cache's dtype; otherwise the next write starts it again.
+  const bool same_dtype = geometry_.layers == 0 || reader.kv_dtype() == kv->k[0].dtype;
+  r->ckpt.written_tokens = usable == reader.tokens() && same_dtype ? usable : 0;
   r->ckpt.written_generated = 0;
   r->ckpt.last = std::chrono::steady_clock::now();
   r->stats.restored_tokens = usable;
