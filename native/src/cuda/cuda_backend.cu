@@ -159,7 +159,8 @@ class CudaBackend final : public Backend {
       stage_next_ ^= 1;
       SPX_CUDA_TRY(cudaEventSynchronize(stage_done_[b]));
       std::memcpy(stage_[b], src + off, m);
-      SPX_CUDA_TRY(cudaMemcpyAsync(d + off, stage_[b], m, cudaMemcpyHostToDevice, stream_));
+      // Default: the cache may be mapped host memory (unified addressing tells).
+      SPX_CUDA_TRY(cudaMemcpyAsync(d + off, stage_[b], m, cudaMemcpyDefault, stream_));
       SPX_CUDA_TRY(cudaEventRecord(stage_done_[b], stream_));
     }
     return Status::Ok();
@@ -197,7 +198,7 @@ class CudaBackend final : public Backend {
     const size_t chunks = (bytes + kStageBytes - 1) / kStageBytes;
     auto issue = [&](size_t i) {
       const size_t off = i * kStageBytes, m = std::min(kStageBytes, bytes - off);
-      cudaError_t e = cudaMemcpyAsync(read_stage_[i & 1], s + off, m, cudaMemcpyDeviceToHost, read_stream_);
+      cudaError_t e = cudaMemcpyAsync(read_stage_[i & 1], s + off, m, cudaMemcpyDefault, read_stream_);
       if (e == cudaSuccess) e = cudaEventRecord(read_done_[i & 1], read_stream_);
       return e;
     };
