@@ -15,6 +15,8 @@
 #include <algorithm>
 #include <cstring>
 #include <mutex>
+#include <thread>
+#include <vector>
 
 #include "backend/registry.h"
 #include "cuda/check.h"
@@ -27,6 +29,27 @@ namespace spx {
 namespace {
 
 using cuda::bf16;
+
+// memcpy of a staging chunk on a few threads: one core copies pageable
+// memory at several GB/s, below what the DMA engine takes, so a multi-GB
+// checkpoint transfer would be bound by the host copy.
+void copy_chunk(void* dst, const void* src, size_t n) {
+  constexpr size_t kPiece = 4u << 20;
+  const size_t pieces = std::min<size_t>(4, n / kPiece);
+  if (pieces <= 1) {
+    std::memcpy(dst, src, n);
+    return;
+  }
+  const size_t step = (n + pieces - 1) / pieces;
+  std::vector<std::thread> helpers;
+  for (size_t i = 1; i < pieces; ++i)
+    helpers.emplace_back([=] {
+      const size_t a = i * step, m = std::min(n, a + step) - a;
+      std::memcpy(static_cast<char*>(dst) + a, static_cast<const char*>(src) + a, m);
+    });
+  std::memcpy(dst, src, step);
+  for (std::thread& t : helpers) t.join();
+}
 
 class CudaBackend final : public Backend {
  public:
@@ -158,7 +181,7 @@ class CudaBackend final : public Backend {
       const int b = stage_next_;
       stage_next_ ^= 1;
       SPX_CUDA_TRY(cudaEventSynchronize(stage_done_[b]));
-      std::memcpy(stage_[b], src + off, m);
+      copy_chunk(stage_[b], src + off, m);
       // Default: the cache may be mapped host memory (unified addressing tells).
       SPX_CUDA_TRY(cudaMemcpyAsync(d + off, stage_[b], m, cudaMemcpyDefault, stream_));
       SPX_CUDA_TRY(cudaEventRecord(stage_done_[b], stream_));
@@ -208,7 +231,7 @@ class CudaBackend final : public Backend {
       if (i + 1 < chunks) SPX_CUDA_TRY(issue(i + 1));
       SPX_CUDA_TRY(cudaEventSynchronize(read_done_[i & 1]));
       const size_t off = i * kStageBytes;
-      std::memcpy(out + off, read_stage_[i & 1], std::min(kStageBytes, bytes - off));
+      copy_chunk(out + off, read_stage_[i & 1], std::min(kStageBytes, bytes - off));
     }
     return Status::Ok();
   }
