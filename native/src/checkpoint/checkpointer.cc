@@ -18,6 +18,7 @@ Checkpointer::Checkpointer(Backend* backend, uint64_t identity, CheckpointGeomet
       std::lock_guard<std::mutex> lk(mu_);
       done_.push_back(std::move(r));
     }
+    written_.notify_all();
     wake_();
   });
 }
@@ -293,6 +294,30 @@ void Checkpointer::deliver(Requests& requests) {
     else r->ckpt.written_tokens = 0;  // the file is suspect: the next write starts it again
     r->sink->on_checkpoint(d.event);
   }
+}
+
+void Checkpointer::settle(RequestState* r) {
+  if (!r->ckpt.pending) return;
+  CheckpointResult mine;
+  bool found = false;
+  {
+    std::unique_lock<std::mutex> lk(mu_);
+    auto take = [&] {
+      for (auto it = done_.begin(); it != done_.end(); ++it) {
+        if (it->request_id != r->id) continue;
+        mine = std::move(*it);
+        done_.erase(it);
+        return true;
+      }
+      return false;
+    };
+    // Bounded: a writer stuck on a dead disk must not hold the engine forever.
+    found = written_.wait_for(lk, std::chrono::seconds(30), take);
+  }
+  if (!found) return;
+  r->ckpt.pending = false;
+  if (mine.event.ok) r->stats.checkpoints++;
+  r->sink->on_checkpoint(mine.event);
 }
 
 void Checkpointer::force(uint64_t id) {

@@ -6,6 +6,7 @@
 // Keeping this out of engine_impl leaves the engine loop a few calls long.
 #pragma once
 
+#include <condition_variable>
 #include <functional>
 #include <map>
 #include <memory>
@@ -42,6 +43,10 @@ class Checkpointer {
   int restore(RequestState* r);
   void after_step(Requests& requests);
   void deliver(Requests& requests);
+  // r is ending: waits (bounded) for its write in flight, if any, and passes
+  // the event to its sink, so the request's stats count it and nothing writes
+  // the file after the request has ended (its owner may delete it then).
+  void settle(RequestState* r);
   // Any thread.
   void force(uint64_t id);
   bool has_work();
@@ -59,6 +64,7 @@ class Checkpointer {
   retrieval::PrunedHead* head_ = nullptr;
   std::function<void()> wake_;
   std::mutex mu_;
+  std::condition_variable written_;  // a result joined done_
   std::vector<CheckpointResult> done_;
   std::set<uint64_t> forced_;
   std::unique_ptr<CheckpointWriter> writer_;  // last: joined first

@@ -261,6 +261,7 @@ void EngineImpl::publish_stats() {
 }
 
 void EngineImpl::finish(RequestState* r, const std::string& reason, const std::string& error) {
+  ckpt_->settle(r);  // its last write lands (and is counted) before the request ends
   kv_->free(r->id);
   sparse_->release(r->id);
   sched_->remove(r->id);
