@@ -249,6 +249,7 @@ def train(args) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out), metadata={
         "layers": str(args.layers), "pool": args.pool, "seed": str(args.seed), "steps": str(args.steps),
+        "lr": str(args.lr), "batch": str(args.batch), "l2": str(args.l2),
         "window": str(args.window), "windows": str(args.windows), "skip": str(args.skip),
         "heldout_recall_before": json.dumps(before[1]), "heldout_recall_after": json.dumps(after[1]),
     })
@@ -319,9 +320,9 @@ def main() -> None:
     ap.add_argument("--positions", type=int, default=384, help="query positions per window")
     ap.add_argument("--min-pos", type=int, default=1024, help="earliest query position in a window")
     ap.add_argument("--skip", type=int, default=16384, help="first tokens of the book, left to evaluation")
-    ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--batch", type=int, default=48, help="query positions per step")
-    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=64, help="query positions per step")
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--l2", type=float, default=0.0, help="pull towards the target's weights")
     ap.add_argument("--budgets", type=lambda s: [int(v) for v in s.split(",")], default=[256, 512, 1024, 2048])
     ap.add_argument("--log-every", type=int, default=50)
