@@ -134,12 +134,8 @@ Status Eagle3Head::forward(const std::vector<HeadChunk>& chunks) {
     auto it = reqs_.find(hc.id);
     if (it == reqs_.end()) return Status::Error("retrieval head: unknown request");
     Request& r = it->second;
-    if (hc.n <= 0 || r.n_tokens + hc.n > r.capacity)
-      return Status::Error("retrieval head: chunk exceeds the request's capacity");
-    if (hc.selection && !ds_.hook)
-      return Status::Error("retrieval head: a selection asked of a head that scores on the host");
-    if (hc.selection && (hc.budget <= 0 || r.n_tokens + hc.n <= hc.budget))
-      return Status::Error("retrieval head: device selection needs a context longer than the budget");
+    if (Status st = check_head_chunk(hc, r.n_tokens, r.capacity, ds_.hook != nullptr); !st.ok)
+      return st;
     const size_t at = feats_.size();
     if (hc.features) {
       feats_.insert(feats_.end(), hc.features, hc.features + hc.n * W);

@@ -44,6 +44,16 @@ void write_k_rows(const float* rows, int64_t n, int64_t kv_heads, int64_t D, int
       std::memcpy(k + (g * cap + pos + t) * D, rows + (t * kv_heads + g) * D, D * sizeof(float));
 }
 
+Status check_head_chunk(const HeadChunk& hc, int n_tokens, int capacity, bool device_hook) {
+  if (hc.n <= 0 || n_tokens + hc.n > capacity)
+    return Status::Error("retrieval head: chunk exceeds the request's capacity");
+  if (hc.selection && !device_hook)
+    return Status::Error("retrieval head: a selection asked of a head that scores on the host");
+  if (hc.selection && (hc.budget <= 0 || n_tokens + hc.n <= hc.budget))
+    return Status::Error("retrieval head: device selection needs a context longer than the budget");
+  return Status::Ok();
+}
+
 uint64_t model_param_count(const Transformer& model) {
   const ModelConfig& c = model.config();
   const ModelWeights& w = model.weights();
@@ -270,12 +280,8 @@ Status PrunedHead::forward(const std::vector<HeadChunk>& chunks) {
     auto it = reqs_.find(hc.id);
     if (it == reqs_.end()) return Status::Error("retrieval head: unknown request");
     Request& r = it->second;
-    if (hc.n <= 0 || r.n_tokens + hc.n > r.capacity)
-      return Status::Error("retrieval head: chunk exceeds the request's capacity");
-    if (hc.selection && !ds_.hook)
-      return Status::Error("retrieval head: a selection asked of a head that scores on the host");
-    if (hc.selection && (hc.budget <= 0 || r.n_tokens + hc.n <= hc.budget))
-      return Status::Error("retrieval head: device selection needs a context longer than the budget");
+    if (Status st = check_head_chunk(hc, r.n_tokens, r.capacity, ds_.hook != nullptr); !st.ok)
+      return st;
     ForwardChunk ch;
     ch.kv = r.kv;
     ch.start_pos = r.n_tokens;

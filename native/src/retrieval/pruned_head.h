@@ -59,6 +59,10 @@ struct HeadChunk {
   int budget = 0;
 };
 
+// The checks every head makes on a chunk of a request that holds n_tokens of
+// `capacity` (device_hook: the head can select on its device).
+Status check_head_chunk(const HeadChunk& hc, int n_tokens, int capacity, bool device_hook);
+
 class Eagle3Head;
 
 // One request's head state, for KV checkpoints (checkpoint/checkpointer.cc):
