@@ -1,7 +1,7 @@
 // Prefill / decode throughput of the engine on a real checkpoint (not a test).
 //
 //   engine_bench MODEL_DIR [--context N] [--requests R] [--new M] [--threads T]
-//                [--chunk C]
+//                [--chunk C] [--device cpu|cuda:N]
 //
 // Prompts are seeded pseudo-random token ids (speed does not depend on the
 // text). Prints one JSON line:
@@ -33,13 +33,17 @@ static double cpu_seconds() {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: engine_bench MODEL_DIR [--context N] [--requests R] [--new M] [--threads T] [--chunk C]\n");
+    std::fprintf(stderr, "usage: engine_bench MODEL_DIR [--context N] [--requests R] [--new M] [--threads T] [--chunk C] [--device D]\n");
     return 2;
   }
   EngineOptions o;
   o.model_dir = argv[1];
   int context = 512, requests = 1, new_tokens = 32;
   for (int i = 2; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--device")) {
+      o.device = argv[i + 1];
+      continue;
+    }
     const int v = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--context")) context = v;
     else if (!std::strcmp(argv[i], "--requests")) requests = v;
