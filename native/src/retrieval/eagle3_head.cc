@@ -212,19 +212,9 @@ Status Eagle3Head::project(const std::vector<Item>& items) {
   be.matmul(a, w_.wk_e, nullptr, &k);
   be.matmul(b, w_.wk_h, nullptr, &kt);
   be.add(&k, kt);
-  {
-    std::vector<float> ch(static_cast<size_t>(N * D / 2)), sh(ch.size());
-    rope_tables(inv_freq_, positions.data(), N, ch.data(), sh.data());
-    if (!(st = be.upload(ch.data(), &cos)).ok) return st;
-    if (!(st = be.upload(sh.data(), &sin)).ok) return st;
-  }
   Tensor q3 = q.reshaped({N, heads, D}), k3 = k.reshaped({N, kvh, D});
-  be.rope(&q3, cos, sin);
-  be.rope(&k3, cos, sin);
-  if (!ds_.hook) {
-    kh_.resize(static_cast<size_t>(N * kvh * D));
-    if (!(st = be.download(k, kh_.data())).ok) return st;
-  }
+  st = rope_scoring_qk(be, inv_freq_, positions, &q3, &k3, &cos, &sin, ds_.hook ? nullptr : &kh_);
+  if (!st.ok) return st;
 
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   std::vector<Tensor> qrows;  // the selection jobs' queries (views of q)

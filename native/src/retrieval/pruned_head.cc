@@ -54,6 +54,22 @@ Status check_head_chunk(const HeadChunk& hc, int n_tokens, int capacity, bool de
   return Status::Ok();
 }
 
+Status rope_scoring_qk(Backend& be, const std::vector<float>& inv_freq,
+                       const std::vector<int32_t>& positions, Tensor* q3, Tensor* k3, Tensor* cos,
+                       Tensor* sin, std::vector<float>* host_k) {
+  const int64_t N = q3->dim(0), D = q3->dim(2);
+  std::vector<float> ch(static_cast<size_t>(N * D / 2)), sh(ch.size());
+  rope_tables(inv_freq, positions.data(), N, ch.data(), sh.data());
+  Status st = be.upload(ch.data(), cos);
+  if (st.ok) st = be.upload(sh.data(), sin);
+  if (!st.ok) return st;
+  be.rope(q3, *cos, *sin);
+  be.rope(k3, *cos, *sin);
+  if (host_k == nullptr) return Status::Ok();
+  host_k->resize(static_cast<size_t>(k3->numel()));
+  return be.download(*k3, host_k->data());
+}
+
 uint64_t model_param_count(const Transformer& model) {
   const ModelConfig& c = model.config();
   const ModelWeights& w = model.weights();
@@ -315,18 +331,9 @@ Status PrunedHead::forward(const std::vector<HeadChunk>& chunks) {
     be.rmsnorm(q3, w.q_norm, eps, &q3);
     be.rmsnorm(k3, w.k_norm, eps, &k3);
   }
-  {
-    std::vector<float> ch(static_cast<size_t>(N * D / 2)), sh(ch.size());
-    rope_tables(model_->rope_inv_freq(), positions.data(), N, ch.data(), sh.data());
-    if (!(st = be.upload(ch.data(), &cos)).ok) return st;
-    if (!(st = be.upload(sh.data(), &sin)).ok) return st;
-  }
-  be.rope(&q3, cos, sin);
-  be.rope(&k3, cos, sin);
-  if (!ds_.hook) {
-    kh_.resize(static_cast<size_t>(N * kvh * D));
-    if (!(st = be.download(k, kh_.data())).ok) return st;
-  }
+  st = rope_scoring_qk(be, model_->rope_inv_freq(), positions, &q3, &k3, &cos, &sin,
+                       ds_.hook ? nullptr : &kh_);
+  if (!st.ok) return st;
 
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const int64_t group = heads / kvh;

@@ -63,6 +63,13 @@ struct HeadChunk {
 // `capacity` (device_hook: the head can select on its device).
 Status check_head_chunk(const HeadChunk& hc, int n_tokens, int capacity, bool device_hook);
 
+// RoPE on a head's scoring-layer q [N, heads, D] and k [N, kv_heads, D] at
+// `positions` (tables staged through cos / sin [N, D / 2]); when host_k is
+// given (the head scores on the host), k's rows are also copied there.
+Status rope_scoring_qk(Backend& be, const std::vector<float>& inv_freq,
+                       const std::vector<int32_t>& positions, Tensor* q3, Tensor* k3, Tensor* cos,
+                       Tensor* sin, std::vector<float>* host_k);
+
 class Eagle3Head;
 
 // One request's head state, for KV checkpoints (checkpoint/checkpointer.cc):
