@@ -24,6 +24,7 @@ TEST(CudaSparse, Skipped) { GTEST_SKIP() << "built without CUDA (nvcc not found)
 
 #include "backend/registry.h"
 #include "collect_sink.h"
+#include "engine_run.h"
 #include "engine/engine.h"
 #include "retrieval/select.h"
 #include "retrieval/sparse_decoder.h"
@@ -256,11 +257,7 @@ TEST(CudaSparse, KernelAndGatherPathsAgree) {
   }
 }
 
-struct EngineRun {
-  std::vector<std::vector<int32_t>> tokens;
-  EngineStats stats;
-  ModelInfo info;
-};
+using testing::EngineRun;
 
 EngineRun run_engine(const std::string& dir, const std::vector<int>& budgets, int prompt,
                      int n_new, int64_t device_memory = 0, int max_batch = 4) {
@@ -270,32 +267,12 @@ EngineRun run_engine(const std::string& dir, const std::vector<int>& budgets, in
   o.max_batch = max_batch;
   o.prefill_chunk = 128;
   o.device_memory_bytes = device_memory;
-  Status st;
-  auto e = Engine::open(o, &st);
-  EXPECT_TRUE(st.ok) << st.message;
-  if (!e) return {};
-  const int vocab = std::min(e->info().vocab_size, 250);
-  std::vector<std::shared_ptr<CollectSink>> sinks;
-  for (size_t i = 0; i < budgets.size(); ++i) {
-    GenerateRequest r;
-    for (int t = 0; t < prompt; ++t) r.prompt.push_back((t * 31 + 7 * static_cast<int>(i)) % vocab);
-    r.max_new_tokens = n_new;
-    r.budget = budgets[i];
-    auto sink = std::make_shared<CollectSink>();
-    e->submit(r, sink, &st);
-    EXPECT_TRUE(st.ok) << st.message;
-    sinks.push_back(sink);
-  }
-  EngineRun out;
-  for (auto& s : sinks) {
-    EXPECT_TRUE(s->wait());
-    EXPECT_EQ(s->error(), "");
-    out.tokens.push_back(s->tokens());
-  }
-  out.stats = e->stats();
-  out.info = e->info();
-  e->close();
-  return out;
+  return testing::run_requests(o, budgets, n_new, [&](int i, int vocab_size) {
+    const int vocab = std::min(vocab_size, 250);
+    std::vector<int32_t> p;
+    for (int t = 0; t < prompt; ++t) p.push_back((t * 31 + 7 * i) % vocab);
+    return p;
+  });
 }
 
 // Same backend, same kernels: a budget covering the whole context must not

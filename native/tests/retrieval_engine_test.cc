@@ -8,6 +8,7 @@
 #include <functional>
 
 #include "collect_sink.h"
+#include "engine_run.h"
 #include "test_util.h"
 
 namespace spx {
@@ -16,41 +17,13 @@ namespace {
 using testing::CollectSink;
 using testing::fixture;
 
-struct EngineRun {
-  std::vector<std::vector<int32_t>> tokens;  // per request
-  EngineStats stats;                          // after the last request
-  ModelInfo info;
-};
+using testing::EngineRun;
 
 // Opens an engine, submits one request per budget (prompt_of(i): request i's
 // prompt), waits for all and closes it.
 EngineRun run(const EngineOptions& o, const std::vector<int>& budgets, int n_new,
-        const std::function<std::vector<int32_t>(int)>& prompt_of) {
-  Status st;
-  auto e = Engine::open(o, &st);
-  EXPECT_TRUE(st.ok) << st.message;
-  if (!e) return {};
-  std::vector<std::shared_ptr<CollectSink>> sinks;
-  for (size_t i = 0; i < budgets.size(); ++i) {
-    GenerateRequest r;
-    r.prompt = prompt_of(static_cast<int>(i));
-    r.max_new_tokens = n_new;
-    r.budget = budgets[i];
-    auto sink = std::make_shared<CollectSink>();
-    e->submit(r, sink, &st);
-    EXPECT_TRUE(st.ok) << st.message;
-    sinks.push_back(sink);
-  }
-  EngineRun out;
-  for (auto& s : sinks) {
-    EXPECT_TRUE(s->wait());
-    EXPECT_EQ(s->error(), "");
-    out.tokens.push_back(s->tokens());
-  }
-  out.stats = e->stats();
-  out.info = e->info();
-  e->close();
-  return out;
+              const std::function<std::vector<int32_t>(int)>& prompt_of) {
+  return testing::run_requests(o, budgets, n_new, [&](int i, int) { return prompt_of(i); });
 }
 
 // n tokens of a fixed pattern, varied by request i.
