@@ -268,15 +268,9 @@ TEST(CudaSmolLM2, LogitsMatchTransformers) {
     const int prompt_len = static_cast<int>(p.find("prompt_len")->as_int());
     const std::vector<int32_t> argmax_ref = testing::ints(*p.find("argmax"));
     const std::vector<int32_t> positions = testing::ints(*p.find("top_positions"));
-    KvStore kv(gpu.get(), c.num_layers, c.num_kv_heads, c.head_dim);
-    KvSequence* seq = nullptr;
-    ASSERT_TRUE(kv.allocate(1, static_cast<int>(ids.size()), &seq).ok);
-    ForwardBatch b;
-    b.tokens = ids;
-    b.chunks.push_back(ForwardChunk{seq, 0, static_cast<int>(ids.size()), LogitsMode::All});
     std::vector<float> logits;
-    st = model->forward(b, &logits);
-    ASSERT_TRUE(st.ok) << st.message;
+    ASSERT_NO_FATAL_FAILURE(
+        testing::forward_ids(model.get(), gpu.get(), ids, LogitsMode::All, &logits));
     double hf_error = -1;
     const double tol = smollm2_tolerance(name, &hf_error);
     double worst = 0;
@@ -355,15 +349,9 @@ TEST(CudaSmolLM2, GreedyTokensMatchCpu) {
     if (common == cpu[i].size()) continue;
     std::vector<int32_t> seq_ids = prompts[i];
     seq_ids.insert(seq_ids.end(), cpu[i].begin(), cpu[i].begin() + static_cast<long>(common));
-    KvStore kv(cpu_backend.get(), c.num_layers, c.num_kv_heads, c.head_dim);
-    KvSequence* seq = nullptr;
-    ASSERT_TRUE(kv.allocate(1, static_cast<int>(seq_ids.size()), &seq).ok);
-    ForwardBatch b;
-    b.tokens = seq_ids;
-    b.chunks.push_back(ForwardChunk{seq, 0, static_cast<int>(seq_ids.size()), LogitsMode::Last});
     std::vector<float> row;
-    st = cpu_model->forward(b, &row);
-    ASSERT_TRUE(st.ok) << st.message;
+    ASSERT_NO_FATAL_FAILURE(testing::forward_ids(cpu_model.get(), cpu_backend.get(), seq_ids,
+                                                 LogitsMode::Last, &row));
     std::vector<float> sorted(row.begin(), row.begin() + static_cast<long>(V));
     std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
     double scale = 0;

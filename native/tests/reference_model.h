@@ -49,6 +49,21 @@ inline void prefill_reference(const std::string& dir, Backend* backend, Referenc
   ASSERT_EQ(r->logits.size(), r->prompt.size() * r->vocab);
 }
 
+// One forward of `ids` from position 0 in a cache of its own (freed on
+// return): logits of every position (All) or of the last one (Last).
+inline void forward_ids(Transformer* model, Backend* backend, const std::vector<int32_t>& ids,
+                        LogitsMode mode, std::vector<float>* logits) {
+  const ModelConfig& c = model->config();
+  KvStore kv(backend, c.num_layers, c.num_kv_heads, c.head_dim);
+  KvSequence* seq = nullptr;
+  ASSERT_TRUE(kv.allocate(1, static_cast<int>(ids.size()), &seq).ok);
+  ForwardBatch b;
+  b.tokens = ids;
+  b.chunks.push_back(ForwardChunk{seq, 0, static_cast<int>(ids.size()), mode});
+  Status st = model->forward(b, logits);
+  ASSERT_TRUE(st.ok) << st.message;
+}
+
 // One KV-cached decode step of `token` on the prefilled sequence.
 inline void decode_step(ReferenceRun* r, int32_t token, std::vector<float>* row) {
   ForwardBatch step;
