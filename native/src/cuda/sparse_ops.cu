@@ -1,11 +1,14 @@
 // Instantiates the SpeContext kernels (kernels/{retrieval_scores,
-// topk_select,sparse_decode_attention,elastic_gather}.cuh) behind the plain
+// topk_select,sparse_decode_attention,elastic_gather,slot_map}.cuh) behind the plain
 // C++ entry points of sparse_ops.h. Arguments are checked here, so a bad
 // shape is a cudaErrorInvalidValue rather than a launch out of bounds.
 #include "cuda/sparse_ops.h"
 
+#include <algorithm>
+
 #include "cuda/kernels/elastic_gather.cuh"
 #include "cuda/kernels/retrieval_scores.cuh"
+#include "cuda/kernels/slot_map.cuh"
 #include "cuda/kernels/sparse_decode_attention.cuh"
 #include "cuda/kernels/topk_select.cuh"
 
@@ -74,6 +77,65 @@ cudaError_t elastic_gather_forward(const SlotCopy* copies, int n, const HostKv* 
     return elastic_gather_launch<decltype(d)::value>(copies, n, host, slots, kv_heads, budget,
                                                      stream);
   });
+}
+
+cudaError_t elastic_gather_list_forward(const SlotCopy* copies, const int32_t* n_device,
+                                        const HostKv* host, const SlotKv* slots, int kv_heads,
+                                        int head_dim, int budget, int blocks,
+                                        cudaStream_t stream) {
+  if (kv_heads <= 0 || budget <= 0 || blocks <= 0 || blocks > 65535 || !n_device)
+    return cudaErrorInvalidValue;
+  return dispatch_head_dim(head_dim, [&](auto d) {
+    return elastic_gather_list_launch<decltype(d)::value>(copies, n_device, host, slots, kv_heads,
+                                                          budget, blocks, stream);
+  });
+}
+
+size_t slot_map_state_bytes(int requests, int kv_heads, int budget, int64_t token_capacity) {
+  const size_t rows = size_t(std::max(requests, 0)) * std::max(kv_heads, 0);
+  return rows * (2 * size_t(std::max(budget, 0)) + size_t(std::max<int64_t>(token_capacity, 0)) +
+                 1) * sizeof(int32_t);
+}
+
+cudaError_t slot_map_reset(const SlotMapState& st, int first, int n, int kv_heads, int budget,
+                           cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (first < 0 || kv_heads <= 0 || budget <= 0 || st.token_capacity <= 0)
+    return cudaErrorInvalidValue;
+  const size_t row0 = size_t(first) * kv_heads, rows = size_t(n) * kv_heads;
+  // -1 everywhere is all bytes 0xff.
+  cudaError_t e = cudaMemsetAsync(st.slot_token + row0 * budget, 0xff, rows * budget * 4, stream);
+  if (e == cudaSuccess)
+    e = cudaMemsetAsync(st.slot_used + row0 * budget, 0xff, rows * budget * 4, stream);
+  if (e == cudaSuccess)
+    e = cudaMemsetAsync(st.token_slot + row0 * st.token_capacity, 0xff,
+                        rows * size_t(st.token_capacity) * 4, stream);
+  if (e == cudaSuccess) e = cudaMemsetAsync(st.stamp + row0, 0, rows * 4, stream);
+  return e;
+}
+
+cudaError_t slot_map_update_forward(SlotCopy* copies, int32_t* n_copies, SlotCopy* fresh,
+                                    int32_t* slot_sel, SlotMapCounters* counters,
+                                    const SlotMapState& st, const int32_t* selection,
+                                    const int32_t* counts, const int32_t* lengths,
+                                    const int32_t* request_of, int batch, int kv_heads,
+                                    int budget, cudaStream_t stream) {
+  if (batch <= 0) return cudaSuccess;
+  if (kv_heads <= 0 || budget <= 0 || int64_t(batch) * kv_heads > 0x7fffffff ||
+      st.token_capacity <= 0 || !copies || !n_copies || !slot_sel)
+    return cudaErrorInvalidValue;
+  if (fresh && !lengths) return cudaErrorInvalidValue;
+  auto go = [&](auto items) {
+    return slot_map_update_launch<decltype(items)::value>(copies, n_copies, fresh, slot_sel,
+                                                          counters, st, selection, counts,
+                                                          lengths, request_of, batch, kv_heads,
+                                                          budget, stream);
+  };
+  if (budget <= kSlotMapThreads) return go(std::integral_constant<int, 1>{});
+  if (budget <= 2 * kSlotMapThreads) return go(std::integral_constant<int, 2>{});
+  if (budget <= 4 * kSlotMapThreads) return go(std::integral_constant<int, 4>{});
+  if (budget <= 8 * kSlotMapThreads) return go(std::integral_constant<int, 8>{});
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace spx::cuda

@@ -97,4 +97,62 @@ cudaError_t elastic_gather_forward(const SlotCopy* copies,  // [n], device
                                    int kv_heads, int head_dim, int budget,
                                    cudaStream_t stream);
 
+// The same copy with the list's length read on the device (*n_device, e.g.
+// written by slot_map_update_forward; no host round trip) on a small
+// persistent grid of `blocks` blocks looping over the list. A few blocks keep
+// PCIe busy (each has many 16-byte reads in flight), and leaving the other
+// multiprocessors alone is the point: a grid sized to the list takes SMs from
+// the compute stream at each of its kernel boundaries. Graph-capturable.
+cudaError_t elastic_gather_list_forward(const SlotCopy* copies,    // [<= max_n], device
+                                        const int32_t* n_device,   // [1], device
+                                        const HostKv* host,        // [requests], device
+                                        const SlotKv* slots,       // [requests], device
+                                        int kv_heads, int head_dim, int budget, int blocks,
+                                        cudaStream_t stream);
+
+// ---- The slot-map diff on the device ----------------------------------------
+// kv/slot_map.h's SlotMap per (request, KV head) row, kept in device arrays so
+// the selection never leaves the GPU. Same decisions as SlotMap::update (slot
+// assignments, loads and resident tokens are equal; kernels/slot_map.cuh).
+// All arrays start at -1 (slot_map_reset); stamps at 0.
+struct SlotMapState {
+  int32_t* slot_token;     // [requests, kv_heads, budget]: token in the slot, -1 empty
+  int32_t* slot_used;      // [requests, kv_heads, budget]: step the slot's token was last selected
+  int32_t* token_slot;     // [requests, kv_heads, token_capacity]: slot of a token, -1 none
+  int32_t* stamp;          // [requests, kv_heads]: steps so far
+  int64_t token_capacity;  // positions a row can hold
+};
+struct SlotMapCounters {   // running totals, device; zero them to start
+  unsigned long long loads;     // tokens copied (fresh ones included)
+  unsigned long long rows;      // (request, head) updates
+  unsigned long long slots;     // sum of budget over updates
+  unsigned long long bad_rows;  // rows refused (count > budget, token out of range, not ascending)
+};
+// Device bytes for `requests` rows of state.
+size_t slot_map_state_bytes(int requests, int kv_heads, int budget, int64_t token_capacity);
+// Restarts the rows of requests [first, first + n): every slot empty, stamp 0.
+cudaError_t slot_map_reset(const SlotMapState& st, int first, int n, int kv_heads, int budget,
+                           cudaStream_t stream);
+// One step for `batch` requests: batch row b uses state request
+// request_of[b] (null: b), selection row [b, g] of counts[b] ascending tokens.
+// Outputs:
+//   - copies[*n_copies ..) gets this step's loads (SlotCopy.req = state
+//     request); *n_copies is added to (zero it first); at most
+//     batch * kv_heads * budget entries;
+//   - fresh (optional, [batch * kv_heads]): the load of the newest token
+//     lengths[b] - 1 when it is selected and missing, else token -1; it is then
+//     left out of `copies` (its K/V is written later in the step);
+//   - slot_sel[b, g, i] = the slot of selection[b, g, i], -1 past counts[b]:
+//     the selection the host layers' sparse attention reads over the slots.
+// A row whose input is bad changes nothing, counts in counters->bad_rows and
+// gets slot_sel 0 (memory-safe, not meaningful). budget <= 2048.
+cudaError_t slot_map_update_forward(SlotCopy* copies, int32_t* n_copies, SlotCopy* fresh,
+                                    int32_t* slot_sel, SlotMapCounters* counters,
+                                    const SlotMapState& st,
+                                    const int32_t* selection,   // [batch, kv_heads, budget]
+                                    const int32_t* counts,      // [batch], device
+                                    const int32_t* lengths,     // [batch], device; null: no fresh
+                                    const int32_t* request_of,  // [batch], device, or null
+                                    int batch, int kv_heads, int budget, cudaStream_t stream);
+
 }  // namespace spx::cuda

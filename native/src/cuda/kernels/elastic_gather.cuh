@@ -15,23 +15,30 @@ namespace spx::cuda {
 constexpr int kGatherThreads = 256;
 constexpr int kGatherUnroll = 4;  // 16-byte loads in flight per thread
 
-template <int D>
-__global__ void __launch_bounds__(kGatherThreads)
+// The persistent variant (list length on the device): fewer, fuller blocks,
+// with more loads in flight per thread, so 2-8 blocks can fill PCIe.
+constexpr int kGatherListThreads = 512;
+constexpr int kGatherListUnroll = 8;
+
+// n_device non-null: the list's length is *n_device (n ignored).
+template <int D, int THREADS, int UNROLL>
+__global__ void __launch_bounds__(THREADS)
     elastic_gather_forward_kernel(const SlotCopy* copies,  // [n]
-                                  int n,
+                                  int n, const int32_t* n_device,
                                   const HostKv* host,      // [requests]
                                   const SlotKv* slots,     // [requests]
                                   int kv_heads, int budget) {
   constexpr int kChunks = D / 8;       // 16-byte chunks per K (or V) row
   constexpr int kPer = 2 * kChunks;    // K then V
+  if (n_device) n = *n_device;
   const int64_t items = static_cast<int64_t>(n) * kPer;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * kGatherThreads;
-  for (int64_t base = static_cast<int64_t>(blockIdx.x) * kGatherThreads + threadIdx.x;
-       base < items; base += step * kGatherUnroll) {
-    Bf16x8 v[kGatherUnroll];
-    Bf16x8* dst[kGatherUnroll];
+  const int64_t step = static_cast<int64_t>(gridDim.x) * THREADS;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * THREADS + threadIdx.x;
+       base < items; base += step * UNROLL) {
+    Bf16x8 v[UNROLL];
+    Bf16x8* dst[UNROLL];
 #pragma unroll
-    for (int u = 0; u < kGatherUnroll; ++u) {
+    for (int u = 0; u < UNROLL; ++u) {
       dst[u] = nullptr;
       const int64_t i = base + u * step;
       if (i >= items) continue;
@@ -52,7 +59,7 @@ __global__ void __launch_bounds__(kGatherThreads)
       dst[u] = reinterpret_cast<Bf16x8*>(d);
     }
 #pragma unroll
-    for (int u = 0; u < kGatherUnroll; ++u)
+    for (int u = 0; u < UNROLL; ++u)
       if (dst[u] != nullptr) *dst[u] = v[u];
   }
 }
@@ -65,8 +72,20 @@ inline cudaError_t elastic_gather_launch(const SlotCopy* copies, int n, const Ho
   int64_t blocks = (items + int64_t(kGatherThreads) * kGatherUnroll - 1) /
                    (int64_t(kGatherThreads) * kGatherUnroll);
   if (blocks > 65535) blocks = 65535;
-  elastic_gather_forward_kernel<D><<<static_cast<unsigned>(blocks), kGatherThreads, 0, stream>>>(
-      copies, n, host, slots, kv_heads, budget);
+  elastic_gather_forward_kernel<D, kGatherThreads, kGatherUnroll>
+      <<<static_cast<unsigned>(blocks), kGatherThreads, 0, stream>>>(copies, n, nullptr, host,
+                                                                     slots, kv_heads, budget);
+  return cudaGetLastError();
+}
+
+template <int D>
+inline cudaError_t elastic_gather_list_launch(const SlotCopy* copies, const int32_t* n_device,
+                                              const HostKv* host, const SlotKv* slots,
+                                              int kv_heads, int budget, int blocks,
+                                              cudaStream_t stream) {
+  elastic_gather_forward_kernel<D, kGatherListThreads, kGatherListUnroll>
+      <<<static_cast<unsigned>(blocks), kGatherListThreads, 0, stream>>>(
+          copies, 0, n_device, host, slots, kv_heads, budget);
   return cudaGetLastError();
 }
 
