@@ -10,6 +10,10 @@ and one decoder layer `midlayer.*` whose q/k/v_proj read 2*hidden inputs
   target/           LlamaForCausalLM, 7 layers, hidden 64 (transformers, seeded)
   draft/            no embed_tokens (borrows the target's), default aux layers (2, 3, 4)
   draft-own-embed/  own embed_tokens, eagle_config.eagle_aux_hidden_state_layer_ids [1, 3, 5]
+  draft-speculators/ vLLM's speculators layout (Eagle3Speculator): the layer's config nested in
+                    transformer_layer_config as transformers' to_diff_dict() writes it (values
+                    equal to LlamaConfig's defaults dropped), `layers.0.*`, own embed_tokens,
+                    fc with a bias, top-level eagle_aux_hidden_state_layer_ids [2, 4, 5]
   reference.json    per draft: the target's aux hidden states and the scoring layer's
                     q.k/sqrt(d) scores at every position of a fixed prompt
 
@@ -81,7 +85,23 @@ def draft_config(aux_ids) -> dict:
     return cfg
 
 
-def make_draft(out: Path, seed: int, own_embed: bool, aux_ids) -> None:
+def speculators_config(aux_ids) -> dict:
+    layer = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=1,
+                        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM,
+                        max_position_embeddings=256, rms_norm_eps=EPS, rope_theta=ROPE_THETA,
+                        rope_scaling=dict(ROPE_SCALING), tie_word_embeddings=False)
+    return dict(architectures=["Eagle3Speculator"], speculators_model_type="eagle3",
+                transformer_layer_config=layer.to_diff_dict(), draft_vocab_size=DRAFT_VOCAB,
+                norm_before_residual=False, target_hidden_size=None,
+                eagle_aux_hidden_state_layer_ids=list(aux_ids),
+                speculators_config=dict(algorithm="eagle3", default_proposal_method="greedy",
+                                        proposal_methods=[dict(proposal_type="greedy", speculative_tokens=3)],
+                                        verifier=dict(name_or_path="tiny-eagle3/target",
+                                                      architectures=["LlamaForCausalLM"])),
+                speculators_version="0.1.0", torch_dtype="float32")
+
+
+def make_draft(out: Path, seed: int, own_embed: bool, aux_ids, speculators: bool = False) -> None:
     g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape, std=0.1):
@@ -114,9 +134,14 @@ def make_draft(out: Path, seed: int, own_embed: bool, aux_ids) -> None:
     t["t2d"] = t2d
     if own_embed:
         t["embed_tokens.weight"] = rnd(VOCAB, HIDDEN, std=1.0)
+    cfg = draft_config(aux_ids)
+    if speculators:
+        t = {k.replace("midlayer.", "layers.0."): v for k, v in t.items()}
+        t["fc.bias"] = rnd(HIDDEN, std=0.5)
+        cfg = speculators_config(aux_ids)
     out.mkdir(parents=True)
     save_file(t, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(draft_config(aux_ids), indent=2, sort_keys=True) + "\n")
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def short(t: torch.Tensor) -> list:
@@ -132,8 +157,9 @@ def rmsnorm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 def draft_reference(draft_dir: Path, target: LlamaForCausalLM, prompt: list[int]) -> dict:
     cfg = json.loads((draft_dir / "config.json").read_text())
     w = load_file(str(draft_dir / "model.safetensors"))
-    aux = cfg.get("eagle_config", {}).get("eagle_aux_hidden_state_layer_ids") or [
-        2, TARGET_LAYERS // 2, TARGET_LAYERS - 3]
+    p = "layers.0." if "layers.0.self_attn.q_proj.weight" in w else "midlayer."
+    aux = (cfg.get("eagle_aux_hidden_state_layer_ids") or cfg.get("eagle_config", {}).get(
+        "eagle_aux_hidden_state_layer_ids") or [2, TARGET_LAYERS // 2, TARGET_LAYERS - 3])
     assert max(aux) < TARGET_LAYERS  # hidden_states[L] is after the final norm
     ids = torch.tensor([prompt])
     hs = target(ids, output_hidden_states=True).hidden_states  # [L+1] x [1, T, H]; j = input of layer j
@@ -141,14 +167,18 @@ def draft_reference(draft_dir: Path, target: LlamaForCausalLM, prompt: list[int]
     T = len(prompt)
     prev = torch.cat([torch.zeros(1, 3 * HIDDEN), feats[:-1]], dim=0)  # position p reads p-1
     embed = w.get("embed_tokens.weight", target.model.embed_tokens.weight)
-    a = rmsnorm(embed[ids[0]], w["midlayer.input_layernorm.weight"])
-    b = rmsnorm(prev @ w["fc.weight"].T, w["midlayer.hidden_norm.weight"])
+    a = rmsnorm(embed[ids[0]], w[p + "input_layernorm.weight"])
+    fc = prev @ w["fc.weight"].T + w.get("fc.bias", torch.zeros(HIDDEN))  # position 0: fc(0) = the bias
+    b = rmsnorm(fc, w[p + "hidden_norm.weight"])
     u = torch.cat([a, b], dim=-1)  # [T, 2H]
-    q = (u @ w["midlayer.self_attn.q_proj.weight"].T).view(1, T, HEADS, HEAD_DIM).transpose(1, 2)
-    k = (u @ w["midlayer.self_attn.k_proj.weight"].T).view(1, T, KV_HEADS, HEAD_DIM).transpose(1, 2)
-    rope_cfg = LlamaConfig(**{key: cfg[key] for key in ("hidden_size", "num_attention_heads", "head_dim",
-                                                        "max_position_embeddings", "rope_theta",
-                                                        "rope_scaling")})
+    q = (u @ w[p + "self_attn.q_proj.weight"].T).view(1, T, HEADS, HEAD_DIM).transpose(1, 2)
+    k = (u @ w[p + "self_attn.k_proj.weight"].T).view(1, T, KV_HEADS, HEAD_DIM).transpose(1, 2)
+    if "transformer_layer_config" in cfg:  # speculators: LlamaConfig fills what to_diff_dict dropped
+        rope_cfg = LlamaConfig(**cfg["transformer_layer_config"])
+    else:
+        rope_cfg = LlamaConfig(**{key: cfg[key] for key in ("hidden_size", "num_attention_heads", "head_dim",
+                                                            "max_position_embeddings", "rope_theta",
+                                                            "rope_scaling")})
     cos, sin = LlamaRotaryEmbedding(config=rope_cfg)(u[None], torch.arange(T)[None])
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     k = k.repeat_interleave(HEADS // KV_HEADS, dim=1)
@@ -157,9 +187,9 @@ def draft_reference(draft_dir: Path, target: LlamaForCausalLM, prompt: list[int]
 
     floats = lambda name: name not in ("d2t", "t2d")
     all_params = sum(v.numel() for n, v in w.items() if floats(n))
-    kept_names = ["fc.weight", "midlayer.input_layernorm.weight", "midlayer.hidden_norm.weight",
-                  "midlayer.self_attn.q_proj.weight", "midlayer.self_attn.k_proj.weight"]
-    kept = sum(w[n].numel() for n in kept_names)
+    kept_names = ["fc.weight", "fc.bias", p + "input_layernorm.weight", p + "hidden_norm.weight",
+                  p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight"]
+    kept = sum(w[n].numel() for n in kept_names if n in w)
     borrowed = 0 if "embed_tokens.weight" in w else embed.numel()
     kept += w["embed_tokens.weight"].numel() if "embed_tokens.weight" in w else 0
     return dict(aux_layers=list(aux), own_embedding="embed_tokens.weight" in w,
@@ -191,9 +221,10 @@ def main() -> None:
     target = make_target(tmp / "target", tok)
     make_draft(tmp / "draft", SEED + 10, own_embed=False, aux_ids=None)
     make_draft(tmp / "draft-own-embed", SEED + 20, own_embed=True, aux_ids=[1, 3, 5])
+    make_draft(tmp / "draft-speculators", SEED + 30, own_embed=True, aux_ids=[2, 4, 5], speculators=True)
     prompt = [256] + tok.encode(PROMPT_TEXT).ids
     ref = dict(prompt_text=PROMPT_TEXT, prompt_ids=prompt,
-               drafts={name: draft_reference(tmp / name, target, prompt) for name in ("draft", "draft-own-embed")},
+               drafts={name: draft_reference(tmp / name, target, prompt) for name in ("draft", "draft-own-embed", "draft-speculators")},
                made_with=dict(torch=torch.__version__, transformers=transformers.__version__, seed=SEED))
     (tmp / "reference.json").write_text(json.dumps(ref, separators=(",", ":")) + "\n")
     if (args.out / "README.md").exists():  # hand-written, kept

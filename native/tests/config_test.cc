@@ -96,5 +96,25 @@ TEST(Json, Basics) {
   EXPECT_FALSE(Json::parse("1e999", &j).ok);
 }
 
+// dump() writes text that parses back to the same value (the EAGLE-3
+// speculators loader re-reads a nested config through it).
+TEST(Json, DumpRoundTrips) {
+  const std::string text =
+      R"({"a":[1,-2500,0.1,1e-05,500000],"s":"q\"b\\s\n\u0001\u00e9","o":{"n":null,"t":true,"f":false},"e":[],"eo":{}})";
+  Json j, k;
+  ASSERT_TRUE(Json::parse(text, &j).ok);
+  const std::string out = j.dump();
+  ASSERT_TRUE(Json::parse(out, &k).ok) << out;
+  EXPECT_EQ(k.dump(), out);
+  EXPECT_EQ(k.find("a")->items()[0].dump(), "1");
+  EXPECT_EQ(k.find("a")->items()[2].as_double(), 0.1);
+  EXPECT_EQ(k.find("a")->items()[3].as_double(), 1e-05);
+  EXPECT_EQ(k.find("s")->as_string(), "q\"b\\s\n\x01\xc3\xa9");
+  EXPECT_TRUE(k.find("o")->find("n")->is_null());
+  EXPECT_FALSE(k.find("o")->find("f")->as_bool());
+  EXPECT_TRUE(k.find("eo")->is_object());
+  EXPECT_EQ(k.find("e")->dump(), "[]");
+}
+
 }  // namespace
 }  // namespace spx

@@ -76,7 +76,7 @@ TEST(Eagle3Layout, DetectedAndCounted) {
   Fixture f;
   EXPECT_TRUE(spx::retrieval::is_eagle3_dir(spx::testing::fixture(kDir + "/draft")));
   EXPECT_FALSE(spx::retrieval::is_eagle3_dir(spx::testing::fixture(kDir + "/target")));
-  for (const std::string name : {"draft", "draft-own-embed"}) {
+  for (const std::string name : {"draft", "draft-own-embed", "draft-speculators"}) {
     std::unique_ptr<PrunedHead> head;
     std::string kind;
     Status st = make(f, spx::testing::fixture(kDir + "/" + name), &head, &kind);
@@ -215,6 +215,8 @@ TEST(Eagle3Head, StateRestoresIntoAFreshHead) {
 
 TEST(Eagle3Head, ScoresMatchReferenceBorrowedEmbedding) { check_engine_flow("draft"); }
 TEST(Eagle3Head, ScoresMatchReferenceOwnEmbedding) { check_engine_flow("draft-own-embed"); }
+// vLLM's speculators layout: nested transformer_layer_config, layers.0.*, fc with a bias.
+TEST(Eagle3Head, ScoresMatchReferenceSpeculatorsLayout) { check_engine_flow("draft-speculators"); }
 
 // Features given with the chunk (no target run): the reference's own hidden
 // states, shifted by one, in two chunks.
@@ -360,11 +362,39 @@ TEST_F(Eagle3Malformed, AuxLayersOutsideTarget) {
   EXPECT_MENTIONS(load_error(), "eagle_aux_hidden_state_layer_ids");
 }
 
-TEST_F(Eagle3Malformed, SpeculatorsLayout) {
+TEST_F(Eagle3Malformed, SpeculatorsWithoutLayerConfig) {
   write_config({{"\"LlamaForCausalLMEagle3\"", "\"Eagle3Speculator\""},
                 {"\"bos_token_id\"", "\"speculators_config\": {}, \"bos_token_id\""}});
   copy_weights();
-  EXPECT_MENTIONS(load_error(), "speculators layout");
+  EXPECT_MENTIONS(load_error(), "needs a 'transformer_layer_config' object");
+}
+
+TEST_F(Eagle3Malformed, SpeculatorsEagleOne) {
+  write_config({{"\"LlamaForCausalLMEagle3\"", "\"Eagle3Speculator\""},
+                {"\"bos_token_id\"", "\"speculators_model_type\": \"eagle\", \"bos_token_id\""}});
+  copy_weights();
+  EXPECT_MENTIONS(load_error(), "speculators_model_type is \"eagle\"");
+}
+
+TEST_F(Eagle3Malformed, SpeculatorsTwoLayers) {
+  std::ifstream in(spx::testing::fixture(kDir + "/draft-speculators/config.json"));
+  config_.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  write_config("\"num_hidden_layers\": 1", "\"num_hidden_layers\": 3");
+  copy_weights();
+  EXPECT_MENTIONS(load_error(), "one decoder layer");
+}
+
+TEST_F(Eagle3Malformed, SpeculatorsWrongFcBias) {
+  write_config("", "");
+  write_tensors({{"layers.0.self_attn.q_proj.weight", {64, 128}},
+                 {"layers.0.self_attn.k_proj.weight", {32, 128}},
+                 {"layers.0.input_layernorm.weight", {64}},
+                 {"layers.0.hidden_norm.weight", {64}},
+                 {"fc.weight", {64, 192}},
+                 {"fc.bias", {192}}});
+  const std::string msg = load_error();
+  EXPECT_MENTIONS(msg, "fc.bias");
+  EXPECT_MENTIONS(msg, "[64]");
 }
 
 TEST_F(Eagle3Malformed, NotTheLayout) {

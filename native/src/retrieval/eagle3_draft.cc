@@ -83,14 +83,34 @@ Status load_eagle3_config(const std::string& dir, int target_layers, Eagle3Confi
   const std::string where = "EAGLE-3 draft '" + dir + "': ";
   if (arch.find("Eagle3") == std::string::npos)
     return Status::Error(where + "architecture '" + arch + "' is not an EAGLE-3 draft");
-  if (root.find("transformer_layer_config") != nullptr || root.find("speculators_config") != nullptr)
-    return Status::Error(where + "the vLLM speculators layout (" + arch +
-                         ") is not supported; use the EAGLE/SpecForge layout (LlamaForCausalLMEagle3)");
   // The draft layer is a Llama decoder layer: read the rest as a Llama config,
   // which validates heads, head_dim, RoPE (incl. llama3 scaling) and the norm.
-  std::string llama = text;
-  const std::string quoted = "\"" + arch + "\"";
-  llama.replace(llama.find(quoted), quoted.size(), "\"LlamaForCausalLM\"");
+  std::string llama;
+  const Json* layer = root.find("transformer_layer_config");
+  const bool speculators = layer != nullptr || root.find("speculators_config") != nullptr ||
+                           root.find("speculators_model_type") != nullptr;
+  if (speculators) {
+    // vLLM's speculators layout (Eagle3Speculator): the layer's config is nested
+    // and written by transformers' to_diff_dict(), which drops every value equal
+    // to LlamaConfig's default, so those defaults are put back first (a later
+    // key wins in Json::find).
+    const Json* type = root.find("speculators_model_type");
+    if (type != nullptr && !(type->is_string() && type->as_string() == "eagle3"))
+      return Status::Error(where + "speculators_model_type is " + type->dump() +
+                           "; only 'eagle3' drafts are EAGLE-3 heads");
+    if (layer == nullptr || !layer->is_object())
+      return Status::Error(where + "the speculators layout needs a 'transformer_layer_config' object");
+    llama = R"({"vocab_size":32000,"hidden_size":4096,"intermediate_size":11008,"num_hidden_layers":32,)"
+            R"("num_attention_heads":32,"max_position_embeddings":2048,"rms_norm_eps":1e-06,)"
+            R"("rope_theta":10000.0,"hidden_act":"silu",)";
+    const std::string nested = layer->dump();
+    if (nested.size() > 2) llama += nested.substr(1, nested.size() - 2) + ",";
+    llama += R"("architectures":["LlamaForCausalLM"]})";
+  } else {
+    llama = text;
+    const std::string quoted = "\"" + arch + "\"";
+    llama.replace(llama.find(quoted), quoted.size(), "\"LlamaForCausalLM\"");
+  }
   ModelConfig mc;
   if (!(st = parse_model_config(llama, &mc)).ok) return Status::Error(where + st.message);
   if (mc.num_layers != 1)
@@ -98,6 +118,7 @@ Status load_eagle3_config(const std::string& dir, int target_layers, Eagle3Confi
                          "; an EAGLE-3 draft has one decoder layer");
   Eagle3Config c;
   c.architecture = arch;
+  c.speculators = speculators;
   c.hidden = mc.hidden_size;
   c.target_hidden = mc.hidden_size;
   c.vocab = mc.vocab_size;
@@ -188,6 +209,7 @@ Status load_eagle3_weights(const std::string& dir, const Eagle3Config& c, Backen
 #define SPX_TRY(expr) \
   if (!(st = (expr)).ok) return st
   SPX_TRY(load("fc.weight", {H, 3 * TH}, &w.fc));
+  if (ckpt.has("fc.bias")) SPX_TRY(load("fc.bias", {H}, &w.fc_bias));
   SPX_TRY(load(p + "input_layernorm.weight", {H}, &w.input_norm));
   SPX_TRY(load(p + "hidden_norm.weight", {H}, &w.hidden_norm));
   SPX_TRY(load_split(p + "self_attn.q_proj.weight", qd, &w.wq_e, &w.wq_h));

@@ -13,6 +13,12 @@
 //                 embed_tokens.weight (optional: else the target's)
 //   ("layers.0." is accepted for "midlayer.")
 //
+// vLLM's speculators layout (architectures ["Eagle3Speculator"],
+// speculators_model_type "eagle3") is read too: the layer's Llama config is
+// nested in transformer_layer_config (values equal to LlamaConfig's defaults
+// may be left out), the layer is layers.0.*, fc may carry fc.bias [hidden],
+// and eagle_aux_hidden_state_layer_ids sits at the top level.
+//
 // Aux layers follow vLLM's convention: id j is the hidden state at the input
 // of target layer j (0: the embedding). Without ids in the config they are
 // EAGLE's (2, L/2, L-3) for a target of L layers.
@@ -28,6 +34,7 @@ namespace spx::retrieval {
 
 struct Eagle3Config {
   std::string architecture;
+  bool speculators = false;     // the vLLM speculators layout (Eagle3Speculator)
   int hidden = 0, target_hidden = 0, vocab = 0, draft_vocab = 0;
   int heads = 0, kv_heads = 0, head_dim = 0, intermediate = 0;
   double rms_norm_eps = 1e-6;
@@ -39,6 +46,7 @@ struct Eagle3Config {
 struct Eagle3Weights {
   Tensor embed;                 // [vocab, hidden] own, or the target's
   Tensor fc;                    // [hidden, 3*target_hidden]
+  Tensor fc_bias;               // [hidden], or empty (the speculators layout has one)
   Tensor input_norm, hidden_norm;  // [hidden]
   // q_proj / k_proj split by input columns: over the normed embedding (the
   // first hidden columns) and over the normed fc output (the rest), so the

@@ -204,7 +204,7 @@ Status Eagle3Head::project(const std::vector<Item>& items) {
   // The layer's input is [input_norm(embed(token)), hidden_norm(fc(features))].
   be.embedding(w_.embed, toks.data(), n, &a);
   be.rmsnorm(a, w_.input_norm, eps, &a);
-  be.matmul(f, w_.fc, nullptr, &b);
+  be.matmul(f, w_.fc, w_.fc_bias.empty() ? nullptr : &w_.fc_bias, &b);
   be.rmsnorm(b, w_.hidden_norm, eps, &b);
   be.matmul(a, w_.wq_e, nullptr, &q);
   be.matmul(b, w_.wq_h, nullptr, &qt);

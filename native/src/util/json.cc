@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 
 namespace spx {
@@ -228,6 +229,68 @@ const Json* Json::find(std::string_view key) const {
   for (const auto& m : members_)
     if (m.first == key) hit = &m.second;
   return hit;
+}
+
+namespace {
+
+void dump_string(const std::string& s, std::string* out) {
+  out->push_back('"');
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out->push_back('\\');
+      out->push_back(static_cast<char>(c));
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+      *out += buf;
+    } else {
+      out->push_back(static_cast<char>(c));  // UTF-8 bytes pass through
+    }
+  }
+  out->push_back('"');
+}
+
+void dump_value(const Json& v, std::string* out) {
+  switch (v.kind()) {
+    case Json::Kind::Null: *out += "null"; break;
+    case Json::Kind::Bool: *out += v.as_bool() ? "true" : "false"; break;
+    case Json::Kind::Number: {
+      char buf[32];
+      if (v.is_integer()) std::snprintf(buf, sizeof(buf), "%lld", static_cast<long long>(v.as_int()));
+      else std::snprintf(buf, sizeof(buf), "%.17g", v.as_double());
+      *out += buf;
+      break;
+    }
+    case Json::Kind::String: dump_string(v.as_string(), out); break;
+    case Json::Kind::Array: {
+      out->push_back('[');
+      for (size_t i = 0; i < v.items().size(); ++i) {
+        if (i) out->push_back(',');
+        dump_value(v.items()[i], out);
+      }
+      out->push_back(']');
+      break;
+    }
+    case Json::Kind::Object: {
+      out->push_back('{');
+      for (size_t i = 0; i < v.members().size(); ++i) {
+        if (i) out->push_back(',');
+        dump_string(v.members()[i].first, out);
+        out->push_back(':');
+        dump_value(v.members()[i].second, out);
+      }
+      out->push_back('}');
+      break;
+    }
+  }
+}
+
+}  // namespace
+
+std::string Json::dump() const {
+  std::string out;
+  dump_value(*this, &out);
+  return out;
 }
 
 Status Json::parse(std::string_view text, Json* out) {

@@ -41,6 +41,8 @@ class Json {
   const Json* find(std::string_view key) const;
 
   static Status parse(std::string_view text, Json* out);
+  // Compact JSON text of this value; parse(dump()) gives the same value.
+  std::string dump() const;
 
  private:
   friend class JsonParser;
