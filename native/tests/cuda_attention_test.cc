@@ -127,6 +127,10 @@ TEST(CudaAttention, DecodeSplitPlanCoversCapacity) {
     }
 }
 
+// Runs both prefill kernels (1: 64 rows per block, 2: 128 rows per block)
+// on the same inputs, chunk by chunk, and checks each against one
+// double-precision reference on a spread of rows (all rows for small cases,
+// about 300 plus the last row otherwise, to bound host time).
 void run_prefill_case(int q_heads, int kv_heads, int head_dim, int total, int chunk) {
   const int capacity = total + 5;
   const Cache c = random_cache(2, kv_heads, capacity, head_dim, 300 + total);
@@ -137,39 +141,47 @@ void run_prefill_case(int q_heads, int kv_heads, int head_dim, int total, int ch
   ASSERT_EQ(dk.upload(to_bf16(c.k)), cudaSuccess);
   ASSERT_EQ(dv.upload(to_bf16(c.v)), cudaSuccess);
   ASSERT_EQ(dq.upload(to_bf16(q)), cudaSuccess);
-  ASSERT_EQ(dout.poison(), cudaSuccess);
   const size_t row = size_t(q_heads) * head_dim;
-  for (int start = 0; start < total; start += chunk) {
-    const int n = std::min(chunk, total - start);
-    const size_t per_slot = size_t(kv_heads) * capacity * head_dim;
-    ASSERT_EQ(prefill_attention_forward(dout.bf() + start * row, dq.bf() + start * row,
-                                        dk.bf() + slot * per_slot, dv.bf() + slot * per_slot,
-                                        start, n, q_heads, kv_heads, head_dim, capacity,
-                                        float(scale), 0),
-              cudaSuccess);
+  const size_t per_slot = size_t(kv_heads) * capacity * head_dim;
+  std::vector<std::vector<float>> got;
+  for (int kernel : {1, 2}) {
+    ASSERT_EQ(dout.poison(), cudaSuccess);
+    for (int start = 0; start < total; start += chunk) {
+      const int n = std::min(chunk, total - start);
+      ASSERT_EQ(prefill_attention_forward(dout.bf() + start * row, dq.bf() + start * row,
+                                          dk.bf() + slot * per_slot, dv.bf() + slot * per_slot,
+                                          start, n, q_heads, kv_heads, head_dim, capacity,
+                                          float(scale), 0, kernel),
+                cudaSuccess);
+    }
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    got.push_back(dout.download_f());
   }
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  const auto got = dout.download_f();
-  // Check a spread of rows (all of them for small cases) to bound host time.
   const int group = q_heads / kv_heads;
-  const int stride = total > 512 ? 37 : 1;
-  std::vector<float> g;
+  const int stride = total > 512 ? std::max(37, (total / 300) | 1) : 1;
+  std::vector<int> rows;
+  for (int t = 0; t < total; t += stride) rows.push_back(t);
+  if (rows.back() != total - 1) rows.push_back(total - 1);
   std::vector<double> ref;
-  for (int t = 0; t < total; t += stride) {
+  for (int t : rows)
     for (int h = 0; h < q_heads; ++h) {
       std::vector<double> r(head_dim);
       attend_ref(c, slot, h / group, &q[size_t(t) * row + size_t(h) * head_dim], t + 1, scale,
                  r.data());
       ref.insert(ref.end(), r.begin(), r.end());
-      g.insert(g.end(), got.begin() + t * row + h * head_dim,
-               got.begin() + t * row + (h + 1) * head_dim);
     }
+  for (int kernel : {1, 2}) {
+    const std::vector<float>& all = got[kernel - 1];
+    std::vector<float> g;
+    for (int t : rows)
+      g.insert(g.end(), all.begin() + t * row, all.begin() + (t + 1) * row);
+    const std::string name = "prefill v" + std::to_string(kernel) + " hq" +
+                             std::to_string(q_heads) + " hk" + std::to_string(kv_heads) + " d" +
+                             std::to_string(head_dim) + " T" + std::to_string(total) + " chunk" +
+                             std::to_string(chunk);
+    EXPECT_EQ(count_mismatches(name, g, ref, 1e-2, 2e-2), 0u);
+    EXPECT_LT(rel_l2(g, ref), 1e-2) << name;
   }
-  const std::string name = "prefill hq" + std::to_string(q_heads) + " hk" +
-                           std::to_string(kv_heads) + " d" + std::to_string(head_dim) + " T" +
-                           std::to_string(total) + " chunk" + std::to_string(chunk);
-  EXPECT_EQ(count_mismatches(name, g, ref, 1e-2, 2e-2), 0u);
-  EXPECT_LT(rel_l2(g, ref), 1e-2) << name;
 }
 
 TEST(CudaAttention, PrefillCausalGqa) {
@@ -184,6 +196,19 @@ TEST(CudaAttention, PrefillChunkedEqualsOneShot) {
   SPX_REQUIRE_GPU();
   run_prefill_case(8, 2, 128, 4099, 1000);  // chunks not aligned to the 64-row tiles
   run_prefill_case(4, 2, 64, 97, 17);
+}
+
+// Long prompts, where the 128-row kernel replaces the 64-row one: one-shot
+// past 32k, and chunked with odd chunk sizes, GQA groups 1, 4 and 8, head
+// dims 64 and 128.
+TEST(CudaAttention, PrefillLongAndOddChunks) {
+  SPX_REQUIRE_GPU();
+  run_prefill_case(4, 1, 128, 33000, 33000);  // group 4, one-shot
+  run_prefill_case(8, 1, 128, 16384, 16384);  // group 8, one-shot
+  run_prefill_case(8, 2, 128, 16384, 3001);   // group 4, odd chunks
+  run_prefill_case(4, 4, 64, 4099, 777);      // group 1, d 64
+  run_prefill_case(8, 1, 64, 2051, 129);      // group 8, d 64, chunks just past a tile
+  run_prefill_case(2, 2, 128, 300, 1);        // one token per chunk
 }
 
 }  // namespace

@@ -136,9 +136,9 @@ cudaError_t decode_attention_simt_forward(bf16* out, const bf16* q, const Decode
 cudaError_t prefill_attention_forward(bf16* out, const bf16* q, const bf16* k_cache,
                                       const bf16* v_cache, int start, int tokens, int q_heads,
                                       int kv_heads, int head_dim, int capacity, float scale,
-                                      cudaStream_t stream) {
+                                      cudaStream_t stream, int kernel) {
   return prefill_attention_launch(out, q, k_cache, v_cache, start, tokens, q_heads, kv_heads,
-                                  head_dim, capacity, scale, stream);
+                                  head_dim, capacity, scale, stream, kernel);
 }
 
 cudaError_t sample_forward(int32_t* tokens, const float* logits, const SamplingRow* params,

@@ -119,14 +119,17 @@ cudaError_t decode_attention_simt_forward(bf16* out, const bf16* q, const Decode
 // Causal prefill attention for one request's chunk of queries, flash-style
 // (tensor-core tiles, online softmax). Query i sits at position start + i and
 // sees cache positions [0, start + i]; the chunk's own k/v must already be
-// in the cache (kv_append_forward / kv_write_forward).
+// in the cache (kv_append_forward / kv_write_forward). kernel: 1 and 2 force
+// the 64-row and the 128-row kernel (the latter for head dims 64 and 128,
+// others run 1); 0 takes SPX_PREFILL_KERNEL=v1|v2 from the environment, else
+// the default (prefill_attention.cuh says which).
 cudaError_t prefill_attention_forward(bf16* out,            // [tokens, q_heads, head_dim]
                                       const bf16* q,        // [tokens, q_heads, head_dim]
                                       const bf16* k_cache,  // [kv_heads, capacity, head_dim]
                                       const bf16* v_cache,  // [kv_heads, capacity, head_dim]
                                       int start, int tokens, int q_heads, int kv_heads,
                                       int head_dim, int capacity, float scale,
-                                      cudaStream_t stream);
+                                      cudaStream_t stream, int kernel = 0);
 
 // Per-row sampling parameters, in device memory.
 struct SamplingRow {

@@ -19,7 +19,11 @@
 // by chunk with the same kernel.
 #pragma once
 
+#include <cstdlib>
+#include <cstring>
+
 #include "cuda/kernels/common.cuh"
+#include "cuda/kernels/prefill_attention_v2.cuh"
 
 namespace spx::cuda {
 
@@ -238,15 +242,33 @@ inline cudaError_t prefill_attention_launch_d(dim3 grid, bf16* out, const bf16* 
   return cudaGetLastError();
 }
 
+// version: 1 = the 64-row kernel above, 2 = prefill_attention_v2.cuh (head
+// dims 64 and 128; others fall back to 1), 0 = the environment's choice
+// (SPX_PREFILL_KERNEL=v1 or v2), else 1 until v2 has passed on the GPU.
 inline cudaError_t prefill_attention_launch(bf16* out, const bf16* q, const bf16* k_cache,
                                             const bf16* v_cache, int start, int tokens,
                                             int q_heads, int kv_heads, int head_dim, int capacity,
-                                            float scale, cudaStream_t stream) {
+                                            float scale, cudaStream_t stream, int version = 0) {
   if (tokens <= 0) return cudaSuccess;
   if (kv_heads <= 0 || q_heads % kv_heads || start < 0 || start + tokens > capacity)
     return cudaErrorInvalidValue;
-  const dim3 grid((tokens + kPrefillRows - 1) / kPrefillRows, q_heads);
   const float sl = scale * 1.4426950408889634f;
+  if (version == 0) {
+    static const int chosen = [] {
+      const char* e = std::getenv("SPX_PREFILL_KERNEL");
+      if (e && std::strcmp(e, "v1") == 0) return 1;
+      if (e && std::strcmp(e, "v2") == 0) return 2;
+      return 1;
+    }();
+    version = chosen;
+  }
+  if (version == 2 && head_dim == 128)
+    return prefill_attention_v2_launch_d<128>(out, q, k_cache, v_cache, start, tokens, q_heads,
+                                              kv_heads, capacity, sl, stream);
+  if (version == 2 && head_dim == 64)
+    return prefill_attention_v2_launch_d<64>(out, q, k_cache, v_cache, start, tokens, q_heads,
+                                             kv_heads, capacity, sl, stream);
+  const dim3 grid((tokens + kPrefillRows - 1) / kPrefillRows, q_heads);
   // Head sizes of the real models (64, 128) and of the tiny test fixtures (16, 32).
 #define SPX_PREFILL_D(d)                                                                     \
   case d:                                                                                    \
