@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One-shot SpeContext benchmark on the GPU machine (issue 6, Speed): builds
 # specontext_bench and dense_bench (CMake + Ninja, only those targets), runs a
-# smoke pass on a tiny shape (every path: device-only, host tier, drift,
-# elastic-loading check), then the full run (ours: dense + SpeContext) and
+# smoke pass on a tiny shape (every path: device-only, host tier with the
+# slot maps on the GPU and on the host, drift, elastic-loading check), then the full run (ours: dense + SpeContext) and
 # transformers sdpa / eager, and writes the report. The results (report JSON,
 # PNG, markdown, raw JSON) and logs.tgz go to $OUT (or $SPX_GPU_OUT, default
 # /tmp/spx-specontext); a short summary prints last.
@@ -79,7 +79,9 @@ fi
 
 # ---- smoke: tiny shape through every path
 t0=$SECONDS
-if timeout 60 "$bin/specontext_bench" --quick --json "$out/smoke.json" >"$out/smoke.log" 2>&1; then
+# Both slot-map paths (device: the default; host: the previous design) so
+# each keeps working; the host path's rows are "specontext-host-maps".
+if timeout 90 "$bin/specontext_bench" --quick --slot-path both --json "$out/smoke.json" >"$out/smoke.log" 2>&1; then
   note "smoke ok ($((SECONDS - t0)) s)"
 else
   note "smoke FAILED rc $? ($((SECONDS - t0)) s), see smoke.log"

@@ -12,13 +12,21 @@
 // the selection (sparse_decode_attention_forward). Layers whose KV the
 // planner (planner/memory_plan.h, paper Eq. 6-8) puts in host memory keep
 // full K/V in one pinned, mapped host pool and B device slots per request and
-// KV head; each step the selection goes to the host, the slot maps
-// (kv/slot_map.h) diff it against what the slots hold, and only the missing
-// rows are gathered (elastic_gather_forward) on a copy stream, queued for all
-// host layers at once so each lands at least a layer ahead of its use; host
-// layer l waits on its own event. New tokens' K/V are written straight into
-// the host tier (the fused qkv_rope kernel through the mapped pointer) and
-// copied into their slot inside the layer.
+// KV head; the slot maps diff each step's selection against what the slots
+// hold, and only the missing rows are gathered on a low-priority copy
+// stream, queued for all host layers at once so each lands at least a layer
+// ahead of its use; host layer l waits on its own event. New tokens' K/V are
+// written straight into the host tier (the fused qkv_rope kernel through the
+// mapped pointer) and copied into their slot inside the layer. Two paths
+// (--slot-path):
+//   device (default): the diff runs on the GPU (slot_map_update_forward) and
+//     the gathers read the list's length there (elastic_gather_list_forward,
+//     a few persistent blocks, so the compute stream keeps its SMs); nothing
+//     visits the host, and the step is one CUDA graph like the device-only
+//     one (the breakdown comes from eager steps of the same work);
+//   host: the selection goes to the host, kv/slot_map.h diffs it on all
+//     cores, the lists are uploaded, and elastic_gather_forward's grid is
+//     sized to the list (the previous design, kept for comparison).
 //
 // Dense step: bench_decode (full flash-decoding, the dense_bench path).
 //
@@ -65,6 +73,9 @@ struct Options {
   double keep = 0.8;         // drift run: share of last step's selection kept
   int chunk = 8192;
   bool skip_dense = false, skip_offload = false;
+  bool offload_only = false;          // only the host-tier runs (breakdowns)
+  std::string slot_path = "device";   // device | host | both
+  int gather_blocks = 8;              // persistent gather grid (device path)
 };
 
 // ---- the retrieval head -----------------------------------------------------
@@ -142,6 +153,7 @@ size_t workspace_bytes(const ModelShape& s, int R, int cap, int budget, int num_
   const int splits = std::max((cap + split_d - 1) / split_d, (budget + split_s - 1) / split_s);
   b += cuda::decode_attention_workspace_bytes(R, s.heads, s.head_dim, splits);
   b += size_t(R) * KV * budget * (4 * 2 + sizeof(cuda::SlotCopy));  // selection, slot ids, copies
+  b += cuda::slot_map_state_bytes(R, s.kv_heads, budget, cap);       // device slot maps
   b += size_t(R) * 1024 + (64u << 20);  // small arrays, allocator slack
   return b;
 }
@@ -192,10 +204,10 @@ size_t host_layer_bytes(const ModelShape& s, int R, int hcap) {
 
 // ---- one measurement ----------------------------------------------------------
 struct Meas {
-  std::string system, mode, selection, batch_kind, note;
+  std::string system, mode, selection, batch_kind, note, slot_path;
   int in = 0, out = 0, batch = 0, position = 0, host_layers = 0;
   double ms = 0, head_ms = 0, compute_ms = 0, transfer_ms = 0, exposed_ms = 0, hidden_ms = 0;
-  double cpu_slot_ms = 0, gpu_step_ms = 0;
+  double cpu_slot_ms = 0, gpu_slot_ms = 0, gpu_step_ms = 0, eager_ms = 0;
   double bytes_elastic = 0, bytes_full = 0, reload_fraction = 0;
   long long rows_checked = 0, row_mismatches = 0, selection_violations = 0;
 };
@@ -272,7 +284,8 @@ enum class Selection { kHead, kDrift, kNoGather };
 // tier sees the drift selections; kNoGather: the control run, the same step
 // with the copy stream's gathers left out (attention reads stale slots), to
 // show what the transfers cost beyond the compute stream's waits.
-Status bench_spec(Bench& bn, int ctx, int R, int host, Selection mode, Meas* meas) {
+Status bench_spec(Bench& bn, int ctx, int R, int host, Selection mode, bool device_maps,
+                  Meas* meas) {
   const bool drift = mode == Selection::kDrift, gather = mode != Selection::kNoGather;
   const Options& o = bn.o;
   const Model& m = bn.m;
@@ -411,7 +424,8 @@ Status bench_spec(Bench& bn, int ctx, int R, int host, Selection mode, Meas* mea
                             cudaMemcpyHostToDevice));
     maps.assign(R, std::vector<SlotMap>(KV, SlotMap(B)));
     if (drift) {
-      const int total = o.warm + o.steps;
+      // The device path also runs a warm-up and the timed graph steps.
+      const int total = o.warm + o.steps + (device_maps ? 1 + o.steps : 0);
       drift_sel.assign(size_t(total) * R * KV * B, -1);
       parallel_for(R, [&](int a, int e) {
         std::vector<uint32_t> mark(cap, 0);
@@ -533,6 +547,190 @@ Status bench_spec(Bench& bn, int ctx, int R, int host, Selection mode, Meas* mea
     meas->head_ms = head_n ? meas->ms * (head_sum / head_n) / eager : 0;
     meas->compute_ms = meas->ms - meas->head_ms;
     meas->note = "one CUDA graph per step; head share from eager steps";
+  } else if (device_maps) {
+    // Host layers, device path: the diff on the GPU right after the head,
+    // the persistent list gathers on the copy stream; no host round trip.
+    int32_t *st_tok, *st_used, *st_tslot, *st_stamp, *n_copies, *drift_cur = nullptr,
+        *drift_d = nullptr;
+    cuda::SlotMapCounters* counters;
+    SPX_STATUS_TRY(b.get(size_t(R) * KV * B, &st_tok));
+    SPX_STATUS_TRY(b.get(size_t(R) * KV * B, &st_used));
+    SPX_STATUS_TRY(b.get(size_t(R) * KV * cap, &st_tslot));
+    SPX_STATUS_TRY(b.get(size_t(R) * KV, &st_stamp));
+    SPX_STATUS_TRY(b.get(1, &n_copies));
+    SPX_STATUS_TRY(b.get(1, &counters));
+    const cuda::SlotMapState st{st_tok, st_used, st_tslot, st_stamp, cap};
+    SPX_CUDA_TRY(cuda::slot_map_reset(st, 0, R, KV, B, cs));
+    SPX_CUDA_TRY(cudaMemsetAsync(counters, 0, sizeof(cuda::SlotMapCounters), cs));
+    const size_t sel_elems = size_t(R) * KV * B;
+    if (drift) {  // every step's drift selection on the device, copied in before each step
+      SPX_STATUS_TRY(b.get(drift_sel.size(), &drift_d));
+      SPX_STATUS_TRY(b.get(sel_elems, &drift_cur));
+      SPX_CUDA_TRY(cudaMemcpy(drift_d, drift_sel.data(), drift_sel.size() * 4,
+                              cudaMemcpyHostToDevice));
+    }
+    long long drift_step_no = 0;
+    auto next_drift = [&]() -> Status {
+      if (!drift) return Status::Ok();
+      if (size_t(drift_step_no + 1) * sel_elems > drift_sel.size())
+        return Status::Error("drift selections exhausted");
+      SPX_CUDA_TRY(cudaMemcpyAsync(drift_cur, drift_d + size_t(drift_step_no) * sel_elems,
+                                   sel_elems * 4, cudaMemcpyDeviceToDevice, cs));
+      ++drift_step_no;
+      return Status::Ok();
+    };
+    auto host_cache = [&](int l) {
+      return LayerCache{host_k[l - Lg], host_v[l - Lg], hcap};
+    };
+    auto host_attend = [&](int l, const LayerCache&) -> Status {
+      const int j = l - Lg;
+      // The step's own token: just written to the host tier, now into its
+      // slot (fresh_d: one entry per row, token -1 where nothing is due).
+      SPX_CUDA_TRY(cuda::elastic_gather_forward(fresh_d, R * KV, host_kv + size_t(j) * R,
+                                                slot_kv + size_t(j) * R, KV, D, B, cs));
+      SPX_CUDA_TRY(cuda::sparse_decode_attention_forward(r.attn_, r.q_, slot_seqs + size_t(j) * R,
+                                                         slotsel_d, counts, R, QH, KV, D, B, scale,
+                                                         split, w, cs));
+      return Status::Ok();
+    };
+    // One step; `timing` records the breakdown events (eager only: a graph
+    // keeps just the fork/join events).
+    auto step = [&](bool timing) -> Status {
+      if (timing) SPX_CUDA_TRY(cudaEventRecord(ev_start, cs));
+      SPX_STATUS_TRY(head_step());
+      if (timing) SPX_CUDA_TRY(cudaEventRecord(ev_sel, cs));
+      SPX_CUDA_TRY(cudaMemsetAsync(n_copies, 0, 4, cs));
+      SPX_CUDA_TRY(cuda::slot_map_update_forward(copies_d, n_copies, fresh_d, slotsel_d, counters,
+                                                 st, drift ? drift_cur : sel, counts, len,
+                                                 nullptr, R, KV, B, cs));
+      SPX_CUDA_TRY(cudaEventRecord(ev_copy0, cs));
+      SPX_CUDA_TRY(cudaStreamWaitEvent(xs, ev_copy0, 0));
+      for (int j = 0; j < host; ++j) {
+        if (gather)
+          SPX_CUDA_TRY(cuda::elastic_gather_list_forward(copies_d, n_copies,
+                                                         host_kv + size_t(j) * R,
+                                                         slot_kv + size_t(j) * R, KV, D, B,
+                                                         o.gather_blocks, xs));
+        SPX_CUDA_TRY(cudaEventRecord(ev_gather(j), xs));
+      }
+      SPX_STATUS_TRY(r.layers(R, 0, Lg, pos, slot_idx, device_cache, device_attend));
+      if (timing) SPX_CUDA_TRY(cudaEventRecord(ev_dev, cs));
+      for (int j = 0; j < host; ++j) {
+        if (timing && j > 0) SPX_CUDA_TRY(cudaEventRecord(ev_pre(j), cs));
+        SPX_CUDA_TRY(cudaStreamWaitEvent(cs, ev_gather(j), 0));
+        if (timing) SPX_CUDA_TRY(cudaEventRecord(ev_post(j), cs));
+        SPX_STATUS_TRY(r.layers(R, Lg + j, Lg + j + 1, pos, slot_idx, host_cache, host_attend));
+      }
+      SPX_STATUS_TRY(tail());
+      if (timing) SPX_CUDA_TRY(cudaEventRecord(ev_end, cs));
+      return Status::Ok();
+    };
+    auto loads_now = [&](cuda::SlotMapCounters* k) -> Status {
+      SPX_CUDA_TRY(cudaMemcpy(k, counters, sizeof(*k), cudaMemcpyDeviceToHost));
+      return Status::Ok();
+    };
+    double sums[6] = {0};  // head, slot diff, compute, transfer, exposed, step
+    for (int i = 0; i < o.warm + timed; ++i) {
+      SPX_STATUS_TRY(next_drift());
+      SPX_STATUS_TRY(step(true));
+      SPX_CUDA_TRY(cudaEventSynchronize(ev_end));
+      if (i < o.warm) continue;
+      const double step_ms = elapsed(ev_start, ev_end), head_ms = elapsed(ev_start, ev_sel);
+      double exposed = elapsed(ev_dev, ev_post(0));
+      for (int j = 1; j < host; ++j) exposed += elapsed(ev_pre(j), ev_post(j));
+      const double diff_ms = elapsed(ev_sel, ev_copy0);
+      sums[0] += head_ms;
+      sums[1] += diff_ms;
+      sums[2] += step_ms - head_ms - diff_ms - exposed;
+      sums[3] += elapsed(ev_copy0, ev_gather(host - 1));
+      sums[4] += exposed;
+      sums[5] += step_ms;
+    }
+    cuda::SlotMapCounters k0{}, k1{};
+    SPX_STATUS_TRY(loads_now(&k0));
+    // The same step as one CUDA graph: the number the throughput uses.
+    cudaGraphExec_t exec = nullptr;
+    const Status cap_st = capture(cs, [&]() { return step(false); }, &exec);
+    double graph_ms = 0;
+    if (cap_st.ok) {
+      SPX_STATUS_TRY(next_drift());
+      SPX_CUDA_TRY(cudaGraphLaunch(exec, cs));
+      SPX_CUDA_TRY(cudaStreamSynchronize(cs));
+      SPX_STATUS_TRY(loads_now(&k0));
+      float ms = 0;
+      const Status t = time_ms(
+          cs, timed,
+          [&]() -> Status {
+            SPX_STATUS_TRY(next_drift());
+            SPX_CUDA_TRY(cudaGraphLaunch(exec, cs));
+            return Status::Ok();
+          },
+          &ms);
+      cudaGraphExecDestroy(exec);
+      SPX_STATUS_TRY(t);
+      graph_ms = ms / timed;
+    } else {
+      std::fprintf(stderr, "specontext_bench: graph capture of the host-tier step failed (%s); "
+                           "eager timing only\n", cap_st.message.c_str());
+      cudaGetLastError();
+    }
+    SPX_STATUS_TRY(loads_now(&k1));
+    // Loads per step from the counters over the graph steps (eager ones if no graph).
+    const double steps_counted = cap_st.ok ? timed : 0;
+    const double row_bytes = 2.0 * D * sizeof(bf16) * host;  // K+V, all host layers
+    const int32_t length_end = ctx + 1 + o.warm + timed + (cap_st.ok ? 1 + timed : 0);
+    double loads = 0;
+    if (steps_counted > 0) {
+      loads = double(k1.loads - k0.loads) / steps_counted;
+    } else {
+      loads = double(k1.loads) / (o.warm + timed);  // eager only: every step
+    }
+    meas->mode = "offload";
+    meas->slot_path = "device";
+    meas->eager_ms = sums[5] / timed;
+    meas->ms = cap_st.ok ? graph_ms : meas->eager_ms;
+    meas->gpu_step_ms = meas->ms;
+    meas->head_ms = sums[0] / timed;
+    meas->gpu_slot_ms = sums[1] / timed;
+    meas->compute_ms = sums[2] / timed;
+    meas->transfer_ms = sums[3] / timed;
+    meas->exposed_ms = sums[4] / timed;
+    meas->hidden_ms = std::max(0.0, meas->transfer_ms - meas->exposed_ms);
+    meas->bytes_elastic = loads * row_bytes;
+    meas->bytes_full = double(R) * KV * std::min<int32_t>(length_end - 1, B) * row_bytes;
+    meas->reload_fraction = meas->bytes_full > 0 ? meas->bytes_elastic / meas->bytes_full : 0;
+    meas->selection_violations = (long long)k1.bad_rows;
+    meas->note = std::string(cap_st.ok ? "ms = one CUDA graph per step" : "ms = eager steps") +
+                 "; breakdown (head, slot diff on the GPU, compute, transfer, exposed) from eager "
+                 "steps; exposed = compute-stream wait on the host tier" +
+                 (gather ? "" : "; control: the same step without the copy-stream gathers");
+    if (!gather) return Status::Ok();
+
+    // Elastic check: every slot of the first and last request, every head,
+    // in the last host layer holds exactly its token's host row.
+    const int j = host - 1;
+    const size_t half = host_layer_bytes(s, R, hcap) / 2;
+    const bf16* hk_base = reinterpret_cast<const bf16*>(bn.pool.mem.as<char>() + 2 * half * j);
+    const bf16* hv_base = reinterpret_cast<const bf16*>(bn.pool.mem.as<char>() + 2 * half * j + half);
+    std::vector<uint16_t> dk(size_t(KV) * B * D), dv(size_t(KV) * B * D);
+    std::vector<int32_t> toks(size_t(KV) * B);
+    for (int i : {0, R - 1}) {
+      const size_t soff = j * slot_elems + size_t(i) * KV * B * D;
+      SPX_CUDA_TRY(cudaMemcpy(dk.data(), slot_k + soff, dk.size() * 2, cudaMemcpyDeviceToHost));
+      SPX_CUDA_TRY(cudaMemcpy(dv.data(), slot_v + soff, dv.size() * 2, cudaMemcpyDeviceToHost));
+      SPX_CUDA_TRY(cudaMemcpy(toks.data(), st_tok + size_t(i) * KV * B, toks.size() * 4,
+                              cudaMemcpyDeviceToHost));
+      for (int h = 0; h < KV; ++h)
+        for (int sl = 0; sl < B; ++sl) {
+          const int32_t t = toks[size_t(h) * B + sl];
+          if (t < 0) continue;
+          const size_t hrow = ((size_t(i) * KV + h) * hcap + t) * D;
+          const size_t drow = (size_t(h) * B + sl) * D;
+          ++meas->rows_checked;
+          meas->row_mismatches += std::memcmp(&dk[drow], hk_base + hrow, D * 2) != 0 ||
+                                  std::memcmp(&dv[drow], hv_base + hrow, D * 2) != 0;
+        }
+    }
   } else {
     // Host layers: selection to the host, slot diff, gathers on the copy stream.
     std::vector<std::vector<cuda::SlotCopy>> req_copies(R), req_fresh(R);
@@ -673,7 +871,9 @@ Status bench_spec(Bench& bn, int ctx, int R, int host, Selection mode, Meas* mea
     for (int i = 0; i < timed; ++i) SPX_STATUS_TRY(step(true));
     const double wall_ms = seconds_since(t0) * 1e3 / timed;
     meas->mode = "offload";
+    meas->slot_path = "host";
     meas->ms = wall_ms;
+    meas->eager_ms = wall_ms;
     meas->head_ms = sums[0] / timed;
     meas->compute_ms = sums[1] / timed;
     meas->transfer_ms = sums[2] / timed;
@@ -821,7 +1021,9 @@ std::string meas_json(const Meas& x) {
     << ", \"gpu_step_ms\": " << x.gpu_step_ms << ", \"head_ms\": " << x.head_ms
     << ", \"compute_ms\": " << x.compute_ms << ", \"transfer_ms\": " << x.transfer_ms
     << ", \"exposed_ms\": " << x.exposed_ms << ", \"hidden_ms\": " << x.hidden_ms
-    << ", \"cpu_slot_ms\": " << x.cpu_slot_ms << ", \"bytes_elastic\": " << x.bytes_elastic
+    << ", \"cpu_slot_ms\": " << x.cpu_slot_ms << ", \"gpu_slot_ms\": " << x.gpu_slot_ms
+    << ", \"eager_ms\": " << x.eager_ms << ", \"slot_path\": \"" << x.slot_path << "\""
+    << ", \"bytes_elastic\": " << x.bytes_elastic
     << ", \"bytes_full\": " << x.bytes_full << ", \"reload_fraction\": " << x.reload_fraction
     << ", \"rows_checked\": " << x.rows_checked << ", \"row_mismatches\": " << x.row_mismatches
     << ", \"selection_violations\": " << x.selection_violations << ", \"note\": \"" << x.note
@@ -875,6 +1077,10 @@ int run(int argc, char** argv) {
       o.skip_offload = true;
       continue;
     }
+    if (k == "--offload-only") {  // only the host-tier runs (no dense, no device-only)
+      o.offload_only = o.skip_dense = true;
+      continue;
+    }
     if (i + 1 >= argc) {
       std::fprintf(stderr, "option %s needs a value\n", k.c_str());
       return 2;
@@ -894,6 +1100,8 @@ int run(int argc, char** argv) {
     else if (k == "--device-gb") o.device_gb = std::atof(v.c_str());
     else if (k == "--keep") o.keep = std::atof(v.c_str());
     else if (k == "--chunk") o.chunk = std::atoi(v.c_str());
+    else if (k == "--slot-path") o.slot_path = v;
+    else if (k == "--gather-blocks") o.gather_blocks = std::atoi(v.c_str());
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
@@ -907,6 +1115,12 @@ int run(int argc, char** argv) {
   if (!shape) return fail(Status::Error("unknown model " + o.model));
   if (o.settings.empty() || o.budget < 1 || o.steps < 1 || o.warm < 1)
     return fail(Status::Error("bad options (settings, budget, steps, warm)"));
+  if (o.slot_path != "device" && o.slot_path != "host" && o.slot_path != "both")
+    return fail(Status::Error("--slot-path must be device, host or both"));
+  if (o.gather_blocks < 1 || o.gather_blocks > 1024)
+    return fail(Status::Error("--gather-blocks must be 1..1024"));
+  if (o.slot_path != "host" && o.budget > 2048)
+    return fail(Status::Error("the device slot maps take budgets up to 2048 (--slot-path host)"));
   if (cudaDeviceGetAttribute(&bn.num_sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess)
     return fail(Status::Error("no CUDA device"));
   // The compute stream outranks the copy stream: the gathers' blocks wait on
@@ -1015,11 +1229,14 @@ int run(int argc, char** argv) {
   }
 
   auto emit = [&](Meas& x) {
-    std::printf("%-10s %-7s %-11s %-10s [%5d,%5d] R %3d pos %6d host %2d: %8.2f ms/step (head "
-                "%.2f, compute %.2f, transfer %.2f, exposed %.2f, cpu %.2f) reload %.3f%s\n",
+    std::printf("%-10s %-7s %-11s %-10s [%5d,%5d] R %3d pos %6d host %2d%s: %8.2f ms/step "
+                "(eager %.2f; head %.2f, compute %.2f, transfer %.2f, exposed %.2f, slot diff "
+                "cpu %.2f gpu %.2f) reload %.3f%s\n",
                 x.system.c_str(), x.mode.c_str(), x.selection.c_str(), x.batch_kind.c_str(), x.in,
-                x.out, x.batch, x.position, x.host_layers, x.ms, x.head_ms, x.compute_ms,
-                x.transfer_ms, x.exposed_ms, x.cpu_slot_ms, x.reload_fraction,
+                x.out, x.batch, x.position, x.host_layers,
+                x.slot_path.empty() ? "" : (" " + x.slot_path + "-maps").c_str(), x.ms, x.eager_ms,
+                x.head_ms, x.compute_ms, x.transfer_ms, x.exposed_ms, x.cpu_slot_ms, x.gpu_slot_ms,
+                x.reload_fraction,
                 x.row_mismatches || x.selection_violations ? "  CHECK FAILED" : "");
     std::fflush(stdout);
     out.decode.push_back(meas_json(x));
@@ -1061,6 +1278,7 @@ int run(int argc, char** argv) {
       }
     // SpeContext with everything on the device: largest batch and common batch.
     for (Job j : {Job{"device-max", p.spec_dev_max}, Job{"common", p.common}}) {
+      if (o.offload_only) break;
       if (j.R < 1 || (std::string(j.kind) == "common" && j.R == p.spec_dev_max)) continue;
       for (int ctx : positions) {
         Meas x;
@@ -1068,7 +1286,7 @@ int run(int argc, char** argv) {
         x.selection = "random-head";
         x.batch_kind = j.kind;
         x.in = p.in, x.out = p.out;
-        Status e = bench_spec(bn, ctx, j.R, 0, Selection::kHead, &x);
+        Status e = bench_spec(bn, ctx, j.R, 0, Selection::kHead, false, &x);
         if (!e.ok) {
           report_fail("specontext decode", e);
           break;
@@ -1086,17 +1304,24 @@ int run(int argc, char** argv) {
           report_fail("planner", Status::Error("no placement at " + std::to_string(cap)));
           continue;
         }
+        std::vector<bool> paths;  // device slot maps?
+        if (o.slot_path != "host") paths.push_back(true);
+        if (o.slot_path != "device" && h > 0) paths.push_back(false);
+        if (paths.empty()) paths.push_back(false);  // host path asked, nothing on the host yet
+        for (bool device_maps : paths)
         for (Selection mode : {Selection::kHead, Selection::kDrift, Selection::kNoGather}) {
           if (h == 0 && mode != Selection::kHead) continue;  // nothing moves: one run serves all
+          // With both paths, the host path's rows get their own system name
+          // so the report's "specontext" rows stay one design.
           Meas x;
-          x.system = "specontext";
+          x.system = device_maps || o.slot_path != "both" ? "specontext" : "specontext-host-maps";
           x.selection = h == 0                      ? "any"
                         : mode == Selection::kDrift ? "drift-" + std::to_string(int(o.keep * 100))
                         : mode == Selection::kHead  ? "random-head"
                                                     : "no-gather";
           x.batch_kind = "max";
           x.in = p.in, x.out = p.out;
-          Status e = bench_spec(bn, ctx, p.spec_max, h, mode, &x);
+          Status e = bench_spec(bn, ctx, p.spec_max, h, mode, device_maps, &x);
           if (!e.ok) {
             report_fail("specontext offload decode", e);
             continue;

@@ -73,7 +73,7 @@ def prefill_ms(ours, hf, system, tokens):
         return None, False
     for p in ours.get("prefill", []):
         if p["tokens"] == tokens:
-            return p["ms"] + (p["head_ms"] if system == "specontext" else 0.0), False
+            return p["ms"] + (p["head_ms"] if system.startswith("specontext") else 0.0), False
     return None, False
 
 
@@ -89,7 +89,7 @@ def make_rows(ours, hf):
         pre, oom = prefill_ms(ours, hf, system, inp)
         host_prompt_ms = 0.0
         first = ds[0]
-        if system == "specontext" and first.get("host_layers", 0) > 0 and d2h > 0:
+        if system.startswith("specontext") and first.get("host_layers", 0) > 0 and d2h > 0:
             # the prompt's K/V of the host layers goes to the host tier once
             kv_row_bytes = kv_row_bytes or ours.get("kv_row_bytes", 2 * 8 * 128 * 2)
             host_prompt_ms = first["host_layers"] * inp * kv_row_bytes / (d2h * 1e9) * 1e3
@@ -103,7 +103,7 @@ def make_rows(ours, hf):
             output=out,
             batch=R,
             batch_kind=kind,
-            selection=sel if system == "specontext" else None,
+            selection=sel if system.startswith("specontext") else None,
             throughput_tok_s=R * out / (total / 1e3) if total else None,
             decode_tok_s=R * out / (decode_ms / 1e3) if decode_ms else None,
             prefill_s=prefill_total / 1e3 if prefill_total is not None else None,
@@ -119,7 +119,7 @@ def make_rows(ours, hf):
             row["note"] = f"prefill of a {inp}-token prompt runs out of memory"
         elif not complete:
             row["note"] = "incomplete position sweep: no throughput"
-        if system == "specontext":
+        if system.startswith("specontext"):
             w = lambda key: weighted_mean(xs, [d.get(key, 0.0) for d in ds])  # noqa: E731
             step = row["step_ms_mean"]
             row.update(
@@ -131,6 +131,8 @@ def make_rows(ours, hf):
                 exposed_ms=w("exposed_ms"),
                 hidden_ms=w("hidden_ms"),
                 cpu_slot_ms=w("cpu_slot_ms"),
+                gpu_slot_ms=w("gpu_slot_ms"),
+                slot_path="/".join(sorted({d.get("slot_path") or "-" for d in ds})),
                 exposed_share=w("exposed_ms") / step if step else None,
                 bytes_per_step_elastic=w("bytes_elastic"),
                 bytes_per_step_without_elastic=w("bytes_full"),
@@ -144,9 +146,9 @@ def make_rows(ours, hf):
     # What the transfers cost in all: step time over the control run that
     # skips the copy-stream gathers (same batch, positions, CPU work).
     for r in rows:
-        if r["system"] != "specontext" or r["selection"] not in ("random-head", "drift") or r["batch_kind"] != "max":
+        if not r["system"].startswith("specontext") or r["selection"] not in ("random-head", "drift") or r["batch_kind"] != "max":
             continue
-        c = next((x for x in rows if x["system"] == "specontext" and x["selection"] == "no-gather" and (x["input"], x["output"], x["batch"]) == (r["input"], r["output"], r["batch"])), None)
+        c = next((x for x in rows if x["system"] == r["system"] and x["selection"] == "no-gather" and (x["input"], x["output"], x["batch"]) == (r["input"], r["output"], r["batch"])), None)
         if c and c["positions"] == r["positions"]:
             r["transfer_overhead_ms"] = r["step_ms_mean"] - c["step_ms_mean"]
             r["transfer_overhead_share"] = r["transfer_overhead_ms"] / r["step_ms_mean"]
@@ -321,16 +323,16 @@ def main():
         "",
         "SpeContext per-step breakdown (means over the output range; ms):",
         "",
-        "| setting | selection | batch (kind) | step | head | compute | transfer | hidden | exposed | exposed share | over no-gather run | slot diff (CPU) | MB/step elastic | MB/step without | reload |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| setting | selection | slot maps | batch (kind) | step | head | compute | transfer | hidden | exposed | exposed share | over no-gather run | slot diff CPU / GPU | MB/step elastic | MB/step without | reload |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        if r["system"] != "specontext":
+        if not r["system"].startswith("specontext"):
             continue
         lines.append(
-            f"| {r['setting']} | {r['selection']} | {r['batch']} ({r['batch_kind']}) | {r['step_ms_mean']:.2f} | {r['head_ms']:.2f} | {r['compute_ms']:.2f} | "
+            f"| {r['setting']} | {r['selection']} | {r.get('slot_path', '-')} | {r['batch']} ({r['batch_kind']}) | {r['step_ms_mean']:.2f} | {r['head_ms']:.2f} | {r['compute_ms']:.2f} | "
             f"{r['transfer_ms']:.2f} | {r['hidden_ms']:.2f} | {r['exposed_ms']:.2f} | {fmt(r['exposed_share'], '.1%')} | "
-            f"{fmt(r.get('transfer_overhead_ms'), '.2f')} ({fmt(r.get('transfer_overhead_share'), '.0%')}) | {r['cpu_slot_ms']:.2f} | "
+            f"{fmt(r.get('transfer_overhead_ms'), '.2f')} ({fmt(r.get('transfer_overhead_share'), '.0%')}) | {r['cpu_slot_ms']:.2f} / {r.get('gpu_slot_ms', 0.0):.2f} | "
             f"{r['bytes_per_step_elastic'] / 1e6:.0f} | {r['bytes_per_step_without_elastic'] / 1e6:.0f} | {fmt(r['reload_fraction'], '.2f')} |"
         )
     sm = summary
