@@ -40,15 +40,30 @@ Status copy_kv(Backend* be, const KvSequence& src, KvSequence* dst, std::vector<
   return Status::Ok();
 }
 
-Status prefill(Transformer* m, KvSequence* kv, const std::vector<int32_t>& tokens, int n, int chunk) {
-  std::vector<float> logits;
+// With capture layers, (*hidden)[i] receives [n, hidden]: every token's
+// hidden state at the input of capture[i] (heads scoring with their own
+// weights on the target's lower layers adopt from them).
+Status prefill(Transformer* m, KvSequence* kv, const std::vector<int32_t>& tokens, int n, int chunk,
+               const std::vector<int>& capture, std::vector<std::vector<float>>* hidden) {
+  std::vector<float> logits, rows;
+  const size_t H = static_cast<size_t>(m->config().hidden_size), A = capture.size();
+  hidden->assign(A, {});
   for (int b = 0; b < n; b += chunk) {
     const int c = std::min(chunk, n - b);
     ForwardBatch batch;
     batch.tokens.assign(tokens.begin() + b, tokens.begin() + b + c);
     batch.chunks.push_back({kv, b, c, LogitsMode::None});
+    if (A > 0) {
+      batch.aux_layers = capture;
+      batch.aux_hidden = &rows;
+    }
     Status st = m->forward(batch, &logits);
     if (!st.ok) return st;
+    for (size_t a = 0; a < A; ++a)
+      for (int t = 0; t < c; ++t) {
+        const float* r = rows.data() + (static_cast<size_t>(t) * A + a) * H;
+        (*hidden)[a].insert((*hidden)[a].end(), r, r + H);
+      }
   }
   return Status::Ok();
 }
@@ -68,14 +83,16 @@ struct SparseRun {
   double nll = 0;
 };
 
+// scoring_input: the prefill's hidden states at the head's scoring layer
+// (own_scoring heads), else null.
 Status head_scores(Transformer* target, PrunedHead* head, const KvSequence& base,
                    const std::vector<int32_t>& tokens, const FidelityOptions& opt,
-                   std::vector<std::vector<float>>* scores) {
+                   const float* scoring_input, std::vector<std::vector<float>>* scores) {
   const int N = opt.context, S = opt.steps;
   Status st = head->open(1, base.capacity);
   if (!st.ok) return st;
   if (head->source() == target) {
-    st = head->adopt(1, base);  // the prefill was full attention: same caches
+    st = head->adopt(1, base, scoring_input);  // the prefill was full attention: same caches
   } else {
     for (int b = 0; b < N && st.ok; b += opt.prefill_chunk) {
       std::vector<HeadChunk> hc = {{1, tokens.data() + b, std::min(opt.prefill_chunk, N - b), nullptr}};
@@ -123,8 +140,14 @@ Status run_fidelity(Transformer* target, const std::vector<PrunedHead*>& heads,
   Status st = store.allocate(1, cap, &base);
   if (st.ok) st = store.allocate(2, cap, &work);
   if (!st.ok) return st;
+  std::vector<int> capture;  // layers whose input some head adopts from
+  for (PrunedHead* h : heads)
+    if (h->source() == target && h->scoring_input_layer() >= 0 &&
+        std::find(capture.begin(), capture.end(), h->scoring_input_layer()) == capture.end())
+      capture.push_back(h->scoring_input_layer());
+  std::vector<std::vector<float>> hidden;
   say("prefill " + std::to_string(N) + " tokens");
-  if (!(st = prefill(target, base, tokens, N, opt.prefill_chunk)).ok) return st;
+  if (!(st = prefill(target, base, tokens, N, opt.prefill_chunk, capture, &hidden)).ok) return st;
 
   reports->assign(heads.size(), {});
   std::vector<std::vector<SparseRun>> runs(heads.size(), std::vector<SparseRun>(NB));
@@ -142,7 +165,10 @@ Status run_fidelity(Transformer* target, const std::vector<PrunedHead*>& heads,
     rep.budgets.assign(NB, {});
     say("retrieval head, scoring layer " + std::to_string(head->scoring_layer()));
     std::vector<std::vector<float>> scores;
-    if (!(st = head_scores(target, head, *base, tokens, opt, &scores)).ok) return st;
+    const float* scoring_input = nullptr;
+    for (size_t a = 0; a < capture.size(); ++a)
+      if (head->source() == target && capture[a] == head->scoring_input_layer()) scoring_input = hidden[a].data();
+    if (!(st = head_scores(target, head, *base, tokens, opt, scoring_input, &scores)).ok) return st;
     for (size_t bi = 0; bi < NB; ++bi) {
       const int B = opt.budgets[bi];
       BudgetFidelity& r = rep.budgets[bi];

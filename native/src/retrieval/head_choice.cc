@@ -1,10 +1,67 @@
 #include "retrieval/head_choice.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "retrieval/eagle3_head.h"
 
 namespace spx::retrieval {
+
+namespace {
+
+// Equal as loaded: same shape, same values bit for bit (compared in blocks of
+// rows, so a large embedding needs little host memory).
+bool same_tensor(Backend* be, const Tensor& a, const Tensor& b) {
+  if (a.empty() || b.empty()) return a.empty() == b.empty();
+  if (a.shape != b.shape) return false;
+  const int64_t rows = a.dim(0), per = a.row_elems();
+  const int64_t block = std::max<int64_t>(1, (1 << 20) / std::max<int64_t>(per, 1));
+  std::vector<float> x, y;
+  for (int64_t r = 0; r < rows; r += block) {
+    const int64_t n = std::min(block, rows - r);
+    x.resize(static_cast<size_t>(n * per));
+    y.resize(x.size());
+    if (!be->download(a.rows(r, n), x.data()).ok || !be->download(b.rows(r, n), y.data()).ok) return false;
+    if (std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) != 0) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+bool shares_lower_layers(const Transformer& target, const Transformer& dlm, int scoring_layer,
+                         std::string* why) {
+  const ModelConfig& t = target.config();
+  const ModelConfig& d = dlm.config();
+  auto no = [&](const std::string& s) {
+    if (why) *why = s;
+    return false;
+  };
+  if (target.backend() != dlm.backend()) return no("another backend");
+  if (scoring_layer < 0 || scoring_layer >= d.num_layers || scoring_layer >= t.num_layers)
+    return no("scoring layer outside the models");
+  if (d.hidden_size != t.hidden_size || d.intermediate_size != t.intermediate_size ||
+      d.num_heads != t.num_heads || d.num_kv_heads != t.num_kv_heads || d.head_dim != t.head_dim ||
+      d.vocab_size != t.vocab_size || d.rms_norm_eps != t.rms_norm_eps || d.qkv_bias != t.qkv_bias ||
+      d.o_bias != t.o_bias || d.mlp_bias != t.mlp_bias || d.qk_norm != t.qk_norm)
+    return no("another shape");
+  if (dlm.rope_inv_freq() != target.rope_inv_freq()) return no("another RoPE");
+  Backend* be = target.backend();
+  if (!same_tensor(be, dlm.weights().embed, target.weights().embed)) return no("another embedding");
+  for (int l = 0; l < scoring_layer; ++l) {
+    const LayerWeights& a = dlm.weights().layers[static_cast<size_t>(l)];
+    const LayerWeights& b = target.weights().layers[static_cast<size_t>(l)];
+    const Tensor* ta[] = {&a.attn_norm, &a.wq, &a.wk, &a.wv, &a.wo, &a.bq, &a.bk, &a.bv, &a.bo,
+                          &a.q_norm, &a.k_norm, &a.mlp_norm, &a.w_gate, &a.w_up, &a.w_down,
+                          &a.b_gate, &a.b_up, &a.b_down};
+    const Tensor* tb[] = {&b.attn_norm, &b.wq, &b.wk, &b.wv, &b.wo, &b.bq, &b.bk, &b.bv, &b.bo,
+                          &b.q_norm, &b.k_norm, &b.mlp_norm, &b.w_gate, &b.w_up, &b.w_down,
+                          &b.b_gate, &b.b_up, &b.b_down};
+    for (size_t i = 0; i < sizeof(ta) / sizeof(ta[0]); ++i)
+      if (!same_tensor(be, *ta[i], *tb[i])) return no("layer " + std::to_string(l) + " differs");
+  }
+  return true;
+}
 
 int recommended_layers(const ModelConfig& target) {
   // A quarter of the depth (7 of 30 layers on SmolLM2-135M): with the layers
@@ -56,7 +113,18 @@ Status make_head(Transformer* target, Backend* backend, const HeadChoice& choice
     const int k = choice.dlm_layers > 0 ? choice.dlm_layers : d.num_layers;
     if (k > d.num_layers) return Status::Error("dlm layers exceed the DLM's depth");
     const int pool = std::max(choice.pool, 1);
-    *kind = "dlm " + choice.dlm_dir + " scoring layer " + std::to_string(k - 1);
+    std::string why;
+    if (shares_lower_layers(*target, **dlm_model, k - 1, &why)) {
+      // Only the scoring layer is the DLM's own: the head keeps those tensors
+      // and runs the rest on the target, which then keeps those layers dense.
+      st = PrunedHead::make(target, k - 1, head, pool, &(*dlm_model)->weights().layers[static_cast<size_t>(k - 1)]);
+      dlm_model->reset();
+      *kind = "dlm " + choice.dlm_dir + " scoring layer " + std::to_string(k - 1) +
+              " (shares the target's lower layers: those run dense, the target's KV adopted)";
+      return st;
+    }
+    *kind = "dlm " + choice.dlm_dir + " scoring layer " + std::to_string(k - 1) + " (own lower layers: " + why +
+            "; every target layer sparse)";
     return PrunedHead::make(dlm_model->get(), k - 1, head, pool);
   }
   const int k = choice.dlm_layers > 0 ? choice.dlm_layers : recommended_layers(c);

@@ -28,6 +28,15 @@ struct HeadChoice {
 int recommended_layers(const ModelConfig& target);
 int recommended_pool(const ModelConfig& target);
 
+// Whether `dlm`'s embedding and its layers below scoring_layer are `target`'s
+// own: the same shapes and configuration, tensors equal bit for bit as
+// loaded. Such a DLM (a head distilled from the target, tools/train_head.py)
+// differs only in its scoring layer, so it runs like a self-derived head:
+// the target computes those layers densely and the head adopts its KV.
+// *why names the first difference.
+bool shares_lower_layers(const Transformer& target, const Transformer& dlm, int scoring_layer,
+                         std::string* why);
+
 // Builds the head. A DLM is loaded onto `backend` into *dlm_model (kept alive
 // by the caller); `kind` describes the head for reports.
 Status make_head(Transformer* target, Backend* backend, const HeadChoice& choice,

@@ -1,5 +1,6 @@
 #include "retrieval/pruned_head.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -79,7 +80,7 @@ uint64_t model_param_count(const Transformer& model) {
 }
 
 Status PrunedHead::make(Transformer* model, int scoring_layer, std::unique_ptr<PrunedHead>* out,
-                        int pool) {
+                        int pool, const LayerWeights* scoring) {
   const ModelConfig& c = model->config();
   if (scoring_layer < 0 || scoring_layer >= c.num_layers) {
     return Status::Error("retrieval head: scoring layer " + std::to_string(scoring_layer) +
@@ -88,20 +89,39 @@ Status PrunedHead::make(Transformer* model, int scoring_layer, std::unique_ptr<P
   if (pool < 1 || pool > scoring_layer + 1)
     return Status::Error("retrieval head: cannot pool " + std::to_string(pool) + " layers up to layer " +
                          std::to_string(scoring_layer));
+  const ModelWeights& w = model->weights();
+  const LayerWeights& own = w.layers[static_cast<size_t>(scoring_layer)];
+  if (scoring) {
+    // Same layout as the model's scoring layer, or the projections would not fit its caches.
+    for (auto [a, b] : {std::make_pair(&scoring->attn_norm, &own.attn_norm), std::make_pair(&scoring->wq, &own.wq),
+                        std::make_pair(&scoring->wk, &own.wk), std::make_pair(&scoring->bq, &own.bq),
+                        std::make_pair(&scoring->bk, &own.bk), std::make_pair(&scoring->q_norm, &own.q_norm),
+                        std::make_pair(&scoring->k_norm, &own.k_norm)})
+      if (a->empty() != b->empty() || a->shape != b->shape)
+        return Status::Error("retrieval head: the scoring layer's tensors do not fit the model's layer " +
+                             std::to_string(scoring_layer));
+  }
   auto h = std::unique_ptr<PrunedHead>(new PrunedHead());
   h->model_ = model;
+  h->own_scoring_ = scoring != nullptr;
+  // Only what scoring reads: a DLM's other tensors can then be freed.
+  const LayerWeights& sw = scoring ? *scoring : own;
+  h->scoring_.attn_norm = sw.attn_norm;
+  h->scoring_.wq = sw.wq;
+  h->scoring_.wk = sw.wk;
+  h->scoring_.bq = sw.bq;
+  h->scoring_.bk = sw.bk;
+  h->scoring_.q_norm = sw.q_norm;
+  h->scoring_.k_norm = sw.k_norm;
   h->q_heads_ = c.num_heads;
   h->kv_heads_ = c.num_kv_heads;
   h->layer_ = scoring_layer;
   h->pool_ = pool;
   h->store_ = std::make_unique<KvStore>(model->backend(), scoring_layer, c.num_kv_heads, c.head_dim);
-  const ModelWeights& w = model->weights();
   h->head_params_ = params(w.embed);
   h->model_params_ = model_param_count(*model);
   for (int l = 0; l < scoring_layer; ++l) h->head_params_ += layer_params(w.layers[static_cast<size_t>(l)]);
-  const LayerWeights& s = w.layers[static_cast<size_t>(scoring_layer)];
-  for (const Tensor* t : {&s.attn_norm, &s.wq, &s.wk, &s.bq, &s.bk, &s.q_norm, &s.k_norm})
-    h->head_params_ += params(*t);
+  h->head_params_ += layer_params(h->scoring_);
   *out = std::move(h);
   return Status::Ok();
 }
@@ -162,7 +182,13 @@ Status PrunedHead::after_target(const std::vector<uint64_t>& ids, const ForwardB
 
 uint64_t PrunedHead::weight_bytes(const Transformer* target) const {
   if (eagle3_) return eagle3_->weight_bytes();
-  return model_ == target ? 0 : model_->weight_bytes();
+  if (model_ != target) return model_->weight_bytes();
+  if (!own_scoring_) return 0;
+  uint64_t b = 0;  // the scoring layer's own tensors
+  for (const Tensor* t : {&scoring_.attn_norm, &scoring_.wq, &scoring_.wk, &scoring_.bq, &scoring_.bk,
+                          &scoring_.q_norm, &scoring_.k_norm})
+    b += t->empty() ? 0 : t->nbytes();
+  return b;
 }
 
 uint64_t PrunedHead::k_cache_bytes() const {
@@ -200,8 +226,10 @@ int PrunedHead::tokens(uint64_t id) const {
   return it == reqs_.end() ? -1 : it->second.n_tokens;
 }
 
-Status PrunedHead::adopt(uint64_t id, const KvSequence& kv) {
+Status PrunedHead::adopt(uint64_t id, const KvSequence& kv, const float* scoring_input) {
   if (eagle3_) return Status::Error("retrieval head: an EAGLE-3 head computes its own K cache");
+  if (own_scoring_ && scoring_input == nullptr && kv.n_tokens > 0)
+    return Status::Error("retrieval head: adopting a cache needs the hidden states at the scoring layer");
   auto it = reqs_.find(id);
   if (it == reqs_.end()) return Status::Error("retrieval head: unknown request");
   Request& r = it->second;
@@ -209,10 +237,11 @@ Status PrunedHead::adopt(uint64_t id, const KvSequence& kv) {
     return Status::Error("retrieval head: cannot adopt a cache of another shape");
   Backend* be = model_->backend();
   std::vector<float> buf;
-  for (int l = 0; l <= layer_; ++l) {
+  Status st;
+  // The scoring layer's K is the cache's own unless the head scores with its own weights.
+  for (int l = 0; l <= (own_scoring_ ? layer_ - 1 : layer_); ++l) {
     buf.resize(static_cast<size_t>(kv.k[l].numel()));
-    Status st = be->download(kv.k[l], buf.data());
-    if (!st.ok) return st;
+    if (!(st = be->download(kv.k[l], buf.data())).ok) return st;
     if (l == layer_) {
       // Same layout: [kv_heads, capacity, head_dim].
       if (!(st = r.k.set(buf.data())).ok) return st;
@@ -221,6 +250,22 @@ Status PrunedHead::adopt(uint64_t id, const KvSequence& kv) {
     if (!(st = be->upload(buf.data(), &r.kv->k[l])).ok) return st;
     if (!(st = be->download(kv.v[l], buf.data())).ok) return st;
     if (!(st = be->upload(buf.data(), &r.kv->v[l])).ok) return st;
+  }
+  if (own_scoring_) {
+    // The scoring K from the source's hidden states, a workspace at a time.
+    const int64_t H = model_->config().hidden_size;
+    const int step = 512;
+    std::vector<int32_t> positions;
+    for (int b = 0; b < kv.n_tokens; b += step) {
+      const int n = std::min(step, kv.n_tokens - b);
+      if (!(st = ensure_workspace(n)).ok) return st;
+      Tensor x = x_.rows(0, n);
+      if (!(st = be->upload(scoring_input + static_cast<size_t>(b) * H, &x)).ok) return st;
+      positions.resize(static_cast<size_t>(n));
+      for (int t = 0; t < n; ++t) positions[static_cast<size_t>(t)] = b + t;
+      if (!(st = project(x, positions)).ok) return st;
+      r.k.write(k_.rows(0, n), ds_.hook ? nullptr : kh_.data(), n, b);
+    }
   }
   r.n_tokens = kv.n_tokens;
   r.kv->n_tokens = kv.n_tokens;
@@ -278,12 +323,34 @@ Status PrunedHead::ensure_workspace(int n) {
   const int64_t N = n, D = c.head_dim;
   Status st;
   if (!(st = be->alloc({N, c.hidden_size}, DType::F32, &h_)).ok) return st;
+  if (own_scoring_ && !(st = be->alloc({N, c.hidden_size}, DType::F32, &x_)).ok) return st;
   if (!(st = be->alloc({N, c.num_heads * D}, DType::F32, &q_)).ok) return st;
   if (!(st = be->alloc({N, c.num_kv_heads * D}, DType::F32, &k_)).ok) return st;
   if (!(st = be->alloc({N, D / 2}, DType::F32, &cos_)).ok) return st;
   if (!(st = be->alloc({N, D / 2}, DType::F32, &sin_)).ok) return st;
   ws_cap_ = n;
   return Status::Ok();
+}
+
+Status PrunedHead::project(const Tensor& x, const std::vector<int32_t>& positions) {
+  // The scoring layer: norm, Q/K projections, per-head norms, RoPE.
+  const ModelConfig& c = model_->config();
+  Backend& be = *model_->backend();
+  const LayerWeights& w = scoring_;
+  const int64_t N = x.dim(0), D = c.head_dim, heads = c.num_heads, kvh = c.num_kv_heads;
+  Tensor h = h_.rows(0, N), q = q_.rows(0, N), k = k_.rows(0, N);
+  Tensor cos = cos_.rows(0, N), sin = sin_.rows(0, N);
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  be.rmsnorm(x, w.attn_norm, eps, &h);
+  be.matmul(h, w.wq, w.bq.empty() ? nullptr : &w.bq, &q);
+  be.matmul(h, w.wk, w.bk.empty() ? nullptr : &w.bk, &k);
+  Tensor q3 = q.reshaped({N, heads, D}), k3 = k.reshaped({N, kvh, D});
+  if (c.qk_norm) {
+    be.rmsnorm(q3, w.q_norm, eps, &q3);
+    be.rmsnorm(k3, w.k_norm, eps, &k3);
+  }
+  return rope_scoring_qk(be, model_->rope_inv_freq(), positions, &q3, &k3, &cos, &sin,
+                         ds_.hook ? nullptr : &kh_);
 }
 
 Status PrunedHead::forward(const std::vector<HeadChunk>& chunks) {
@@ -316,24 +383,10 @@ Status PrunedHead::forward(const std::vector<HeadChunk>& chunks) {
   if (!st.ok) return st;
   if (!(st = ensure_workspace(n)).ok) return st;
 
-  // The scoring layer: norm, Q/K projections, per-head norms, RoPE.
+  if (!(st = project(x, positions)).ok) return st;
   Backend& be = *model_->backend();
-  const LayerWeights& w = model_->weights().layers[static_cast<size_t>(layer_)];
   const int64_t N = n, D = c.head_dim, heads = c.num_heads, kvh = c.num_kv_heads;
-  Tensor h = h_.rows(0, N), q = q_.rows(0, N), k = k_.rows(0, N);
-  Tensor cos = cos_.rows(0, N), sin = sin_.rows(0, N);
-  const float eps = static_cast<float>(c.rms_norm_eps);
-  be.rmsnorm(x, w.attn_norm, eps, &h);
-  be.matmul(h, w.wq, w.bq.empty() ? nullptr : &w.bq, &q);
-  be.matmul(h, w.wk, w.bk.empty() ? nullptr : &w.bk, &k);
-  Tensor q3 = q.reshaped({N, heads, D}), k3 = k.reshaped({N, kvh, D});
-  if (c.qk_norm) {
-    be.rmsnorm(q3, w.q_norm, eps, &q3);
-    be.rmsnorm(k3, w.k_norm, eps, &k3);
-  }
-  st = rope_scoring_qk(be, model_->rope_inv_freq(), positions, &q3, &k3, &cos, &sin,
-                       ds_.hook ? nullptr : &kh_);
-  if (!st.ok) return st;
+  Tensor q = q_.rows(0, N), k = k_.rows(0, N);
 
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const int64_t group = heads / kvh;

@@ -100,8 +100,11 @@ class PrunedHead {
   // `model` outlives the head; scoring_layer in [0, layers). pool > 1 also
   // scores at the pool-1 layers below the scoring layer, whose K the head
   // keeps anyway (their full KV caches), for selection pooled over layers.
+  // `scoring`, when given, replaces the model's scoring-layer norm and Q/K
+  // projections (the head keeps its own copy of those tensors): a distilled
+  // head whose lower layers are the model's own (head_choice.cc).
   static Status make(Transformer* model, int scoring_layer, std::unique_ptr<PrunedHead>* out,
-                     int pool = 1);
+                     int pool = 1, const LayerWeights* scoring = nullptr);
   // The head of an EAGLE-3 draft (retrieval/eagle3_head.h).
   static Status make_eagle3(std::unique_ptr<Eagle3Head> eagle3, std::unique_ptr<PrunedHead>* out);
   ~PrunedHead();
@@ -137,9 +140,16 @@ class PrunedHead {
   // KV cache instead of recomputing them: valid when the head is cut from
   // that model and the cache was written with full attention (a prefill), as
   // then the layers below and the scoring layer's K are exactly the head's.
-  // The request must be open, empty and as large as the cache.
-  Status adopt(uint64_t id, const KvSequence& kv);
+  // The request must be open, empty and as large as the cache. A head with
+  // its own scoring weights (own_scoring()) cannot take the scoring layer's K
+  // from the cache: it needs the source's hidden states at the scoring
+  // layer's input, `scoring_input` [kv.n_tokens, hidden] (ForwardBatch::
+  // aux_layers = {scoring_input_layer()}), and projects them itself.
+  Status adopt(uint64_t id, const KvSequence& kv, const float* scoring_input = nullptr);
   const Transformer* source() const { return model_; }
+  bool own_scoring() const { return own_scoring_; }
+  // The source layer whose input adopt() needs captured; -1: none.
+  int scoring_input_layer() const { return own_scoring_ ? layer_ : -1; }
 
   int scoring_layer() const { return layer_; }
   int pool() const { return pool_; }
@@ -173,16 +183,22 @@ class PrunedHead {
   };
   PrunedHead() = default;
   Status ensure_workspace(int n);
+  // The scoring layer on hidden rows x [n, hidden] at `positions`: q_ / k_
+  // rows [0, n) hold the roped Q / K (kh_ a host copy of K when scoring on the host).
+  Status project(const Tensor& x, const std::vector<int32_t>& positions);
 
   Transformer* model_ = nullptr;   // null for an EAGLE-3 head
   std::unique_ptr<Eagle3Head> eagle3_;
   int q_heads_ = 0, kv_heads_ = 0;
   int layer_ = 0;
   int pool_ = 1;
+  LayerWeights scoring_;         // the scoring layer's tensors (model_'s, or a DLM's own)
+  bool own_scoring_ = false;     // scoring_ is not model_'s scoring layer
   std::vector<float> qcap_;      // [chunks, layer_, heads*hd] captured queries below
   std::unique_ptr<KvStore> store_;
   std::map<uint64_t, Request> reqs_;
   Tensor h_, q_, k_;             // [cap, hidden], [cap, heads*hd], [cap, kvh*hd]
+  Tensor x_;                     // [cap, hidden] adopted hidden rows (own_scoring_)
   Tensor cos_, sin_;             // [cap, hd/2]
   int ws_cap_ = 0;
   std::vector<float> qh_, kh_;   // host copies of one chunk's q / k rows

@@ -139,6 +139,19 @@ Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBa
     batch->aux_layers = head_->aux_layers();
     batch->aux_hidden = &aux_rows_;
   }
+  // A DLM sharing the target's lower layers scores the prompt from the
+  // target's hidden states at its scoring layer (captured on prompt chunks only).
+  const int capture = head_->scoring_input_layer();
+  if (capture >= 0) {
+    for (size_t i = 0; i < batch->chunks.size(); ++i) {
+      const ForwardChunk& ch = batch->chunks[i];
+      if (reqs_.count(ids[i]) && head_->tokens(ids[i]) == 0 && !(ch.n_tokens == 1 && ch.start_pos == 0)) {
+        batch->aux_layers = {capture};
+        batch->aux_hidden = &aux_rows_;
+        break;
+      }
+    }
+  }
   const bool adopts = head_->source() == target_ || eagle3;
   std::vector<HeadChunk> hc;
   std::vector<size_t> decode_chunks;
@@ -338,14 +351,32 @@ Status SparseDecoder::own_token_rows(const std::vector<uint64_t>& ids, int layer
 }
 
 Status SparseDecoder::after_forward(const std::vector<uint64_t>& ids, const ForwardBatch& batch) {
-  if (batch.aux_hidden == &aux_rows_) return head_->after_target(ids, batch, aux_rows_);
+  if (!head_->aux_layers().empty())
+    return batch.aux_hidden == &aux_rows_ ? head_->after_target(ids, batch, aux_rows_) : Status::Ok();
   if (head_->source() != target_) return Status::Ok();
+  const bool own_scoring = head_->own_scoring();
+  const size_t H = static_cast<size_t>(target_->config().hidden_size);
+  size_t row = 0;
   for (size_t i = 0; i < batch.chunks.size(); ++i) {
     const ForwardChunk& ch = batch.chunks[i];
-    if (!reqs_.count(ids[i]) || head_->tokens(ids[i]) != 0) continue;
+    const size_t first = row;
+    row += static_cast<size_t>(ch.n_tokens);
+    auto it = reqs_.find(ids[i]);
+    if (it == reqs_.end() || head_->tokens(ids[i]) != 0) continue;
+    std::vector<float>& hidden = it->second.prompt_hidden;
+    if (own_scoring) {
+      if (batch.aux_hidden != &aux_rows_ || aux_rows_.size() < row * H)
+        return Status::Error("sparse decoding: the prompt's hidden states were not captured for the head");
+      hidden.insert(hidden.end(), aux_rows_.begin() + static_cast<std::ptrdiff_t>(first * H),
+                    aux_rows_.begin() + static_cast<std::ptrdiff_t>(row * H));
+    }
     // The prompt is prefilled once its logits are asked for: take its KV.
     if (ch.logits == LogitsMode::None) continue;
-    Status st = head_->adopt(ids[i], *ch.kv);
+    if (own_scoring && hidden.size() != static_cast<size_t>(ch.kv->n_tokens) * H)
+      return Status::Error("sparse decoding: the head saw " + std::to_string(hidden.size() / H) + " of the prompt's " +
+                           std::to_string(ch.kv->n_tokens) + " hidden states");
+    Status st = head_->adopt(ids[i], *ch.kv, own_scoring ? hidden.data() : nullptr);
+    std::vector<float>().swap(hidden);
     if (!st.ok) return st;
   }
   return Status::Ok();

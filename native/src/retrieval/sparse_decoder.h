@@ -89,6 +89,9 @@ class SparseDecoder {
     std::vector<std::vector<SlotLoad>> loads;  // [kv_heads] this step's
     KvSequence* kv = nullptr;        // the target's cache (the host tier's full KV)
     int new_pos = -1;                // this step's own token, loaded inside the forward
+    // A head with its own scoring weights on the target's lower layers: the
+    // prompt's hidden states at the scoring layer's input, until it adopts.
+    std::vector<float> prompt_hidden;  // [prefilled tokens, hidden]
   };
   Status load_rows(Request& r, int layer, bool new_token_only);
   // The SelectResult of a device selection (its masses, the fallback rule).
@@ -116,7 +119,7 @@ class SparseDecoder {
   int elem_bytes_ = 4;               // K/V element size of the backend (f32 / bf16)
   std::unique_ptr<cuda::CudaTier> tier_;  // CUDA host tier; null on the CPU backend
   std::vector<float> row_;           // one K or V row in transit
-  std::vector<float> aux_rows_;      // EAGLE-3: the target's captured hidden states this step
+  std::vector<float> aux_rows_;      // the target's captured hidden states this step (EAGLE-3, prompt_hidden)
 };
 
 }  // namespace spx::retrieval
