@@ -152,6 +152,13 @@ export interface EngineStats {
   /** CUDA host tier: prefetch time of host-tier rows, and the part decode waited for (ms). */
   transferMs?: number;
   exposedTransferMs?: number;
+  /**
+   * CUDA graphs of the dense decode step: steps recorded (once per batch shape),
+   * steps run as one replay, and failed captures (eager from then on).
+   */
+  graphCaptures?: number;
+  graphReplays?: number;
+  graphFailures?: number;
 }
 
 export interface ModelInfo {

@@ -143,6 +143,9 @@ Napi::Object FromEngineStats(Napi::Env env, const spx::EngineStats& s) {
   o.Set("plannerFixedBytes", static_cast<double>(s.planner_fixed_bytes));
   o.Set("transferMs", s.transfer_ms);
   o.Set("exposedTransferMs", s.exposed_transfer_ms);
+  o.Set("graphCaptures", static_cast<double>(s.graph_captures));
+  o.Set("graphReplays", static_cast<double>(s.graph_replays));
+  o.Set("graphFailures", static_cast<double>(s.graph_failures));
   return o;
 }
 

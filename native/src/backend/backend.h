@@ -66,6 +66,50 @@ class HeadSelect {
                         int head_dim, float scale, bool reduce_max, int n_sink, int n_recent) = 0;
 };
 
+// CUDA graphs for the dense decode step (issue 5): every row one request
+// decoding one token with full attention over device-resident caches. The
+// values that change from step to step are these host arrays; a StepGraph
+// copies them into fixed device buffers that the recorded kernels read.
+struct DecodeStepInputs {
+  const int32_t* ids = nullptr;        // [n] token of each row
+  const int32_t* positions = nullptr;  // [n] each row's position (its cache length before the step)
+  const float* cos = nullptr;          // [n, half] RoPE tables at those positions
+  const float* sin = nullptr;          // [n, half]
+  int n = 0;
+  int half = 0;  // head_dim / 2
+};
+
+// A recorded decode step, replayed while its key (shapes and every address
+// the kernels bake in: caches, capacities, workspaces) stays the same.
+// Per step (model/transformer.cc): set_inputs(); then replay() when has(key),
+// else begin_capture(), the step's backend calls, end_capture(key), replay().
+// While recording, the backend runs nothing and reads its per-step values
+// from the input buffers: embedding()'s ids, kv_write_rows()'s positions,
+// the decode lengths of attention() (positions + 1); rope_tables() writes
+// the step's RoPE tables. Host arrays passed to other calls while recording
+// (decode descriptors) must be the same at every replay: the key says so.
+class StepGraph {
+ public:
+  virtual ~StepGraph() = default;
+  // Queues the copy of the step's inputs (the host arrays may be reused on return).
+  virtual Status set_inputs(const DecodeStepInputs& in) = 0;
+  virtual bool has(const std::vector<uint64_t>& key) const = 0;
+  virtual Status begin_capture() = 0;
+  // Ends recording. On failure nothing recorded ran, the backend is usable,
+  // and the caller runs the step eagerly; the status says why.
+  virtual Status end_capture(const std::vector<uint64_t>& key) = 0;
+  virtual Status replay() = 0;
+  // cos / sin [n, half] from the input buffers (inside the recorded step).
+  virtual void rope_tables(Tensor* cos, Tensor* sin) = 0;
+};
+
+// One row of a batched KV write: row i of k / v goes to these caches at position.
+struct KvRowWrite {
+  Tensor* k_cache = nullptr;  // [kv_heads, capacity, hd]
+  Tensor* v_cache = nullptr;
+  int position = 0;
+};
+
 // How a checkpoint stores a weight tensor (safetensors dtypes we accept).
 enum class WeightDtype { F32, F16, BF16 };
 
@@ -93,11 +137,20 @@ class Backend {
   virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor* out) = 0;
   virtual void kv_write(const Tensor& k, const Tensor& v, int start_pos, Tensor* k_cache,
                         Tensor* v_cache) = 0;
+  // Row i of k / v ([n, kv_heads, hd]) into rows[i]'s caches: a decode step's
+  // writes in one call (one launch on the GPU).
+  virtual void kv_write_rows(const Tensor& k, const Tensor& v, const std::vector<KvRowWrite>& rows) {
+    for (size_t i = 0; i < rows.size(); ++i)
+      kv_write(k.rows(static_cast<int64_t>(i), 1), v.rows(static_cast<int64_t>(i), 1),
+               rows[i].position, rows[i].k_cache, rows[i].v_cache);
+  }
   virtual void attention(const Tensor& q, const std::vector<AttentionSegment>& segments,
                          float scale, Tensor* out) = 0;
   virtual void gather_rows(const Tensor& x, const std::vector<int32_t>& rows, Tensor* out) = 0;
   // The device-side retrieval selection, or nullptr: the host computes it.
   virtual HeadSelect* head_select() { return nullptr; }
+  // Recorded decode steps (CUDA graphs), or nullptr: every step runs eagerly.
+  virtual StepGraph* step_graph() { return nullptr; }
 
   // Raw bytes of a tensor in its own dtype, for KV checkpoints (nothing is
   // widened to f32): `bytes` bytes at byte `offset` of the tensor.

@@ -12,6 +12,12 @@
 //
 // Small per-step host arrays (token ids, decode descriptors, row lists) go
 // through a pinned ring so the copies stay asynchronous.
+//
+// The dense decode step can be recorded as a CUDA graph and replayed
+// (StepGraph, cuda_graph.h): while recording, per-step values come from
+// fixed input buffers and the fixed arrays from the graph's arena instead of
+// the ring, and nothing may synchronise or allocate (such a call fails the
+// capture, and the caller runs the step eagerly).
 #include <algorithm>
 #include <cstring>
 #include <mutex>
@@ -20,6 +26,7 @@
 
 #include "backend/registry.h"
 #include "cuda/check.h"
+#include "cuda/cuda_graph.h"
 #include "cuda/cuda_head_select.h"
 #include "cuda/cuda_sparse_attention.h"
 #include "cuda/gemm.h"
@@ -51,7 +58,7 @@ void copy_chunk(void* dst, const void* src, size_t n) {
   for (std::thread& t : helpers) t.join();
 }
 
-class CudaBackend final : public Backend {
+class CudaBackend final : public Backend, public StepGraph {
  public:
   ~CudaBackend() override {
     if (stream_) cudaStreamSynchronize(stream_);
@@ -91,6 +98,7 @@ class CudaBackend final : public Backend {
 
   Status alloc(const std::vector<int64_t>& shape, DType, Tensor* out) override {
     if (!err_.ok) return err_;
+    if (graph_.recording()) return not_while_recording("alloc");
     int64_t n = 1;
     for (int64_t d : shape) {
       if (d < 0) return Status::Error("negative tensor dimension");
@@ -115,6 +123,7 @@ class CudaBackend final : public Backend {
 
   Status upload(const float* host, Tensor* dst) override {
     if (!err_.ok) return err_;
+    if (graph_.recording()) return not_while_recording("upload");
     SPX_CUDA_TRY(cudaSetDevice(device_));
     const size_t n = static_cast<size_t>(dst->numel());
     SPX_STATUS_TRY(ensure_scratch(n * sizeof(float)));
@@ -238,6 +247,7 @@ class CudaBackend final : public Backend {
 
   Status download(const Tensor& src, float* host) override {
     if (!err_.ok) return err_;
+    if (graph_.recording()) return not_while_recording("download");
     SPX_CUDA_TRY(cudaSetDevice(device_));
     const size_t n = static_cast<size_t>(src.numel());
     SPX_STATUS_TRY(ensure_scratch(n * sizeof(float)));
@@ -251,7 +261,14 @@ class CudaBackend final : public Backend {
   void embedding(const Tensor& table, const int32_t* ids, int n, Tensor* out) override {
     // Every forward starts here, possibly on a thread that never chose a device.
     sticky(cudaSetDevice(device_), "cudaSetDevice", __FILE__, __LINE__);
-    const int32_t* d_ids = stage(ids, static_cast<size_t>(n) * sizeof(int32_t));
+    const int32_t* d_ids = nullptr;
+    if (graph_.recording()) {
+      // Each replay's ids come from the step's input buffer.
+      if (n != graph_.rows()) return graph_.fail("embedding rows differ from the step's inputs");
+      d_ids = graph_.ids();
+    } else {
+      d_ids = stage(ids, static_cast<size_t>(n) * sizeof(int32_t));
+    }
     if (!d_ids) return;
     sticky(cuda::embedding_forward(bf(*out), cbf(table), d_ids, n,
                                    static_cast<int>(table.dim(1)), static_cast<int>(table.dim(0)),
@@ -309,9 +326,33 @@ class CudaBackend final : public Backend {
            "kv_write_forward", __FILE__, __LINE__);
   }
 
+  void kv_write_rows(const Tensor& k, const Tensor& v, const std::vector<KvRowWrite>& rows) override {
+    if (!err_.ok || rows.empty()) return;
+    std::vector<cuda::KvRowDst> dst(rows.size());
+    std::vector<int32_t> pos(rows.size());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      dst[i] = cuda::KvRowDst{bf(*rows[i].k_cache), bf(*rows[i].v_cache), rows[i].k_cache->dim(1)};
+      pos[i] = rows[i].position;
+    }
+    const int n = static_cast<int>(rows.size());
+    if (graph_.recording() && n != graph_.rows())
+      return graph_.fail("KV write rows differ from the step's inputs");
+    const cuda::KvRowDst* d_dst = stage(dst.data(), dst.size() * sizeof(cuda::KvRowDst));
+    const int32_t* d_pos =
+        graph_.recording() ? graph_.positions() : stage(pos.data(), pos.size() * sizeof(int32_t));
+    if (!d_dst || !d_pos) return;
+    sticky(cuda::kv_write_rows_forward(d_dst, cbf(k), cbf(v), d_pos, n, static_cast<int>(k.dim(1)),
+                                       static_cast<int>(k.dim(2)), stream_),
+           "kv_write_rows_forward", __FILE__, __LINE__);
+  }
+
   void attention(const Tensor& q, const std::vector<AttentionSegment>& segments, float scale,
                  Tensor* out) override {
     if (!err_.ok) return;
+    if (graph_.recording())
+      for (const AttentionSegment& s : segments)
+        if (s.n_q != 1 || s.selection != nullptr)
+          return graph_.fail("only dense decode attention can be recorded");
     const int heads = static_cast<int>(q.dim(1)), hd = static_cast<int>(q.dim(2));
     const size_t row = static_cast<size_t>(heads) * hd;
     size_t i = 0;
@@ -353,6 +394,47 @@ class CudaBackend final : public Backend {
   // The retrieval head's scoring and top-B on this stream (cuda_head_select.h).
   HeadSelect* head_select() override { return err_.ok ? &head_select_ : nullptr; }
 
+  // ---- StepGraph: the recorded dense decode step (cuda_graph.h)
+  StepGraph* step_graph() override { return err_.ok ? this : nullptr; }
+  Status set_inputs(const DecodeStepInputs& in) override {
+    if (!err_.ok) return err_;
+    SPX_CUDA_TRY(cudaSetDevice(device_));
+    return graph_.set_inputs(in, stream_);
+  }
+  bool has(const std::vector<uint64_t>& key) const override { return graph_.has(key); }
+  Status begin_capture() override {
+    if (!err_.ok) return err_;
+    SPX_CUDA_TRY(cudaSetDevice(device_));
+    return graph_.begin(stream_);
+  }
+  Status end_capture(const std::vector<uint64_t>& key) override {
+    Status st = graph_.end(stream_, key);
+    if (!err_.ok) {
+      // An error inside the capture ran nothing: the eager step meets it again
+      // if it is real.
+      if (st.ok) st = err_;
+      err_ = Status::Ok();
+      cudaGetLastError();
+      graph_.drop();
+    }
+    return st;
+  }
+  Status replay() override {
+    if (!err_.ok) return err_;
+    SPX_CUDA_TRY(cudaSetDevice(device_));
+    return graph_.replay(stream_);
+  }
+  void rope_tables(Tensor* cos, Tensor* sin) override {
+    const size_t n = static_cast<size_t>(graph_.rows()) * graph_.half();
+    if (static_cast<size_t>(cos->numel()) != n || static_cast<size_t>(sin->numel()) != n)
+      return graph_.recording() ? graph_.fail("RoPE tables differ from the step's inputs")
+                                : void(err_ = Status::Error("rope_tables: shape differs from the step's inputs"));
+    sticky(cuda::f32_to_bf16_forward(bf(*cos), graph_.cos(), n, stream_), "f32_to_bf16_forward",
+           __FILE__, __LINE__);
+    sticky(cuda::f32_to_bf16_forward(bf(*sin), graph_.sin(), n, stream_), "f32_to_bf16_forward",
+           __FILE__, __LINE__);
+  }
+
   void gather_rows(const Tensor& x, const std::vector<int32_t>& rows, Tensor* out) override {
     const int32_t* d_rows = stage(rows.data(), rows.size() * sizeof(int32_t));
     if (!d_rows) return;
@@ -370,6 +452,12 @@ class CudaBackend final : public Backend {
 
   void sticky(cudaError_t e, const char* what, const char* file, int line) {
     if (e != cudaSuccess && err_.ok) err_ = cuda::CudaStatus(e, what, file, line);
+  }
+
+  // A call that synchronises or allocates cannot be part of a recorded step.
+  Status not_while_recording(const char* what) {
+    graph_.fail(std::string(what) + " while recording a decode step");
+    return Status::Error(std::string("CUDA backend: ") + what + " while recording a decode step");
   }
 
   // The pinned staging pair of weight loading and checkpoint restore.
@@ -398,6 +486,9 @@ class CudaBackend final : public Backend {
   template <typename T>
   const T* stage(const T* host, size_t bytes) {
     if (!err_.ok) return nullptr;
+    // Recording: the array is fixed for the graph's life (its key), so it is
+    // uploaded once with the graph; the ring would be rewritten meanwhile.
+    if (graph_.recording()) return static_cast<const T*>(graph_.stage(host, bytes));
     const size_t span = (bytes + 255) / 256 * 256;  // keeps every entry aligned
     if (span > kRingBytes) {
       err_ = Status::Error("CUDA backend: per-step host array of " + std::to_string(bytes) +
@@ -425,16 +516,22 @@ class CudaBackend final : public Backend {
     const int batch = static_cast<int>(end - begin);
     std::vector<cuda::DecodeSeq> seqs(static_cast<size_t>(batch));
     std::vector<int32_t> lengths(static_cast<size_t>(batch));
-    int max_len = 1;
+    // The split is planned for the caches' capacity, not today's lengths
+    // (blocks past a request's length exit): the same launch serves every
+    // step of a recorded graph, and eager steps split the same way, so both
+    // give the same bits.
+    int max_cap = 1;
     for (int b = 0; b < batch; ++b) {
       const AttentionSegment& s = segs[begin + static_cast<size_t>(b)];
       seqs[b] = cuda::DecodeSeq{cbf(*s.k_cache), cbf(*s.v_cache), s.k_cache->dim(1)};
       lengths[b] = s.start_pos + 1;
-      max_len = std::max(max_len, lengths[b]);
+      max_cap = std::max(max_cap, static_cast<int>(s.k_cache->dim(1)));
     }
-    const int split = cuda::decode_attention_split_tokens(batch, kvh, max_len, num_sms_);
-    const int max_splits = (max_len + split - 1) / split;
+    const int split = cuda::decode_attention_split_tokens(batch, kvh, max_cap, num_sms_);
+    const int max_splits = (max_cap + split - 1) / split;
     const size_t ws_bytes = cuda::decode_attention_workspace_bytes(batch, heads, hd, max_splits);
+    if (ws_bytes > ws_bytes_ && graph_.recording())
+      return graph_.fail("the decode workspace must grow (an eager step sizes it first)");
     if (ws_bytes > ws_bytes_) {
       sticky(cudaStreamSynchronize(stream_), "cudaStreamSynchronize", __FILE__, __LINE__);
       cudaFree(ws_);
@@ -445,7 +542,9 @@ class CudaBackend final : public Backend {
       ws_bytes_ = ws_bytes;
     }
     const cuda::DecodeSeq* d_seqs = stage(seqs.data(), seqs.size() * sizeof(cuda::DecodeSeq));
-    const int32_t* d_len = stage(lengths.data(), lengths.size() * sizeof(int32_t));
+    const int32_t* d_len = graph_.recording()
+                               ? graph_.lengths() + segs[begin].q_begin
+                               : stage(lengths.data(), lengths.size() * sizeof(int32_t));
     if (!d_seqs || !d_len) return;
     float* po = static_cast<float*>(ws_);
     cuda::DecodeAttentionWorkspace w{po, po + static_cast<size_t>(batch) * heads * max_splits * hd,
@@ -480,6 +579,7 @@ class CudaBackend final : public Backend {
   size_t ws_bytes_ = 0;
   cuda::SparseAttention sparse_;  // SpeContext decode over a selection
   cuda::DeviceHeadSelect head_select_;  // SpeContext retrieval scoring and top-B
+  cuda::DecodeGraph graph_;             // the recorded dense decode step
 };
 
 }  // namespace

@@ -148,6 +148,12 @@ struct EngineStats {
   // share of transfer time not hidden behind the device-resident layers.
   double transfer_ms = 0;
   double exposed_transfer_ms = 0;
+  // CUDA graphs of the dense decode step (docs/cuda.md), totals since open:
+  // steps recorded (once per batch shape), steps run as one replay, and
+  // captures that failed (that step ran eagerly; graphs then stay off).
+  uint64_t graph_captures = 0;
+  uint64_t graph_replays = 0;
+  uint64_t graph_failures = 0;
 };
 
 class Engine {

@@ -258,6 +258,10 @@ void EngineImpl::publish_stats() {
   stats_.reload_fraction = sp.elastic.reload_fraction();
   stats_.transfer_ms = sp.transfer_ms;
   stats_.exposed_transfer_ms = sp.exposed_transfer_ms;
+  const StepGraphStats& g = model_->graph_stats();
+  stats_.graph_captures = g.captures;
+  stats_.graph_replays = g.replays;
+  stats_.graph_failures = g.failures;
 }
 
 void EngineImpl::finish(RequestState* r, const std::string& reason, const std::string& error) {

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 
 #include "kernels/cpu/rope.h"
 #include "model/checkpoint.h"
@@ -20,6 +23,8 @@ Status Transformer::load(const std::string& dir, Backend* backend,
   st = load_weights(ckpt, t->cfg_, backend, &t->w_);
   if (!st.ok) return st;
   t->inv_freq_ = spx::rope_inv_freq(t->cfg_.rope, t->cfg_.head_dim);
+  const char* graphs = std::getenv("SPX_CUDA_GRAPHS");
+  t->graphs_ = graphs == nullptr || std::string(graphs) != "0";
   auto add = [&](const Tensor& x) { t->weight_bytes_ += x.empty() ? 0 : x.nbytes(); };
   add(t->w_.embed);
   add(t->w_.norm);
@@ -48,7 +53,43 @@ Status Transformer::ensure_workspace(int n) {
   }
   w.capacity = n;
   ws_ = std::move(w);
+  ws_generation_++;
   return Status::Ok();
+}
+
+Status Transformer::ensure_decode_logits(int n) {
+  if (n <= dec_rows_) return Status::Ok();
+  Status st;
+  if (!(st = backend_->alloc({n, cfg_.hidden_size}, DType::F32, &dec_normed_)).ok) return st;
+  if (!(st = backend_->alloc({n, cfg_.vocab_size}, DType::F32, &dec_logits_)).ok) return st;
+  dec_rows_ = n;
+  ws_generation_++;
+  return Status::Ok();
+}
+
+bool Transformer::dense_decode(const ForwardBatch& b, int n_layers_run, int n_layers) {
+  if (b.n_layers >= 0 || n_layers_run != n_layers || b.hidden_out || b.q_capture || b.tier_load ||
+      b.aux_hidden)
+    return false;
+  for (const ForwardChunk& ch : b.chunks) {
+    if (ch.n_tokens != 1 || ch.logits != LogitsMode::Last || ch.selection != nullptr) return false;
+    if (ch.tier_k)
+      for (const Tensor& t : *ch.tier_k)
+        if (!t.empty()) return false;
+  }
+  return true;
+}
+
+std::vector<uint64_t> Transformer::step_key(const ForwardBatch& b) const {
+  std::vector<uint64_t> key{b.chunks.size(), ws_generation_};
+  for (const ForwardChunk& ch : b.chunks) {
+    key.push_back(static_cast<uint64_t>(ch.kv->capacity));
+    for (size_t l = 0; l < ch.kv->k.size(); ++l) {
+      key.push_back(reinterpret_cast<uintptr_t>(ch.kv->k[l].data));
+      key.push_back(reinterpret_cast<uintptr_t>(ch.kv->v[l].data));
+    }
+  }
+  return key;
 }
 
 Status Transformer::forward(const ForwardBatch& batch, std::vector<float>* logits) {
@@ -82,25 +123,101 @@ Status Transformer::forward(const ForwardBatch& batch, std::vector<float>* logit
 
   Status st = ensure_workspace(n);
   if (!st.ok) return st;
+  const bool dense = dense_decode(batch, n_layers, c.num_layers);
+  if (dense && !(st = ensure_decode_logits(n)).ok) return st;
   Backend& be = *backend_;
+  const int64_t N = n, H = c.hidden_size, D = c.head_dim;
+  std::vector<float> c_host(static_cast<size_t>(N * D / 2)), s_host(c_host.size());
+  rope_tables(inv_freq_, positions.data(), N, c_host.data(), s_host.data());
+  // After the step's kernels: the caches hold the chunks, the logits come back.
+  auto finish = [&]() -> Status {
+    for (const auto& ch : batch.chunks) ch.kv->n_tokens = ch.start_pos + ch.n_tokens;
+    logits->clear();
+    if (batch.n_layers >= 0) {
+      if (batch.hidden_out) *batch.hidden_out = ws_.x.rows(0, N);
+      return Status::Ok();
+    }
+    if (!dense) return Status::Ok();
+    logits->resize(static_cast<size_t>(N * c.vocab_size));
+    return be.download(dec_logits_.rows(0, N), logits->data());
+  };
+
+  // Dense decode: replay the recorded step, or record it when this shape
+  // ran eagerly on the step before (that step sized every buffer it needs).
+  StepGraph* graph = dense && graphs_ ? be.step_graph() : nullptr;
+  if (graph) {
+    DecodeStepInputs in;
+    in.ids = batch.tokens.data();
+    in.positions = positions.data();
+    in.cos = c_host.data();
+    in.sin = s_host.data();
+    in.n = n;
+    in.half = static_cast<int>(D / 2);
+    if (!(st = graph->set_inputs(in)).ok) return st;
+    const std::vector<uint64_t> key = step_key(batch);
+    bool ready = graph->has(key);
+    if (!ready && key == warm_key_) {
+      if (!(st = graph->begin_capture()).ok) return st;
+      const Status queued = queue_step(batch, n_layers, dense, true);
+      const Status captured = graph->end_capture(key);
+      if (queued.ok && captured.ok) {
+        ready = true;
+        graph_stats_.captures++;
+      } else {
+        graph_stats_.failures++;
+        graphs_ = false;
+        std::fprintf(stderr, "spx: recording the decode step as a CUDA graph failed, decode runs eagerly: %s\n",
+                     (queued.ok ? captured : queued).message.c_str());
+      }
+    }
+    if (ready) {
+      if (!(st = graph->replay()).ok) return st;
+      graph_stats_.replays++;
+      return finish();
+    }
+    warm_key_ = key;
+  }
+
+  Tensor cos = ws_.cos.rows(0, N), sin = ws_.sin.rows(0, N);
+  if (!(st = be.upload(c_host.data(), &cos)).ok) return st;
+  if (!(st = be.upload(s_host.data(), &sin)).ok) return st;
+  if (!(st = queue_step(batch, n_layers, dense, false)).ok) return st;
+  if (!(st = finish()).ok) return st;
+  if (dense || batch.n_layers >= 0 || logit_rows.empty()) return Status::Ok();
+
+  const int64_t R = static_cast<int64_t>(logit_rows.size());
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  Tensor x = ws_.x.rows(0, N);
+  // Only the rows that are sampled go through the final norm and LM head.
+  Tensor sel, normed, out;
+  if (!(st = be.alloc({R, H}, DType::F32, &sel)).ok) return st;
+  if (!(st = be.alloc({R, H}, DType::F32, &normed)).ok) return st;
+  if (!(st = be.alloc({R, c.vocab_size}, DType::F32, &out)).ok) return st;
+  be.gather_rows(x, logit_rows, &sel);
+  be.rmsnorm(sel, w_.norm, eps, &normed);
+  be.matmul(normed, w_.lm_head, nullptr, &out);
+  logits->resize(static_cast<size_t>(R * c.vocab_size));
+  return be.download(out, logits->data());
+}
+
+Status Transformer::queue_step(const ForwardBatch& batch, int n_layers, bool dense, bool recording) {
+  const ModelConfig& c = cfg_;
+  Backend& be = *backend_;
+  Status st;
+  const int n = static_cast<int>(batch.tokens.size());
   const int64_t N = n, H = c.hidden_size, D = c.head_dim;
   const int64_t heads = c.num_heads, kvh = c.num_kv_heads;
   Tensor x = ws_.x.rows(0, N), h = ws_.h.rows(0, N), tmp = ws_.tmp.rows(0, N);
   Tensor q = ws_.q.rows(0, N), k = ws_.k.rows(0, N), v = ws_.v.rows(0, N);
   Tensor attn = ws_.attn.rows(0, N), gate = ws_.gate.rows(0, N), up = ws_.up.rows(0, N);
   Tensor cos = ws_.cos.rows(0, N), sin = ws_.sin.rows(0, N);
-
-  {
-    std::vector<float> c_host(static_cast<size_t>(N * D / 2)), s_host(c_host.size());
-    rope_tables(inv_freq_, positions.data(), N, c_host.data(), s_host.data());
-    if (!(st = be.upload(c_host.data(), &cos)).ok) return st;
-    if (!(st = be.upload(s_host.data(), &sin)).ok) return st;
-  }
+  if (recording) be.step_graph()->rope_tables(&cos, &sin);
   be.embedding(w_.embed, batch.tokens.data(), n, &x);
 
   const float eps = static_cast<float>(c.rms_norm_eps);
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   std::vector<AttentionSegment> segs(batch.chunks.size());
+  std::vector<KvRowWrite> kv_rows(dense ? batch.chunks.size() : 0);
   const int64_t n_chunks = static_cast<int64_t>(batch.chunks.size());
   if (batch.q_capture) batch.q_capture->resize(static_cast<size_t>(n_chunks * n_layers * heads * D));
   // Scatters x (the input of layer l) into the captured columns that ask for it.
@@ -145,14 +262,16 @@ Status Transformer::forward(const ForwardBatch& batch, std::vector<float>* logit
     int row = 0;
     for (size_t i = 0; i < batch.chunks.size(); ++i) {
       const ForwardChunk& ch = batch.chunks[i];
-      be.kv_write(k3.rows(row, ch.n_tokens), v3.rows(row, ch.n_tokens), ch.start_pos,
-                  &ch.kv->k[static_cast<size_t>(l)], &ch.kv->v[static_cast<size_t>(l)]);
+      Tensor* kc = &ch.kv->k[static_cast<size_t>(l)];
+      Tensor* vc = &ch.kv->v[static_cast<size_t>(l)];
+      if (dense) kv_rows[i] = KvRowWrite{kc, vc, ch.start_pos};
+      else be.kv_write(k3.rows(row, ch.n_tokens), v3.rows(row, ch.n_tokens), ch.start_pos, kc, vc);
       AttentionSegment& s = segs[i];
       s.q_begin = row;
       s.n_q = ch.n_tokens;
       s.start_pos = ch.start_pos;
-      s.k_cache = &ch.kv->k[static_cast<size_t>(l)];
-      s.v_cache = &ch.kv->v[static_cast<size_t>(l)];
+      s.k_cache = kc;
+      s.v_cache = vc;
       s.selection = l >= ch.sparse_from_layer ? ch.selection : nullptr;
       s.budget = ch.budget;
       if (ch.tier_k && !(*ch.tier_k)[static_cast<size_t>(l)].empty()) {
@@ -163,6 +282,8 @@ Status Transformer::forward(const ForwardBatch& batch, std::vector<float>* logit
       }
       row += ch.n_tokens;
     }
+    // A decode step's writes go in one call (one launch on the GPU).
+    if (dense) be.kv_write_rows(k3, v3, kv_rows);
     if (batch.tier_load) {
       st = batch.tier_load(l);  // this step's own K/V into host-tier slots
       if (!st.ok) return st;
@@ -180,26 +301,13 @@ Status Transformer::forward(const ForwardBatch& batch, std::vector<float>* logit
     be.add(&x, tmp);
   }
   if (!(st = capture(n_layers)).ok) return st;
-  for (const auto& ch : batch.chunks) ch.kv->n_tokens = ch.start_pos + ch.n_tokens;
-  if (batch.n_layers >= 0) {
-    if (batch.hidden_out) *batch.hidden_out = x;
-    logits->clear();
-    return Status::Ok();
+  if (dense) {
+    // Every row is sampled: the final norm and LM head run on x itself.
+    Tensor normed = dec_normed_.rows(0, N), out = dec_logits_.rows(0, N);
+    be.rmsnorm(x, w_.norm, eps, &normed);
+    be.matmul(normed, w_.lm_head, nullptr, &out);
   }
-
-  logits->clear();
-  if (logit_rows.empty()) return Status::Ok();
-  const int64_t R = static_cast<int64_t>(logit_rows.size());
-  // Only the rows that are sampled go through the final norm and LM head.
-  Tensor sel, normed, out;
-  if (!(st = be.alloc({R, H}, DType::F32, &sel)).ok) return st;
-  if (!(st = be.alloc({R, H}, DType::F32, &normed)).ok) return st;
-  if (!(st = be.alloc({R, c.vocab_size}, DType::F32, &out)).ok) return st;
-  be.gather_rows(x, logit_rows, &sel);
-  be.rmsnorm(sel, w_.norm, eps, &normed);
-  be.matmul(normed, w_.lm_head, nullptr, &out);
-  logits->resize(static_cast<size_t>(R * c.vocab_size));
-  return be.download(out, logits->data());
+  return Status::Ok();
 }
 
 }  // namespace spx

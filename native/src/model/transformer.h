@@ -62,6 +62,13 @@ struct ForwardBatch {
   std::vector<float>* aux_hidden = nullptr;
 };
 
+// CUDA graphs of the dense decode step (backend.h, StepGraph), since load.
+struct StepGraphStats {
+  uint64_t captures = 0;  // steps recorded (once per batch shape: sizes, caches)
+  uint64_t replays = 0;   // steps run as one graph replay
+  uint64_t failures = 0;  // captures that failed: that step ran eagerly, graphs went off
+};
+
 class Transformer {
  public:
   // Reads config.json and the safetensors weights of `dir` onto `backend`.
@@ -77,18 +84,41 @@ class Transformer {
   // rows of vocab_size floats: per chunk, none, its last token or all tokens.
   Status forward(const ForwardBatch& batch, std::vector<float>* logits);
 
+  // Dense decode steps (every chunk one token with its logits, full
+  // attention, no hooks) run as a replayed CUDA graph when the backend can
+  // record them: on unless SPX_CUDA_GRAPHS=0 at load; tests switch it.
+  void set_step_graphs(bool on) { graphs_ = on; }
+  bool step_graphs() const { return graphs_; }
+  const StepGraphStats& graph_stats() const { return graph_stats_; }
+
  private:
   struct Workspace {
     int capacity = 0;
     Tensor x, h, q, k, v, attn, tmp, gate, up, cos, sin;
   };
   Status ensure_workspace(int n);
+  // Final-norm and logits rows of dense decode steps, kept across steps so
+  // a recorded step writes where the next replay writes.
+  Status ensure_decode_logits(int n);
+  static bool dense_decode(const ForwardBatch& batch, int n_layers_run, int n_layers);
+  // What a recorded step bakes in: rows, workspaces, every cache address and capacity.
+  std::vector<uint64_t> step_key(const ForwardBatch& batch) const;
+  // Queues the step's backend calls from the embedding to the logits (dense
+  // decode) or to the last layer's output; `recording` takes the RoPE tables
+  // from the step graph's inputs.
+  Status queue_step(const ForwardBatch& batch, int n_layers, bool dense, bool recording);
 
   ModelConfig cfg_;
   Backend* backend_ = nullptr;
   ModelWeights w_;
   std::vector<float> inv_freq_;
   Workspace ws_;
+  Tensor dec_normed_, dec_logits_;  // [rows, hidden], [rows, vocab]
+  int dec_rows_ = 0;
+  uint64_t ws_generation_ = 0;  // bumped whenever a step buffer moves
+  bool graphs_ = true;
+  std::vector<uint64_t> warm_key_;  // the shape of the last eager dense decode step
+  StepGraphStats graph_stats_;
   uint64_t weight_bytes_ = 0;
 };
 

@@ -1,7 +1,7 @@
 // Prefill / decode throughput of the engine on a real checkpoint (not a test).
 //
 //   engine_bench MODEL_DIR [--context N] [--requests R] [--new M] [--threads T]
-//                [--chunk C] [--device cpu|cuda:N]
+//                [--chunk C] [--device cpu|cuda:N] [--graphs 0|1]
 //
 // Prompts are seeded pseudo-random token ids (speed does not depend on the
 // text). Prints one JSON line:
@@ -10,13 +10,17 @@
 //   decode_tokens_per_s    tokens generated after every request has its first
 //                          token / that window (steady-state batched decode,
 //                          all requests in the batch);
-//   *_per_request          the engine's own RequestStats, averaged.
+//   *_per_request          the engine's own RequestStats, averaged;
+//   decode_ms_per_step     requests / decode_tokens_per_s (one batched step);
+//   graph_*                CUDA graphs of the dense decode step (--graphs 0
+//                          sets SPX_CUDA_GRAPHS=0: every step eager).
 #include <sys/resource.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <cstdlib>
 #include <random>
 #include <string>
 
@@ -33,7 +37,7 @@ static double cpu_seconds() {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: engine_bench MODEL_DIR [--context N] [--requests R] [--new M] [--threads T] [--chunk C] [--device D]\n");
+    std::fprintf(stderr, "usage: engine_bench MODEL_DIR [--context N] [--requests R] [--new M] [--threads T] [--chunk C] [--device D] [--graphs 0|1]\n");
     return 2;
   }
   EngineOptions o;
@@ -42,6 +46,10 @@ int main(int argc, char** argv) {
   for (int i = 2; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--device")) {
       o.device = argv[i + 1];
+      continue;
+    }
+    if (!std::strcmp(argv[i], "--graphs")) {
+      setenv("SPX_CUDA_GRAPHS", argv[i + 1], 1);  // read when the model loads
       continue;
     }
     const int v = std::atoi(argv[i + 1]);
@@ -107,10 +115,15 @@ int main(int argc, char** argv) {
       "{\"context\":%d,\"requests\":%d,\"new_tokens\":%d,\"threads\":%d,\"load_s\":%.2f,"
       "\"prefill_tokens_per_s\":%.1f,\"decode_tokens_per_s\":%.2f,"
       "\"prefill_tokens_per_s_per_request\":%.1f,\"decode_tokens_per_s_per_request\":%.2f,"
-      "\"wall_s\":%.2f,\"cpu_s\":%.2f,\"prefill_tokens\":%llu}\n",
+      "\"wall_s\":%.2f,\"cpu_s\":%.2f,\"prefill_tokens\":%llu,\"device\":\"%s\","
+      "\"decode_ms_per_step\":%.3f,\"graph_captures\":%llu,\"graph_replays\":%llu,"
+      "\"graph_failures\":%llu}\n",
       context, requests, new_tokens, es.threads, load_s, prefill_all, decode_all, prefill, decode,
-      wall, cpu,
-      static_cast<unsigned long long>(es.prefill_tokens));
+      wall, cpu, static_cast<unsigned long long>(es.prefill_tokens), es.device.c_str(),
+      decode_all > 0 ? requests / decode_all * 1e3 : 0.0,
+      static_cast<unsigned long long>(es.graph_captures),
+      static_cast<unsigned long long>(es.graph_replays),
+      static_cast<unsigned long long>(es.graph_failures));
   engine->close();
   return 0;
 }
