@@ -75,7 +75,7 @@ struct Options {
   bool skip_dense = false, skip_offload = false;
   bool offload_only = false;          // only the host-tier runs (breakdowns)
   std::string slot_path = "device";   // device | host | both
-  int gather_blocks = 8;              // persistent gather grid (device path)
+  int gather_blocks = 16;             // persistent gather grid (device path; 16 fill PCIe)
 };
 
 // ---- the retrieval head -----------------------------------------------------
