@@ -17,6 +17,11 @@ int backend_device(Backend* backend);
 
 namespace {
 
+// Persistent grid of the prefetch gathers: 16 blocks keep PCIe full on the
+// H200 (51 GB/s; 8 give 48) while leaving the other multiprocessors to the
+// compute stream (docs/cuda.md, "SpeContext kernels").
+constexpr int kPrefetchBlocks = 16;
+
 class Tier final : public CudaTier {
  public:
   ~Tier() override {
@@ -30,7 +35,10 @@ class Tier final : public CudaTier {
     compute_ = backend_stream(backend);
     device_ = backend_device(backend);
     SPX_CUDA_TRY(cudaSetDevice(device_));
-    SPX_CUDA_TRY(cudaStreamCreateWithFlags(&tier_, cudaStreamNonBlocking));
+    // Lowest priority: a freed SM goes to the layer computation first.
+    int least = 0, greatest = 0;
+    SPX_CUDA_TRY(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    SPX_CUDA_TRY(cudaStreamCreateWithPriority(&tier_, cudaStreamNonBlocking, least));
     // Timed events: the prefetch's span, and when the compute stream reached
     // the point where it needs the rows (exposed time = ready - reached).
     SPX_CUDA_TRY(cudaEventCreate(&ready_));
@@ -92,15 +100,26 @@ class Tier final : public CudaTier {
                          static_cast<bf16*>(reqs[i].slot_v->data)};
     }
     static_assert(sizeof(TierCopy) == sizeof(SlotCopy), "TierCopy mirrors SlotCopy");
-    void *d_copies = nullptr, *d_host = nullptr, *d_slots = nullptr;
+    void *d_copies = nullptr, *d_host = nullptr, *d_slots = nullptr, *d_n = nullptr;
     SPX_STATUS_TRY(ring.stage(copies.data(), copies.size() * sizeof(TierCopy), s, &d_copies));
     SPX_STATUS_TRY(ring.stage(host_.data(), host_.size() * sizeof(HostKv), s, &d_host));
     SPX_STATUS_TRY(ring.stage(slots_.data(), slots_.size() * sizeof(SlotKv), s, &d_slots));
-    SPX_CUDA_TRY(elastic_gather_forward(static_cast<const SlotCopy*>(d_copies),
-                                        static_cast<int>(copies.size()),
-                                        static_cast<const HostKv*>(d_host),
-                                        static_cast<const SlotKv*>(d_slots), kv_heads, head_dim,
-                                        budget, s));
+    if (prefetch) {
+      // Beside the compute stream: a few persistent blocks, not a grid sized
+      // to the list (whose short blocks take SMs at every kernel boundary).
+      const int32_t n = static_cast<int32_t>(copies.size());
+      SPX_STATUS_TRY(ring.stage(&n, sizeof(n), s, &d_n));
+      SPX_CUDA_TRY(elastic_gather_list_forward(
+          static_cast<const SlotCopy*>(d_copies), static_cast<const int32_t*>(d_n),
+          static_cast<const HostKv*>(d_host), static_cast<const SlotKv*>(d_slots), kv_heads,
+          head_dim, budget, kPrefetchBlocks, s));
+    } else {
+      SPX_CUDA_TRY(elastic_gather_forward(static_cast<const SlotCopy*>(d_copies),
+                                          static_cast<int>(copies.size()),
+                                          static_cast<const HostKv*>(d_host),
+                                          static_cast<const SlotKv*>(d_slots), kv_heads, head_dim,
+                                          budget, s));
+    }
     if (prefetch) {
       SPX_CUDA_TRY(cudaEventRecord(ready_, tier_));
       pending_ = true;

@@ -1,8 +1,9 @@
 // SpeContext's host tier on the CUDA backend (issue 6): a host-resident
 // layer's full K/V lives in mapped pinned host memory, and elastic loading
-// copies only the newly selected rows into the device slot buffers with
-// elastic_gather_forward (one warp per row, reading the host over PCIe
-// through the mapped pointer; no CPU gather).
+// copies only the newly selected rows into the device slot buffers, reading
+// the host over PCIe through the mapped pointer (no CPU gather): prefetches
+// with elastic_gather_list_forward on a few persistent blocks of a
+// low-priority stream, the step's own token with elastic_gather_forward.
 //
 // A plain C++ header: retrieval/sparse_decoder.cc (compiled without nvcc)
 // drives it when the backend is CUDA; defined in cuda_tier.cu.
