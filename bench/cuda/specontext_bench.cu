@@ -502,6 +502,52 @@ Status bench_spec(Bench& bn, int ctx, int R, int host, Selection mode, bool devi
   meas->host_layers = host;
   const int timed = o.steps;
 
+  // Host layers, both slot-map paths: the layer's cache is the host tier;
+  // attention reads the slots through the selection -> slot list.
+  auto host_cache = [&](int l) {
+    return LayerCache{host_k[l - Lg], host_v[l - Lg], hcap};
+  };
+  int n_fresh = 0;  // the fresh list's length (device path: one entry per row)
+  auto host_attend = [&](int l, const LayerCache&) -> Status {
+    const int j = l - Lg;
+    // The step's own token: just written to the host tier, now into its slot.
+    SPX_CUDA_TRY(cuda::elastic_gather_forward(fresh_d, n_fresh, host_kv + size_t(j) * R,
+                                              slot_kv + size_t(j) * R, KV, D, B, cs));
+    SPX_CUDA_TRY(cuda::sparse_decode_attention_forward(r.attn_, r.q_, slot_seqs + size_t(j) * R,
+                                                       slotsel_d, counts, R, QH, KV, D, B, scale,
+                                                       split, w, cs));
+    return Status::Ok();
+  };
+  // Elastic check: every slot of the first and last request, every head, in
+  // the last host layer holds exactly its token's host row. tokens_of(i, t)
+  // fills t [KV, B] with request i's slot tokens (-1: empty).
+  auto check_slots = [&](const std::function<Status(int, std::vector<int32_t>*)>& tokens_of)
+      -> Status {
+    const int j = host - 1;
+    const size_t half = host_layer_bytes(s, R, hcap) / 2;
+    const bf16* hk_base = reinterpret_cast<const bf16*>(bn.pool.mem.as<char>() + 2 * half * j);
+    const bf16* hv_base = reinterpret_cast<const bf16*>(bn.pool.mem.as<char>() + 2 * half * j + half);
+    std::vector<uint16_t> dk(size_t(KV) * B * D), dv(size_t(KV) * B * D);
+    std::vector<int32_t> toks(size_t(KV) * B);
+    for (int i : {0, R - 1}) {
+      const size_t soff = j * slot_elems + size_t(i) * KV * B * D;
+      SPX_CUDA_TRY(cudaMemcpy(dk.data(), slot_k + soff, dk.size() * 2, cudaMemcpyDeviceToHost));
+      SPX_CUDA_TRY(cudaMemcpy(dv.data(), slot_v + soff, dv.size() * 2, cudaMemcpyDeviceToHost));
+      SPX_STATUS_TRY(tokens_of(i, &toks));
+      for (int h = 0; h < KV; ++h)
+        for (int sl = 0; sl < B; ++sl) {
+          const int32_t t = toks[size_t(h) * B + sl];
+          if (t < 0) continue;
+          const size_t hrow = ((size_t(i) * KV + h) * hcap + t) * D;
+          const size_t drow = (size_t(h) * B + sl) * D;
+          ++meas->rows_checked;
+          meas->row_mismatches += std::memcmp(&dk[drow], hk_base + hrow, D * 2) != 0 ||
+                                  std::memcmp(&dv[drow], hv_base + hrow, D * 2) != 0;
+        }
+    }
+    return Status::Ok();
+  };
+
   if (host == 0) {
     // Everything on the device: the selection never leaves it.
     auto step = [&]() -> Status {
@@ -569,6 +615,7 @@ Status bench_spec(Bench& bn, int ctx, int R, int host, Selection mode, bool devi
       SPX_CUDA_TRY(cudaMemcpy(drift_d, drift_sel.data(), drift_sel.size() * 4,
                               cudaMemcpyHostToDevice));
     }
+    n_fresh = R * KV;
     long long drift_step_no = 0;
     auto next_drift = [&]() -> Status {
       if (!drift) return Status::Ok();
@@ -577,20 +624,6 @@ Status bench_spec(Bench& bn, int ctx, int R, int host, Selection mode, bool devi
       SPX_CUDA_TRY(cudaMemcpyAsync(drift_cur, drift_d + size_t(drift_step_no) * sel_elems,
                                    sel_elems * 4, cudaMemcpyDeviceToDevice, cs));
       ++drift_step_no;
-      return Status::Ok();
-    };
-    auto host_cache = [&](int l) {
-      return LayerCache{host_k[l - Lg], host_v[l - Lg], hcap};
-    };
-    auto host_attend = [&](int l, const LayerCache&) -> Status {
-      const int j = l - Lg;
-      // The step's own token: just written to the host tier, now into its
-      // slot (fresh_d: one entry per row, token -1 where nothing is due).
-      SPX_CUDA_TRY(cuda::elastic_gather_forward(fresh_d, R * KV, host_kv + size_t(j) * R,
-                                                slot_kv + size_t(j) * R, KV, D, B, cs));
-      SPX_CUDA_TRY(cuda::sparse_decode_attention_forward(r.attn_, r.q_, slot_seqs + size_t(j) * R,
-                                                         slotsel_d, counts, R, QH, KV, D, B, scale,
-                                                         split, w, cs));
       return Status::Ok();
     };
     // One step; `timing` records the breakdown events (eager only: a graph
@@ -706,31 +739,11 @@ Status bench_spec(Bench& bn, int ctx, int R, int host, Selection mode, bool devi
                  (gather ? "" : "; control: the same step without the copy-stream gathers");
     if (!gather) return Status::Ok();
 
-    // Elastic check: every slot of the first and last request, every head,
-    // in the last host layer holds exactly its token's host row.
-    const int j = host - 1;
-    const size_t half = host_layer_bytes(s, R, hcap) / 2;
-    const bf16* hk_base = reinterpret_cast<const bf16*>(bn.pool.mem.as<char>() + 2 * half * j);
-    const bf16* hv_base = reinterpret_cast<const bf16*>(bn.pool.mem.as<char>() + 2 * half * j + half);
-    std::vector<uint16_t> dk(size_t(KV) * B * D), dv(size_t(KV) * B * D);
-    std::vector<int32_t> toks(size_t(KV) * B);
-    for (int i : {0, R - 1}) {
-      const size_t soff = j * slot_elems + size_t(i) * KV * B * D;
-      SPX_CUDA_TRY(cudaMemcpy(dk.data(), slot_k + soff, dk.size() * 2, cudaMemcpyDeviceToHost));
-      SPX_CUDA_TRY(cudaMemcpy(dv.data(), slot_v + soff, dv.size() * 2, cudaMemcpyDeviceToHost));
-      SPX_CUDA_TRY(cudaMemcpy(toks.data(), st_tok + size_t(i) * KV * B, toks.size() * 4,
+    SPX_STATUS_TRY(check_slots([&](int i, std::vector<int32_t>* toks) -> Status {
+      SPX_CUDA_TRY(cudaMemcpy(toks->data(), st_tok + size_t(i) * KV * B, toks->size() * 4,
                               cudaMemcpyDeviceToHost));
-      for (int h = 0; h < KV; ++h)
-        for (int sl = 0; sl < B; ++sl) {
-          const int32_t t = toks[size_t(h) * B + sl];
-          if (t < 0) continue;
-          const size_t hrow = ((size_t(i) * KV + h) * hcap + t) * D;
-          const size_t drow = (size_t(h) * B + sl) * D;
-          ++meas->rows_checked;
-          meas->row_mismatches += std::memcmp(&dk[drow], hk_base + hrow, D * 2) != 0 ||
-                                  std::memcmp(&dv[drow], hv_base + hrow, D * 2) != 0;
-        }
-    }
+      return Status::Ok();
+    }));
   } else {
     // Host layers: selection to the host, slot diff, gathers on the copy stream.
     std::vector<std::vector<cuda::SlotCopy>> req_copies(R), req_fresh(R);
@@ -738,20 +751,6 @@ Status bench_spec(Bench& bn, int ctx, int R, int host, Selection mode, bool devi
     std::atomic<long long> violations{0};
     long long step_no = 0;
     double sums[8] = {0};  // head, compute, transfer, exposed, cpu, gpu step, bytes elastic, full
-    auto host_cache = [&](int l) {
-      return LayerCache{host_k[l - Lg], host_v[l - Lg], hcap};
-    };
-    int n_fresh = 0;
-    auto host_attend = [&](int l, const LayerCache&) -> Status {
-      const int j = l - Lg;
-      // The step's own token: just written to the host tier, now into its slot.
-      SPX_CUDA_TRY(cuda::elastic_gather_forward(fresh_d, n_fresh, host_kv + size_t(j) * R,
-                                                slot_kv + size_t(j) * R, KV, D, B, cs));
-      SPX_CUDA_TRY(cuda::sparse_decode_attention_forward(r.attn_, r.q_, slot_seqs + size_t(j) * R,
-                                                         slotsel_d, counts, R, QH, KV, D, B, scale,
-                                                         split, w, cs));
-      return Status::Ok();
-    };
     auto step = [&](bool record) -> Status {
       ++step_no;
       SPX_CUDA_TRY(cudaEventRecord(ev_start, cs));
@@ -890,28 +889,11 @@ Status bench_spec(Bench& bn, int ctx, int R, int host, Selection mode, bool devi
                         : "control: the same step without the copy-stream gathers";
     if (!gather) return Status::Ok();
 
-    // Elastic check: every slot of the first and last request, every head,
-    // in the last host layer holds exactly its token's host row.
-    const int j = host - 1;
-    const size_t half = host_layer_bytes(s, R, hcap) / 2;
-    const bf16* hk_base = reinterpret_cast<const bf16*>(bn.pool.mem.as<char>() + 2 * half * j);
-    const bf16* hv_base = reinterpret_cast<const bf16*>(bn.pool.mem.as<char>() + 2 * half * j + half);
-    std::vector<uint16_t> dk(size_t(KV) * B * D), dv(size_t(KV) * B * D);
-    for (int i : {0, R - 1}) {
-      const size_t soff = j * slot_elems + size_t(i) * KV * B * D;
-      SPX_CUDA_TRY(cudaMemcpy(dk.data(), slot_k + soff, dk.size() * 2, cudaMemcpyDeviceToHost));
-      SPX_CUDA_TRY(cudaMemcpy(dv.data(), slot_v + soff, dv.size() * 2, cudaMemcpyDeviceToHost));
+    SPX_STATUS_TRY(check_slots([&](int i, std::vector<int32_t>* toks) -> Status {
       for (int h = 0; h < KV; ++h)
-        for (int sl = 0; sl < B; ++sl) {
-          const int32_t t = maps[i][h].token_in(sl);
-          if (t < 0) continue;
-          const size_t hrow = ((size_t(i) * KV + h) * hcap + t) * D;
-          const size_t drow = (size_t(h) * B + sl) * D;
-          ++meas->rows_checked;
-          meas->row_mismatches += std::memcmp(&dk[drow], hk_base + hrow, D * 2) != 0 ||
-                                  std::memcmp(&dv[drow], hv_base + hrow, D * 2) != 0;
-        }
-    }
+        for (int sl = 0; sl < B; ++sl) (*toks)[size_t(h) * B + sl] = maps[i][h].token_in(sl);
+      return Status::Ok();
+    }));
   }
   std::vector<int32_t> out(R);
   SPX_CUDA_TRY(cudaMemcpy(out.data(), tokens, R * 4, cudaMemcpyDeviceToHost));
