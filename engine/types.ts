@@ -159,6 +159,8 @@ export interface EngineStats {
   graphCaptures?: number;
   graphReplays?: number;
   graphFailures?: number;
+  /** Host time spent recording those graphs (ms). */
+  graphCaptureMs?: number;
 }
 
 export interface ModelInfo {

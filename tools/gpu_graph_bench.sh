@@ -72,7 +72,7 @@ run_test() {  # name, env dirs, filter
   grep -E 'bit for bit|tokens equal|differ|Failure|FAILED' "$out/$name.log" | head -20
 }
 run_test cuda_graph_test "$(IFS=,; echo "${dirs[*]:-}")" '*'
-run_test cuda_model_test "" 'CudaTinyModel.*:CudaEngine.*'
+run_test cuda_model_test "" '*CudaTinyModel.*:CudaEngine.*'
 
 # ---- benchmarks, after the checkpoint writer is done (it would share the GPU)
 for i in $(seq 1 100); do
@@ -81,11 +81,14 @@ for i in $(seq 1 100); do
 done
 kill "$wpid" 2>/dev/null
 note "checkpoint writer done ($(elapsed) s)"
-bench() {  # label, model dir, context, new, requests, graphs
-  local line
+bench() {  # label, model dir, context, new, requests, graphs [, prefill chunk]
+  local line chunk=${7:-$(($3 * $5))}
+  # By default one prefill chunk holds every prompt: all requests decode
+  # together from the first token on, so the window is steady batched decode.
+  # A smaller chunk staggers them: requests join the decode batch one by one.
   line=$("$build/engine_bench" "$2" --device cuda:0 --context "$3" --new "$4" --requests "$5" \
-    --graphs "$6" 2>>"$out/engine_bench.log" | tail -1)
-  echo "{\"model\":\"$1\",\"graphs\":$6,\"run\":${line:-null}}" >>"$out/engine-runs.jsonl"
+    --chunk "$chunk" --graphs "$6" 2>>"$out/engine_bench.log" | tail -1)
+  echo "{\"model\":\"$1\",\"graphs\":$6,\"chunk\":$chunk,\"run\":${line:-null}}" >>"$out/engine-runs.jsonl"
   echo "$1 ctx $3 bs $5 graphs $6: $line"
 }
 if [[ -f /tmp/spx-g-llama-mid/.ok ]]; then
@@ -102,6 +105,7 @@ if [[ $big == 1 ]]; then
     for r in 1 8; do
       for g in 0 1; do bench llama-3.1-8b /tmp/spx-g-llama-8b 2048 64 "$r" "$g"; done
     done
+    for g in 0 1; do bench llama-3.1-8b /tmp/spx-g-llama-8b 2048 64 8 "$g" 2048; done
     note "engine_bench llama-3.1-8b done ($(elapsed) s)"
   else
     note "engine_bench llama-3.1-8b skipped (checkpoint not ready or out of time, $(elapsed) s)"

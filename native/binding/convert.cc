@@ -146,6 +146,7 @@ Napi::Object FromEngineStats(Napi::Env env, const spx::EngineStats& s) {
   o.Set("graphCaptures", static_cast<double>(s.graph_captures));
   o.Set("graphReplays", static_cast<double>(s.graph_replays));
   o.Set("graphFailures", static_cast<double>(s.graph_failures));
+  o.Set("graphCaptureMs", s.graph_capture_ms);
   return o;
 }
 

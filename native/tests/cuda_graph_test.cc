@@ -103,7 +103,7 @@ class Schedule {
     r.id = static_cast<uint64_t>(name);
     const int vocab = model_->config().vocab_size;
     for (int i = 0; i < len; ++i) r.prompt.push_back(static_cast<int32_t>(rng_() % vocab));
-    const Status st = kv_->allocate(r.id, len + 3 * kSteps, &r.kv);
+    const Status st = kv_->allocate(r.id, len + 4 * kSteps, &r.kv);
     ASSERT_TRUE(st.ok) << st.message;
     reqs_[name] = r;
   }

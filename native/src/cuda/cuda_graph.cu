@@ -83,9 +83,10 @@ Status DecodeGraph::begin(cudaStream_t stream) {
     SPX_CUDA_TRY(cudaMalloc(&arena_dev_, kArenaBytes));
     SPX_CUDA_TRY(cudaMallocHost(&arena_host_, kArenaBytes));
   }
-  // The arena is rewritten: the previous graph's replays must be done.
+  // The arena is rewritten: the previous graph's replays must be done. The
+  // instantiated graph stays for end() to update in place.
   SPX_CUDA_TRY(cudaStreamSynchronize(stream));
-  drop();
+  key_.clear();
   arena_used_ = 0;
   why_.clear();
   // Thread-local: the checkpoint writer's thread keeps working meanwhile.
@@ -104,10 +105,19 @@ Status DecodeGraph::end(cudaStream_t stream, const std::vector<uint64_t>& key) {
   } else if (e != cudaSuccess) {
     st = CudaStatus(e, "cudaStreamEndCapture", __FILE__, __LINE__);
   } else {
-    const cudaError_t ie = cudaGraphInstantiate(&exec_, graph, 0);
-    if (ie != cudaSuccess) {
+    // A batch of the same size over other caches (a request ended, another
+    // joined) has the same topology: updating the parameters of the
+    // instantiated graph is cheaper than instantiating it again.
+    cudaGraphExecUpdateResultInfo info;
+    if (exec_ == nullptr || cudaGraphExecUpdate(exec_, graph, &info) != cudaSuccess) {
+      cudaGetLastError();  // a refused update is not an error
+      if (exec_) cudaGraphExecDestroy(exec_);
       exec_ = nullptr;
-      st = CudaStatus(ie, "cudaGraphInstantiate", __FILE__, __LINE__);
+      const cudaError_t ie = cudaGraphInstantiate(&exec_, graph, 0);
+      if (ie != cudaSuccess) {
+        exec_ = nullptr;
+        st = CudaStatus(ie, "cudaGraphInstantiate", __FILE__, __LINE__);
+      }
     }
   }
   if (graph) cudaGraphDestroy(graph);

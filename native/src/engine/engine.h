@@ -154,6 +154,7 @@ struct EngineStats {
   uint64_t graph_captures = 0;
   uint64_t graph_replays = 0;
   uint64_t graph_failures = 0;
+  double graph_capture_ms = 0;  // host time spent recording them
 };
 
 class Engine {

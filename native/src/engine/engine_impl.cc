@@ -262,6 +262,7 @@ void EngineImpl::publish_stats() {
   stats_.graph_captures = g.captures;
   stats_.graph_replays = g.replays;
   stats_.graph_failures = g.failures;
+  stats_.graph_capture_ms = g.capture_ms;
 }
 
 void EngineImpl::finish(RequestState* r, const std::string& reason, const std::string& error) {

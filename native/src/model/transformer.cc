@@ -1,6 +1,7 @@
 #include "model/transformer.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -157,9 +158,12 @@ Status Transformer::forward(const ForwardBatch& batch, std::vector<float>* logit
     const std::vector<uint64_t> key = step_key(batch);
     bool ready = graph->has(key);
     if (!ready && key == warm_key_) {
+      const auto t0 = std::chrono::steady_clock::now();
       if (!(st = graph->begin_capture()).ok) return st;
       const Status queued = queue_step(batch, n_layers, dense, true);
       const Status captured = graph->end_capture(key);
+      graph_stats_.capture_ms +=
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       if (queued.ok && captured.ok) {
         ready = true;
         graph_stats_.captures++;

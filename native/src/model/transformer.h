@@ -67,6 +67,7 @@ struct StepGraphStats {
   uint64_t captures = 0;  // steps recorded (once per batch shape: sizes, caches)
   uint64_t replays = 0;   // steps run as one graph replay
   uint64_t failures = 0;  // captures that failed: that step ran eagerly, graphs went off
+  double capture_ms = 0;  // host time spent recording and instantiating them
 };
 
 class Transformer {

@@ -117,13 +117,13 @@ int main(int argc, char** argv) {
       "\"prefill_tokens_per_s_per_request\":%.1f,\"decode_tokens_per_s_per_request\":%.2f,"
       "\"wall_s\":%.2f,\"cpu_s\":%.2f,\"prefill_tokens\":%llu,\"device\":\"%s\","
       "\"decode_ms_per_step\":%.3f,\"graph_captures\":%llu,\"graph_replays\":%llu,"
-      "\"graph_failures\":%llu}\n",
+      "\"graph_failures\":%llu,\"graph_capture_ms\":%.2f}\n",
       context, requests, new_tokens, es.threads, load_s, prefill_all, decode_all, prefill, decode,
       wall, cpu, static_cast<unsigned long long>(es.prefill_tokens), es.device.c_str(),
       decode_all > 0 ? requests / decode_all * 1e3 : 0.0,
       static_cast<unsigned long long>(es.graph_captures),
       static_cast<unsigned long long>(es.graph_replays),
-      static_cast<unsigned long long>(es.graph_failures));
+      static_cast<unsigned long long>(es.graph_failures), es.graph_capture_ms);
   engine->close();
   return 0;
 }
