@@ -20,14 +20,14 @@ TEST(CudaGraph, Skipped) { GTEST_SKIP() << "built without CUDA (nvcc not found)"
 #include "backend/registry.h"
 #include "collect_sink.h"
 #include "cuda_test_util.h"
-#include "kv/kv_store.h"
-#include "model/transformer.h"
+#include "decode_schedule.h"
 #include "test_util.h"
 
 namespace spx {
 namespace {
 
 using testing::fixture;
+using testing::Trace;
 
 // The tiny fixtures (256 positions) with short prompts; the random
 // checkpoints with prompts long enough for several attention splits.
@@ -45,137 +45,20 @@ std::vector<std::pair<std::string, int>> models() {
   return out;
 }
 
-struct Trace {
-  std::vector<std::vector<float>> logits;  // per forward
-  StepGraphStats stats;
-};
-
-constexpr int kSteps = 12;  // dense steps per batch shape
-
-// One model on cuda:0 running a fixed schedule, greedy tokens fed back:
-//   A, B, C prefill; kSteps dense steps of {A, B, C};
-//   D's prefill with the decode of A, B, C in one mixed step;
-//   kSteps dense steps of {A, B, C, D}; B ends (cache freed), E is admitted
-//   and prefilled alone; kSteps dense steps of {A, C, D, E}.
-class Schedule {
- public:
-  Schedule(const std::string& dir, bool graphs, int base_len) : base_(base_len) {
-    Status st;
-    be_ = make_backend("cuda:0", 0, &st);
-    EXPECT_TRUE(st.ok) << st.message;
-    if (!be_) return;
-    st = Transformer::load(dir, be_.get(), &model_);
-    EXPECT_TRUE(st.ok) << dir << ": " << st.message;
-    if (!model_) return;
-    model_->set_step_graphs(graphs);
-    const ModelConfig& c = model_->config();
-    kv_ = std::make_unique<KvStore>(be_.get(), c.num_layers, c.num_kv_heads, c.head_dim);
-  }
-
-  void run(Trace* out) {
-    ASSERT_TRUE(model_ != nullptr);
-    admit('A', base_ + 3);
-    admit('B', base_ / 2 + 1);
-    admit('C', base_ + 17);
-    for (char r : {'A', 'B', 'C'}) ASSERT_NO_FATAL_FAILURE(forward({r}, {}, out));
-    for (int s = 0; s < kSteps; ++s) ASSERT_NO_FATAL_FAILURE(forward({}, {'A', 'B', 'C'}, out));
-    admit('D', base_ - 7);
-    ASSERT_NO_FATAL_FAILURE(forward({'D'}, {'A', 'B', 'C'}, out));
-    for (int s = 0; s < kSteps; ++s) ASSERT_NO_FATAL_FAILURE(forward({}, {'A', 'B', 'C', 'D'}, out));
-    kv_->free(reqs_['B'].id);
-    reqs_.erase('B');
-    admit('E', base_ / 2 + 1);  // B's length: its capacity, maybe its memory too
-    ASSERT_NO_FATAL_FAILURE(forward({'E'}, {}, out));
-    for (int s = 0; s < kSteps; ++s) ASSERT_NO_FATAL_FAILURE(forward({}, {'A', 'C', 'D', 'E'}, out));
-    out->stats = model_->graph_stats();
-  }
-
- private:
-  struct Req {
-    uint64_t id = 0;
-    std::vector<int32_t> prompt;
-    KvSequence* kv = nullptr;
-    int32_t next = 0;  // the greedy token to feed
-  };
-
-  void admit(char name, int len) {
-    Req r;
-    r.id = static_cast<uint64_t>(name);
-    const int vocab = model_->config().vocab_size;
-    for (int i = 0; i < len; ++i) r.prompt.push_back(static_cast<int32_t>(rng_() % vocab));
-    const Status st = kv_->allocate(r.id, len + 4 * kSteps, &r.kv);
-    ASSERT_TRUE(st.ok) << st.message;
-    reqs_[name] = r;
-  }
-
-  void forward(const std::vector<char>& prefill, const std::vector<char>& decode, Trace* out) {
-    ForwardBatch b;
-    for (char p : prefill) {
-      Req& r = reqs_[p];
-      b.chunks.push_back(ForwardChunk{r.kv, 0, static_cast<int>(r.prompt.size())});
-      b.tokens.insert(b.tokens.end(), r.prompt.begin(), r.prompt.end());
-    }
-    for (char d : decode) {
-      Req& r = reqs_[d];
-      b.chunks.push_back(ForwardChunk{r.kv, r.kv->n_tokens, 1});
-      b.tokens.push_back(r.next);
-    }
-    std::vector<float> logits;
-    const Status st = model_->forward(b, &logits);
-    ASSERT_TRUE(st.ok) << st.message;
-    const size_t V = static_cast<size_t>(model_->config().vocab_size);
-    ASSERT_EQ(logits.size(), (prefill.size() + decode.size()) * V);
-    size_t row = 0;
-    for (const std::vector<char>* list : {&prefill, &decode})
-      for (char x : *list) {
-        const float* l = logits.data() + row++ * V;
-        reqs_[x].next = static_cast<int32_t>(std::max_element(l, l + V) - l);
-      }
-    out->logits.push_back(std::move(logits));
-  }
-
-  int base_;
-  std::mt19937 rng_{7};
-  std::unique_ptr<Backend> be_;
-  std::unique_ptr<Transformer> model_;
-  std::unique_ptr<KvStore> kv_;
-  std::map<char, Req> reqs_;
-};
-
 TEST(CudaGraph, DecodeStepReplayEqualsEagerBitForBit) {
   SPX_REQUIRE_GPU();
   for (const auto& [dir, base] : models()) {
     SCOPED_TRACE(dir);
     Trace eager, graph;
-    {
-      Schedule s(dir, false, base);
-      ASSERT_NO_FATAL_FAILURE(s.run(&eager));
+    for (bool graphs : {false, true}) {
+      Status st;
+      auto be = make_backend("cuda:0", 0, &st);
+      ASSERT_TRUE(st.ok) << st.message;
+      testing::Schedule s(be.get(), dir, graphs, base);
+      ASSERT_NO_FATAL_FAILURE(s.run(graphs ? &graph : &eager));
     }
-    {
-      Schedule s(dir, true, base);
-      ASSERT_NO_FATAL_FAILURE(s.run(&graph));
-    }
-    ASSERT_EQ(eager.logits.size(), graph.logits.size());
-    size_t differ = 0;
-    for (size_t i = 0; i < eager.logits.size(); ++i) {
-      ASSERT_EQ(eager.logits[i].size(), graph.logits[i].size());
-      const bool same = std::memcmp(eager.logits[i].data(), graph.logits[i].data(),
-                                    eager.logits[i].size() * sizeof(float)) == 0;
-      if (!same && differ++ < 5) {
-        size_t j = 0;
-        while (eager.logits[i][j] == graph.logits[i][j]) ++j;
-        ADD_FAILURE() << "forward " << i << ": logits differ first at " << j << " ("
-                      << eager.logits[i][j] << " eager, " << graph.logits[i][j] << " graph)";
-      }
-    }
-    EXPECT_EQ(differ, 0u);
-    // Each of the three batch shapes: one eager step sizes the buffers, the
-    // next is recorded, and every dense step from then on is a replay.
-    EXPECT_EQ(eager.stats.replays, 0u);
-    EXPECT_EQ(eager.stats.captures, 0u);
-    EXPECT_EQ(graph.stats.failures, 0u);
-    EXPECT_EQ(graph.stats.captures, 3u);
-    EXPECT_EQ(graph.stats.replays, 3u * (kSteps - 1));
+    ASSERT_NO_FATAL_FAILURE(testing::expect_same_logits(eager, graph));
+    testing::expect_schedule_counts(eager, graph);
     std::printf("%s: %zu forwards equal bit for bit, %llu captures, %llu replays\n", dir.c_str(),
                 eager.logits.size(), static_cast<unsigned long long>(graph.stats.captures),
                 static_cast<unsigned long long>(graph.stats.replays));
