@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "retrieval/fidelity.h"
+#include "retrieval/select.h"
 #include "test_util.h"
 
 namespace {
@@ -126,6 +127,57 @@ TEST(RetrievalFidelity, SeparateDlmDirectoryScoresLikeTheSameModelSelfDerived) {
   st = eval_fidelity(dlm, &a);
   EXPECT_FALSE(st.ok);
   EXPECT_FALSE(st.message.empty());
+}
+
+// An EAGLE-3 head is fed the target's aux hidden states of the position
+// before each token (the prefill's, then the teacher-forced tokens'), so its
+// scores equal tools/make_eagle3_fixture.py's torch reference: the share of
+// its own attention mass the selection carries, recomputed here from the
+// reference scores with the same Selector, must match.
+TEST(RetrievalFidelity, Eagle3HeadFedTheTargetsHiddenStates) {
+  const Json ref = spx::testing::load_json(spx::testing::fixture("tiny-eagle3/reference.json"));
+  for (const std::string name : {"draft", "draft-speculators"}) {
+    SCOPED_TRACE(name);
+    FidelityRequest req;
+    req.model_dir = spx::testing::fixture("tiny-eagle3/target");
+    req.threads = 1;
+    req.head.dlm_dir = spx::testing::fixture("tiny-eagle3/" + name);
+    req.tokens = spx::testing::ints(*ref.find("prompt_ids"));
+    FidelityOptions& opt = req.options;
+    opt.context = 36;
+    opt.steps = static_cast<int>(req.tokens.size()) - opt.context - 1;
+    opt.budgets = {12, 64};
+    opt.select.n_sink = 1;
+    opt.select.n_recent = 1;
+    opt.prefill_chunk = 16;  // features cross chunk boundaries
+    FidelityReport r;
+    Status st = eval_fidelity(req, &r);
+    ASSERT_TRUE(st.ok) << st.message;
+    EXPECT_NE(r.head_kind.find("eagle3"), std::string::npos) << r.head_kind;
+    const BudgetFidelity& all = r.budgets[1];
+    EXPECT_TRUE(all.full_attention);
+    EXPECT_DOUBLE_EQ(all.recall_mean, 1.0);
+    EXPECT_DOUBLE_EQ(all.top1_agreement, 1.0);
+
+    const Json& scores = *ref.find("drafts")->find(name)->find("scores");
+    const int H = 4, KVH = 2, B = opt.budgets[0];
+    Selector selector;
+    SelectOptions so = opt.select;
+    so.budget = B;
+    double mass = 0;
+    for (int s = 0; s < opt.steps; ++s) {
+      const int p = opt.context + s, T = p + 1;
+      std::vector<float> logits;
+      for (int h = 0; h < H; ++h) {
+        const std::vector<float> row = spx::testing::floats(scores.items()[p].items()[h]);
+        logits.insert(logits.end(), row.begin(), row.end());
+      }
+      std::vector<int32_t> idx(static_cast<size_t>(KVH) * B);
+      mass += selector.select(logits.data(), H, KVH, T, T, so, idx.data()).mean_mass;
+    }
+    EXPECT_NEAR(r.budgets[0].head_mass_mean, mass / opt.steps, 1e-4);
+    EXPECT_LT(r.budgets[0].recall_mean, 1.0);
+  }
 }
 
 TEST(RetrievalFidelity, RejectsTooShortText) {

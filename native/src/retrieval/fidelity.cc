@@ -84,28 +84,48 @@ struct SparseRun {
 };
 
 // scoring_input: the prefill's hidden states at the head's scoring layer
-// (own_scoring heads), else null.
+// (own_scoring heads), else null. features: EAGLE-3 heads' input rows
+// [N + S, aux_width] (row p: the target's aux states at p - 1), else null.
 Status head_scores(Transformer* target, PrunedHead* head, const KvSequence& base,
                    const std::vector<int32_t>& tokens, const FidelityOptions& opt,
-                   const float* scoring_input, std::vector<std::vector<float>>* scores) {
+                   const float* scoring_input, const float* features,
+                   std::vector<std::vector<float>>* scores) {
   const int N = opt.context, S = opt.steps;
+  const size_t W = static_cast<size_t>(head->aux_width());
+  auto feats = [&](int p) { return features ? features + static_cast<size_t>(p) * W : nullptr; };
   Status st = head->open(1, base.capacity);
   if (!st.ok) return st;
   if (head->source() == target) {
     st = head->adopt(1, base, scoring_input);  // the prefill was full attention: same caches
   } else {
     for (int b = 0; b < N && st.ok; b += opt.prefill_chunk) {
-      std::vector<HeadChunk> hc = {{1, tokens.data() + b, std::min(opt.prefill_chunk, N - b), nullptr}};
+      std::vector<HeadChunk> hc = {{1, tokens.data() + b, std::min(opt.prefill_chunk, N - b), nullptr, feats(b)}};
       st = head->forward(hc);
     }
   }
   scores->assign(S, {});
   for (int s = 0; s < S && st.ok; ++s) {
-    std::vector<HeadChunk> hc = {{1, tokens.data() + N + s, 1, &(*scores)[s]}};
+    std::vector<HeadChunk> hc = {{1, tokens.data() + N + s, 1, &(*scores)[s], feats(N + s)}};
     st = head->forward(hc);
   }
   head->close(1);
   return st;
+}
+
+// EAGLE-3 features [N + S, 3 * hidden]: row p holds the target's states at
+// the input of the head's aux layers for position p - 1 (EAGLE's pairing),
+// row 0 zeros. hidden[a] holds capture[a]'s rows for positions 0..N+S-2.
+std::vector<float> eagle3_features(const PrunedHead& head, const std::vector<int>& capture,
+                                   const std::vector<std::vector<float>>& hidden, int rows, size_t H) {
+  const std::vector<int>& aux = head.aux_layers();
+  std::vector<float> f(static_cast<size_t>(rows) * aux.size() * H, 0.0f);
+  for (size_t j = 0; j < aux.size(); ++j) {
+    const size_t a = static_cast<size_t>(std::find(capture.begin(), capture.end(), aux[j]) - capture.begin());
+    for (int p = 1; p < rows; ++p)
+      std::copy_n(hidden[a].data() + static_cast<size_t>(p - 1) * H, H,
+                  f.data() + (static_cast<size_t>(p) * aux.size() + j) * H);
+  }
+  return f;
 }
 
 }  // namespace
@@ -145,9 +165,36 @@ Status run_fidelity(Transformer* target, const std::vector<PrunedHead*>& heads,
     if (h->source() == target && h->scoring_input_layer() >= 0 &&
         std::find(capture.begin(), capture.end(), h->scoring_input_layer()) == capture.end())
       capture.push_back(h->scoring_input_layer());
+  bool eagle3 = false;  // EAGLE-3 heads read the target's aux hidden states
+  for (PrunedHead* h : heads)
+    for (int l : h->aux_layers()) {
+      eagle3 = true;
+      if (std::find(capture.begin(), capture.end(), l) == capture.end()) capture.push_back(l);
+    }
   std::vector<std::vector<float>> hidden;
   say("prefill " + std::to_string(N) + " tokens");
   if (!(st = prefill(target, base, tokens, N, opt.prefill_chunk, capture, &hidden)).ok) return st;
+  if (eagle3 && S > 1) {
+    // The teacher-forced tokens' own states (positions N..N+S-2), from a
+    // full-attention pass on a copy: each decode step's head input is the
+    // state of the position before it, as in the engine.
+    std::vector<float> scratch;
+    std::vector<std::vector<float>> more;
+    if (!(st = copy_kv(be, *base, work, &scratch)).ok) return st;
+    ForwardBatch batch;
+    batch.tokens.assign(tokens.begin() + N, tokens.begin() + N + S - 1);
+    batch.chunks.push_back({work, N, S - 1, LogitsMode::None});
+    batch.aux_layers = capture;
+    std::vector<float> rows, logits;
+    batch.aux_hidden = &rows;
+    if (!(st = target->forward(batch, &logits)).ok) return st;
+    const size_t Hs = static_cast<size_t>(c.hidden_size), A = capture.size();
+    for (size_t a = 0; a < A; ++a)
+      for (int t = 0; t < S - 1; ++t) {
+        const float* r = rows.data() + (static_cast<size_t>(t) * A + a) * Hs;
+        hidden[a].insert(hidden[a].end(), r, r + Hs);
+      }
+  }
 
   reports->assign(heads.size(), {});
   std::vector<std::vector<SparseRun>> runs(heads.size(), std::vector<SparseRun>(NB));
@@ -168,7 +215,12 @@ Status run_fidelity(Transformer* target, const std::vector<PrunedHead*>& heads,
     const float* scoring_input = nullptr;
     for (size_t a = 0; a < capture.size(); ++a)
       if (head->source() == target && capture[a] == head->scoring_input_layer()) scoring_input = hidden[a].data();
-    if (!(st = head_scores(target, head, *base, tokens, opt, scoring_input, &scores)).ok) return st;
+    std::vector<float> features;
+    if (!head->aux_layers().empty())
+      features = eagle3_features(*head, capture, hidden, N + S, static_cast<size_t>(c.hidden_size));
+    if (!(st = head_scores(target, head, *base, tokens, opt, scoring_input,
+                           features.empty() ? nullptr : features.data(), &scores)).ok)
+      return st;
     for (size_t bi = 0; bi < NB; ++bi) {
       const int B = opt.budgets[bi];
       BudgetFidelity& r = rep.budgets[bi];
