@@ -12,10 +12,12 @@
 //   rope      x[n, heads, hd] rotated in place with cos/sin[n, hd/2] (rotate-half)
 //   swiglu    out[n, f] = silu(gate[n, f]) * up[n, f]
 //   kv_write  caches[kv_heads, capacity, hd] rows start..start+n-1 = k/v[n, kv_heads, hd]
+//             (kv_write_rows: one token per request, each into its own cache)
 //   attention out[n, heads, hd] for a list of sequence segments, causal, GQA
 //   gather_rows out[r, d] = x[rows[i], d]
 // Host pointers (ids, positions tables, segment lists) are small and per step;
-// a device backend copies them itself.
+// a device backend copies them itself, or, for a recorded decode step
+// (StepGraph below), reads them from fixed device buffers.
 //
 // Sparse hook (SpeContext, issue 4): AttentionSegment::selection, when set,
 // holds the token indices [kv_heads, budget] a decode token attends to, computed
