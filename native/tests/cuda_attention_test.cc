@@ -129,11 +129,30 @@ TEST(CudaAttention, DecodeSplitPlanCoversCapacity) {
     }
 }
 
-// Runs both prefill kernels (1: 64 rows per block, 2: 128 rows per block)
-// on the same inputs, chunk by chunk, and checks each against one
-// double-precision reference on a spread of rows (all rows for small cases,
-// about 300 plus the last row otherwise, to bound host time).
+// Whether the wgmma prefill kernel (v3) runs here: an sm_90a build
+// (SPX_CUDA_SM90A, native/cuda.cmake) on a compute capability 9.0 GPU. The
+// launcher's own check (prefill_attention_v3_usable) is the same, so on an
+// H200 the v3 cases below really run v3.
+bool prefill_v3_here() {
+#ifdef SPX_CUDA_SM90A
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  return major == 9 && minor == 0;
+#else
+  return false;
+#endif
+}
+
+// Runs the prefill kernels (1: 64 rows per block, 2: 128 rows per block,
+// 3: wgmma, head dim 128 where prefill_v3_here()) on the same inputs, chunk
+// by chunk, and checks each against one double-precision reference on a
+// spread of rows (all rows for small cases, about 300 plus the last row
+// otherwise, to bound host time).
 void run_prefill_case(int q_heads, int kv_heads, int head_dim, int total, int chunk) {
+  std::vector<int> kernels = {1, 2};
+  if (head_dim == 128 && prefill_v3_here()) kernels.push_back(3);
   const int capacity = total + 5;
   const Cache c = random_cache(2, kv_heads, capacity, head_dim, 300 + total);
   const int slot = 1;
@@ -146,7 +165,7 @@ void run_prefill_case(int q_heads, int kv_heads, int head_dim, int total, int ch
   const size_t row = size_t(q_heads) * head_dim;
   const size_t per_slot = size_t(kv_heads) * capacity * head_dim;
   std::vector<std::vector<float>> got;
-  for (int kernel : {1, 2}) {
+  for (int kernel : kernels) {
     ASSERT_EQ(dout.poison(), cudaSuccess);
     for (int start = 0; start < total; start += chunk) {
       const int n = std::min(chunk, total - start);
@@ -177,8 +196,9 @@ void run_prefill_case(int q_heads, int kv_heads, int head_dim, int total, int ch
                      rows[i] + 1, scale, &ref[(i * q_heads + h) * head_dim]);
     });
   for (std::thread& th : pool) th.join();
-  for (int kernel : {1, 2}) {
-    const std::vector<float>& all = got[kernel - 1];
+  for (size_t ki = 0; ki < kernels.size(); ++ki) {
+    const int kernel = kernels[ki];
+    const std::vector<float>& all = got[ki];
     std::vector<float> g;
     for (int t : rows)
       g.insert(g.end(), all.begin() + t * row, all.begin() + (t + 1) * row);

@@ -20,7 +20,8 @@
 //
 // This kernel is now "v1": head dims 64 and 128 go to the 128-row kernel in
 // prefill_attention_v2.cuh unless SPX_PREFILL_KERNEL=v1; 16 and 32 (the tiny
-// test fixtures) stay here.
+// test fixtures) stay here. Head dim 128 on an sm_90a build and an H100/H200
+// can take the wgmma kernel in prefill_attention_v3.cuh (SPX_PREFILL_KERNEL=v3).
 #pragma once
 
 #include <cstdlib>
@@ -28,6 +29,7 @@
 
 #include "cuda/kernels/common.cuh"
 #include "cuda/kernels/prefill_attention_v2.cuh"
+#include "cuda/kernels/prefill_attention_v3.cuh"
 
 namespace spx::cuda {
 
@@ -246,10 +248,15 @@ inline cudaError_t prefill_attention_launch_d(dim3 grid, bf16* out, const bf16* 
   return cudaGetLastError();
 }
 
+// The version taken when neither the caller nor SPX_PREFILL_KERNEL names one.
+constexpr int kPrefillDefaultVersion = 2;
+
 // version: 1 = the 64-row kernel above, 2 = prefill_attention_v2.cuh (head
-// dims 64 and 128; others fall back to 1), 0 = the environment's choice
-// (SPX_PREFILL_KERNEL=v1 or v2), else 2 (1.5-1.75x faster than 1 on the H200,
-// docs/cuda.md); v1 stays for comparison and as a fallback.
+// dims 64 and 128; others fall back to 1), 3 = prefill_attention_v3.cuh
+// (wgmma; head dim 128 where prefill_attention_v3_usable(), else 2's rules),
+// 0 = the environment's choice (SPX_PREFILL_KERNEL=v1, v2 or v3), else
+// kPrefillDefaultVersion (docs/cuda.md "Prefill attention" has the timings);
+// v1 stays for comparison and as a fallback.
 inline cudaError_t prefill_attention_launch(bf16* out, const bf16* q, const bf16* k_cache,
                                             const bf16* v_cache, int start, int tokens,
                                             int q_heads, int kv_heads, int head_dim, int capacity,
@@ -262,10 +269,16 @@ inline cudaError_t prefill_attention_launch(bf16* out, const bf16* q, const bf16
     static const int chosen = [] {
       const char* e = std::getenv("SPX_PREFILL_KERNEL");
       if (e && std::strcmp(e, "v1") == 0) return 1;
-      return 2;
+      if (e && std::strcmp(e, "v2") == 0) return 2;
+      if (e && std::strcmp(e, "v3") == 0) return 3;
+      return kPrefillDefaultVersion;
     }();
     version = chosen;
   }
+  if (version == 3 && head_dim == 128 && prefill_attention_v3_usable())
+    return prefill_attention_v3_launch(out, q, k_cache, v_cache, start, tokens, q_heads,
+                                       kv_heads, capacity, sl, stream);
+  if (version == 3) version = 2;  // other head dims, or no sm_90a kernel: v2's rules
   if (version == 2 && head_dim == 128)
     return prefill_attention_v2_launch_d<128>(out, q, k_cache, v_cache, start, tokens, q_heads,
                                               kv_heads, capacity, sl, stream);
