@@ -47,6 +47,7 @@
 #include <thread>
 
 #include "bench_model.cuh"
+#include "cuda/host_memory.h"
 #include "cuda/sparse_ops.h"
 #include "kv/slot_map.h"
 #include "planner/memory_plan.h"
@@ -76,6 +77,7 @@ struct Options {
   bool offload_only = false;          // only the host-tier runs (breakdowns)
   std::string slot_path = "device";   // device | host | both
   int gather_blocks = 16;             // persistent gather grid (device path; 16 fill PCIe)
+  cuda::HostPages host_pages = cuda::HostPages::kHuge;  // --host-pages huge|small|cudahostalloc
 };
 
 // ---- the retrieval head -----------------------------------------------------
@@ -129,9 +131,11 @@ struct Pinned {
 };
 
 // The host tier: one mapped pinned pool, carved per measurement into host
-// layers of [R, kv_heads, capacity, head_dim] K then V.
+// layers of [R, kv_heads, capacity, head_dim] K then V. Backed by
+// transparent huge pages unless --host-pages says otherwise
+// (cuda/host_memory.h: the gathers' rows are scattered over tens of GB).
 struct HostPool {
-  Pinned mem;
+  cuda::MappedHost mem;
   char* dev = nullptr;  // the device-visible pointer of mem
   double alloc_s = 0, fill_s = 0;
   double d2h_gbps = 0, h2d_gbps = 0;
@@ -525,8 +529,8 @@ Status bench_spec(Bench& bn, int ctx, int R, int host, Selection mode, bool devi
       -> Status {
     const int j = host - 1;
     const size_t half = host_layer_bytes(s, R, hcap) / 2;
-    const bf16* hk_base = reinterpret_cast<const bf16*>(bn.pool.mem.as<char>() + 2 * half * j);
-    const bf16* hv_base = reinterpret_cast<const bf16*>(bn.pool.mem.as<char>() + 2 * half * j + half);
+    const bf16* hk_base = reinterpret_cast<const bf16*>(static_cast<char*>(bn.pool.mem.host) + 2 * half * j);
+    const bf16* hv_base = reinterpret_cast<const bf16*>(static_cast<char*>(bn.pool.mem.host) + 2 * half * j + half);
     std::vector<uint16_t> dk(size_t(KV) * B * D), dv(size_t(KV) * B * D);
     std::vector<int32_t> toks(size_t(KV) * B);
     for (int i : {0, R - 1}) {
@@ -946,11 +950,11 @@ Status bench_head_prefill(Bench& bn, int T, double* ms_out) {
 Status make_pool(Bench& bn, size_t bytes) {
   HostPool& p = bn.pool;
   auto t0 = Clock::now();
-  SPX_STATUS_TRY(p.mem.alloc(bytes, cudaHostAllocMapped | cudaHostAllocPortable));
+  SPX_STATUS_TRY(cuda::alloc_mapped_host(bytes, bn.o.host_pages, &p.mem));
   p.alloc_s = seconds_since(t0);
-  void* dev = nullptr;
-  SPX_CUDA_TRY(cudaHostGetDevicePointer(&dev, p.mem.p, 0));
-  p.dev = static_cast<char*>(dev);
+  std::printf("host pool: %.1f GB, %s (%.1f GB on transparent huge pages)\n", p.mem.bytes / 1e9,
+              p.mem.how.c_str(), p.mem.huge_bytes == size_t(-1) ? -1.0 : p.mem.huge_bytes / 1e9);
+  p.dev = static_cast<char*>(p.mem.device);
   t0 = Clock::now();
   SPX_CUDA_TRY(cuda::fill_random_forward(reinterpret_cast<bf16*>(p.dev), bytes / 2, 23, 1.f, bn.cs));
   SPX_CUDA_TRY(cudaStreamSynchronize(bn.cs));
@@ -961,12 +965,12 @@ Status make_pool(Bench& bn, size_t bytes) {
   SPX_STATUS_TRY(b.get(n, &d));
   float ms = 0;
   SPX_STATUS_TRY(time_ms(bn.cs, 2, [&]() -> Status {
-    SPX_CUDA_TRY(cudaMemcpyAsync(p.mem.p, d, n, cudaMemcpyDeviceToHost, bn.cs));
+    SPX_CUDA_TRY(cudaMemcpyAsync(p.mem.host, d, n, cudaMemcpyDeviceToHost, bn.cs));
     return Status::Ok();
   }, &ms));
   p.d2h_gbps = 2.0 * n / (ms / 1e3) / 1e9;
   SPX_STATUS_TRY(time_ms(bn.cs, 2, [&]() -> Status {
-    SPX_CUDA_TRY(cudaMemcpyAsync(d, p.mem.p, n, cudaMemcpyHostToDevice, bn.cs));
+    SPX_CUDA_TRY(cudaMemcpyAsync(d, p.mem.host, n, cudaMemcpyHostToDevice, bn.cs));
     return Status::Ok();
   }, &ms));
   p.h2d_gbps = 2.0 * n / (ms / 1e3) / 1e9;
@@ -1084,6 +1088,15 @@ int run(int argc, char** argv) {
     else if (k == "--chunk") o.chunk = std::atoi(v.c_str());
     else if (k == "--slot-path") o.slot_path = v;
     else if (k == "--gather-blocks") o.gather_blocks = std::atoi(v.c_str());
+    else if (k == "--host-pages") {
+      if (v == "huge") o.host_pages = cuda::HostPages::kHuge;
+      else if (v == "small") o.host_pages = cuda::HostPages::kSmall;
+      else if (v == "cudahostalloc") o.host_pages = cuda::HostPages::kCudaHostAlloc;
+      else {
+        std::fprintf(stderr, "--host-pages must be huge, small or cudahostalloc\n");
+        return 2;
+      }
+    }
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
@@ -1138,6 +1151,8 @@ int run(int argc, char** argv) {
       << ", \"device_total_gb\": " << total_b / 1e9 << ", \"device_planned_gb\": "
       << bn.mem.free0 / 1e9 << ", \"spare_gb\": " << o.spare_gb << ", \"host_pool_gb\": "
       << bn.pool.mem.bytes / 1e9 << ", \"host_pool_alloc_s\": " << bn.pool.alloc_s
+      << ", \"host_pool_pages\": \"" << bn.pool.mem.how << "\", \"host_pool_huge_gb\": "
+      << double(int64_t(bn.pool.mem.huge_bytes)) / 1e9
       << ", \"host_pool_fill_s\": " << bn.pool.fill_s << ", \"pinned_d2h_gbps\": "
       << bn.pool.d2h_gbps << ", \"pinned_h2d_gbps\": " << bn.pool.h2d_gbps
       << ", \"num_sms\": " << bn.num_sms << ", \"kv_row_bytes\": " << 2 * s.kv_heads * s.head_dim * 2;

@@ -1,10 +1,12 @@
 #include "cuda/cuda_tier.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <string>
 
 #include "cuda/check.h"
+#include "cuda/host_memory.h"
 #include "cuda/sparse_ops.h"
 #include "cuda/stage_ring.h"
 
@@ -21,6 +23,7 @@ namespace {
 // H200 (51 GB/s; 8 give 48) while leaving the other multiprocessors to the
 // compute stream (docs/cuda.md, "SpeContext kernels").
 constexpr int kPrefetchBlocks = 16;
+constexpr size_t kHugeFrom = size_t(2) << 20;
 
 class Tier final : public CudaTier {
  public:
@@ -51,22 +54,24 @@ class Tier final : public CudaTier {
     if (on_host(*t)) return Status::Ok();
     SPX_CUDA_TRY(cudaSetDevice(device_));
     const size_t bytes = std::max<size_t>(16, static_cast<size_t>(t->numel()) * sizeof(bf16));
-    void* h = nullptr;
-    const cudaError_t e = cudaHostAlloc(&h, bytes, cudaHostAllocMapped | cudaHostAllocPortable);
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      return Status::Error("cannot allocate " + std::to_string(bytes) +
-                           " bytes of pinned host memory for the host tier (" +
-                           cudaGetErrorString(e) + ")");
+    // Huge pages for a cache of 2 MB and more: the prefetch gathers rows
+    // scattered over it (docs/cuda.md, "Elastic loading without the host
+    // round trip"); smaller ones would waste most of a 2 MB page.
+    const HostPages pages = bytes >= kHugeFrom ? HostPages::kHuge : HostPages::kCudaHostAlloc;
+    MappedHost m;
+    const Status st = alloc_mapped_host(bytes, pages, &m);
+    if (!st.ok) return Status::Error("host tier: " + st.message);
+    if (pages == HostPages::kHuge && m.how.rfind("cudaHostAlloc", 0) == 0 && !warned_) {
+      std::fprintf(stderr, "spx: host tier on 4 KB pages: %s\n", m.how.c_str());
+      warned_ = true;
     }
-    std::shared_ptr<void> owner(h, [](void* p) { cudaFreeHost(p); });
+    void* h = m.host;
+    std::shared_ptr<void> owner = m.owner;
     // The compute stream may still be writing the cache.
     SPX_CUDA_TRY(cudaMemcpyAsync(h, t->data, static_cast<size_t>(t->numel()) * sizeof(bf16),
                                  cudaMemcpyDeviceToHost, compute_));
     SPX_CUDA_TRY(cudaStreamSynchronize(compute_));
-    void* d = nullptr;
-    SPX_CUDA_TRY(cudaHostGetDevicePointer(&d, h, 0));
-    t->data = d;
+    t->data = m.device;
     t->owner = owner;  // the device allocation goes with the old owner
     stats_.moved_bytes += bytes;
     return Status::Ok();
@@ -167,6 +172,7 @@ class Tier final : public CudaTier {
   cudaEvent_t reached_ = nullptr;  // the compute stream needs the rows
   bool pending_ = false;           // prefetches queued, not yet waited for
   bool measured_ = false;          // a waited-for step not yet harvested
+  bool warned_ = false;            // the huge-page fallback was logged
   int device_ = 0;
   StageRing tier_ring_, compute_ring_;
   std::vector<HostKv> host_;
