@@ -4,8 +4,8 @@
 // CUDA backend keeps (cuda_graph_test checks that one on the GPU). Checks:
 // - replayed steps give the eager logits bit for bit while the batch grows,
 //   shrinks and changes caches, with one capture per shape;
-// - a capture that fails runs that step eagerly (same logits), is counted,
-//   and turns graphs off for the model; nothing aborts.
+// - a capture, or the inputs' copy, that fails runs that step eagerly (same
+//   logits), is counted, and turns graphs off for the model; nothing aborts.
 #include <gtest/gtest.h>
 
 #include <functional>
@@ -20,9 +20,11 @@ namespace {
 using testing::fixture;
 using testing::Trace;
 
+enum class Refuse { Nothing, Capture, Inputs };
+
 class RecordingCpu final : public Backend, public StepGraph {
  public:
-  explicit RecordingCpu(bool refuse) : cpu_(make_cpu_backend(1)), refuse_(refuse) {}
+  explicit RecordingCpu(Refuse refuse) : cpu_(make_cpu_backend(1)), refuse_(refuse) {}
   std::string name() const override { return "cpu+graph"; }
 
   Status alloc(const std::vector<int64_t>& s, DType d, Tensor* o) override {
@@ -91,6 +93,7 @@ class RecordingCpu final : public Backend, public StepGraph {
 
   // ---- StepGraph
   Status set_inputs(const DecodeStepInputs& in) override {
+    if (refuse_ == Refuse::Inputs) return Status::Error("test: no memory for the step inputs");
     const size_t n = static_cast<size_t>(in.n), t = n * static_cast<size_t>(in.half);
     ids_.assign(in.ids, in.ids + n);
     pos_.assign(in.positions, in.positions + n);
@@ -108,7 +111,7 @@ class RecordingCpu final : public Backend, public StepGraph {
   }
   Status end_capture(const std::vector<uint64_t>& key) override {
     recording_ = false;
-    if (refuse_) fail("test: this backend refuses every capture");
+    if (refuse_ == Refuse::Capture) fail("test: this backend refuses every capture");
     if (!why_.empty()) {
       ops_.clear();
       return Status::Error(why_);
@@ -138,7 +141,7 @@ class RecordingCpu final : public Backend, public StepGraph {
   }
 
   std::unique_ptr<Backend> cpu_;
-  bool refuse_;
+  Refuse refuse_;
   bool recording_ = false;
   std::string why_;
   std::vector<std::function<void()>> ops_;
@@ -147,7 +150,7 @@ class RecordingCpu final : public Backend, public StepGraph {
   std::vector<float> cos_, sin_;
 };
 
-Trace run_schedule(const std::string& dir, bool graphs, bool refuse, bool* graphs_after) {
+Trace run_schedule(const std::string& dir, bool graphs, Refuse refuse, bool* graphs_after) {
   Trace t;
   RecordingCpu be(refuse);
   testing::Schedule s(&be, dir, graphs, 40);
@@ -159,23 +162,26 @@ Trace run_schedule(const std::string& dir, bool graphs, bool refuse, bool* graph
 TEST(StepGraph, ReplayedStepsEqualEagerBitForBit) {
   for (const char* name : {"tiny-llama", "tiny-qwen2", "tiny-qwen3"}) {
     SCOPED_TRACE(name);
-    const Trace eager = run_schedule(fixture(name), false, false, nullptr);
-    const Trace graph = run_schedule(fixture(name), true, false, nullptr);
+    const Trace eager = run_schedule(fixture(name), false, Refuse::Nothing, nullptr);
+    const Trace graph = run_schedule(fixture(name), true, Refuse::Nothing, nullptr);
     ASSERT_NO_FATAL_FAILURE(testing::expect_same_logits(eager, graph));
     testing::expect_schedule_counts(eager, graph);
   }
 }
 
-TEST(StepGraph, FailedCaptureRunsTheStepEagerlyAndTurnsGraphsOff) {
+TEST(StepGraph, FailuresRunTheStepEagerlyAndTurnGraphsOff) {
   const std::string dir = fixture("tiny-llama");
-  const Trace eager = run_schedule(dir, false, false, nullptr);
-  bool graphs_after = true;
-  const Trace refused = run_schedule(dir, true, true, &graphs_after);
-  ASSERT_NO_FATAL_FAILURE(testing::expect_same_logits(eager, refused));
-  EXPECT_EQ(refused.stats.failures, 1u);
-  EXPECT_EQ(refused.stats.captures, 0u);
-  EXPECT_EQ(refused.stats.replays, 0u);
-  EXPECT_FALSE(graphs_after);
+  const Trace eager = run_schedule(dir, false, Refuse::Nothing, nullptr);
+  for (Refuse refuse : {Refuse::Capture, Refuse::Inputs}) {
+    SCOPED_TRACE(refuse == Refuse::Capture ? "capture refused" : "inputs refused");
+    bool graphs_after = true;
+    const Trace failed = run_schedule(dir, true, refuse, &graphs_after);
+    ASSERT_NO_FATAL_FAILURE(testing::expect_same_logits(eager, failed));
+    EXPECT_EQ(failed.stats.failures, 1u);
+    EXPECT_EQ(failed.stats.captures, 0u);
+    EXPECT_EQ(failed.stats.replays, 0u);
+    EXPECT_FALSE(graphs_after);
+  }
 }
 
 }  // namespace

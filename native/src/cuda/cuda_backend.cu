@@ -396,16 +396,22 @@ class CudaBackend final : public Backend, public StepGraph {
 
   // ---- StepGraph: the recorded dense decode step (cuda_graph.h)
   StepGraph* step_graph() override { return err_.ok ? this : nullptr; }
+  // A failure here (out of memory for the buffers) leaves no CUDA error
+  // behind for the eager step that follows.
   Status set_inputs(const DecodeStepInputs& in) override {
     if (!err_.ok) return err_;
     SPX_CUDA_TRY(cudaSetDevice(device_));
-    return graph_.set_inputs(in, stream_);
+    const Status st = graph_.set_inputs(in, stream_);
+    if (!st.ok) cudaGetLastError();
+    return st;
   }
   bool has(const std::vector<uint64_t>& key) const override { return graph_.has(key); }
   Status begin_capture() override {
     if (!err_.ok) return err_;
     SPX_CUDA_TRY(cudaSetDevice(device_));
-    return graph_.begin(stream_);
+    const Status st = graph_.begin(stream_);
+    if (!st.ok) cudaGetLastError();
+    return st;
   }
   Status end_capture(const std::vector<uint64_t>& key) override {
     Status st = graph_.end(stream_, key);

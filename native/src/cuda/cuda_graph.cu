@@ -47,10 +47,10 @@ Status DecodeGraph::set_inputs(const DecodeStepInputs& in, cudaStream_t stream) 
     cudaFree(dev_);
     cudaFreeHost(host_);
     dev_ = host_ = nullptr;
-    cap_ = std::max({in.n, 2 * cap_, 8});
-    cap_half_ = in.half;
-    const size_t ints = aligned(static_cast<size_t>(cap_) * sizeof(int32_t));
-    const size_t table = aligned(static_cast<size_t>(cap_) * cap_half_ * sizeof(float));
+    const int cap = std::max({in.n, 2 * cap_, 8});
+    cap_ = 0;  // until both buffers exist
+    const size_t ints = aligned(static_cast<size_t>(cap) * sizeof(int32_t));
+    const size_t table = aligned(static_cast<size_t>(cap) * in.half * sizeof(float));
     off_ids_ = 0;
     off_pos_ = ints;
     off_len_ = 2 * ints;
@@ -60,6 +60,8 @@ Status DecodeGraph::set_inputs(const DecodeStepInputs& in, cudaStream_t stream) 
     SPX_CUDA_TRY(cudaMalloc(&dev_, bytes_));
     SPX_CUDA_TRY(cudaMallocHost(&host_, bytes_));
     if (!copied_) SPX_CUDA_TRY(cudaEventCreateWithFlags(&copied_, cudaEventDisableTiming));
+    cap_ = cap;
+    cap_half_ = in.half;
   }
   SPX_CUDA_TRY(cudaEventSynchronize(copied_));  // the last copy has read host_
   n_ = in.n;
@@ -79,7 +81,10 @@ Status DecodeGraph::set_inputs(const DecodeStepInputs& in, cudaStream_t stream) 
 }
 
 Status DecodeGraph::begin(cudaStream_t stream) {
-  if (!arena_dev_) {
+  if (!arena_dev_ || !arena_host_) {  // first use, or an allocation failed before
+    cudaFree(arena_dev_);
+    cudaFreeHost(arena_host_);
+    arena_dev_ = arena_host_ = nullptr;
     SPX_CUDA_TRY(cudaMalloc(&arena_dev_, kArenaBytes));
     SPX_CUDA_TRY(cudaMallocHost(&arena_host_, kArenaBytes));
   }

@@ -154,24 +154,34 @@ Status Transformer::forward(const ForwardBatch& batch, std::vector<float>* logit
     in.sin = s_host.data();
     in.n = n;
     in.half = static_cast<int>(D / 2);
-    if (!(st = graph->set_inputs(in)).ok) return st;
+    // A step graph that cannot be set up or recorded never fails the step:
+    // it runs eagerly, and graphs stay off for this model.
+    auto give_up = [&](const Status& why) {
+      graph_stats_.failures++;
+      graphs_ = false;
+      std::fprintf(stderr, "spx: recording the decode step as a CUDA graph failed, decode runs eagerly: %s\n",
+                   why.message.c_str());
+    };
     const std::vector<uint64_t> key = step_key(batch);
-    bool ready = graph->has(key);
-    if (!ready && key == warm_key_) {
+    bool ready = false;
+    if (!(st = graph->set_inputs(in)).ok) {
+      give_up(st);
+    } else if (graph->has(key)) {
+      ready = true;
+    } else if (key == warm_key_) {
       const auto t0 = std::chrono::steady_clock::now();
-      if (!(st = graph->begin_capture()).ok) return st;
-      const Status queued = queue_step(batch, n_layers, dense, true);
-      const Status captured = graph->end_capture(key);
+      Status queued = graph->begin_capture(), captured;
+      if (queued.ok) {
+        queued = queue_step(batch, n_layers, dense, true);
+        captured = graph->end_capture(key);
+      }
       graph_stats_.capture_ms +=
           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       if (queued.ok && captured.ok) {
         ready = true;
         graph_stats_.captures++;
       } else {
-        graph_stats_.failures++;
-        graphs_ = false;
-        std::fprintf(stderr, "spx: recording the decode step as a CUDA graph failed, decode runs eagerly: %s\n",
-                     (queued.ok ? captured : queued).message.c_str());
+        give_up(queued.ok ? captured : queued);
       }
     }
     if (ready) {
