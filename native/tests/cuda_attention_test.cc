@@ -9,6 +9,7 @@
 #ifndef SPX_HAVE_CUDA
 TEST(CudaAttention, Skipped) { GTEST_SKIP() << "built without CUDA (nvcc not found)"; }
 #else
+#include <cstdio>
 #include <thread>
 
 #include "cuda_test_util.h"
@@ -153,6 +154,11 @@ bool prefill_v3_here() {
 void run_prefill_case(int q_heads, int kv_heads, int head_dim, int total, int chunk) {
   std::vector<int> kernels = {1, 2};
   if (head_dim == 128 && prefill_v3_here()) kernels.push_back(3);
+  // Say which kernels ran, so a log shows that v3 was among them.
+  std::printf("[ prefill  ] hq%d hk%d d%d T%d chunk%d: kernels", q_heads, kv_heads, head_dim,
+              total, chunk);
+  for (int k : kernels) std::printf(" v%d", k);
+  std::printf("\n");
   const int capacity = total + 5;
   const Cache c = random_cache(2, kv_heads, capacity, head_dim, 300 + total);
   const int slot = 1;
