@@ -1,12 +1,12 @@
 // Prefill attention alone: the 64-row kernel (v1), the 128-row kernel (v2)
 // and, on an sm_90a build on an H100/H200 with head dim 128, the wgmma
-// kernel (v3) on one request of T tokens, Llama-3.1-8B's attention shape by default
+// kernels (v3, and its pipelined variant v3p) on one request of T tokens, Llama-3.1-8B's attention shape by default
 // (32 query heads, 8 KV heads, head dim 128), random bf16 Q/K/V on the GPU.
 //   one-shot: the whole prompt in one launch;
 //   chunked:  chunks of --chunk tokens against the growing cache, as
 //             dense_bench's prefill runs it.
 // TFLOP/s counts the causal work only: 4 * T^2 / 2 * q_heads * head_dim.
-// Also prints the largest |v2 - v1| and |v3 - v2| over the output, a sanity
+// Also prints the largest |v2 - v1|, |v3 - v2| and |v3p - v2| over the output, a sanity
 // check that the kernels agree on the timed inputs (the tests check both against a
 // double-precision reference).
 //
@@ -74,11 +74,12 @@ int run(int argc, char** argv) {
   const int hq = heads[0], hk = heads[1], d = heads[2];
   const int max_t = *std::max_element(tokens.begin(), tokens.end());
   const size_t q_elems = size_t(max_t) * hq * d, kv_elems = size_t(hk) * max_t * d;
-  bf16 *q, *k, *v, *out1, *out2, *out3;
+  bf16 *q, *k, *v, *out1, *out2, *out3, *out4;
   TRY(cudaMalloc(&q, q_elems * sizeof(bf16)));
   TRY(cudaMalloc(&out1, q_elems * sizeof(bf16)));
   TRY(cudaMalloc(&out2, q_elems * sizeof(bf16)));
   TRY(cudaMalloc(&out3, q_elems * sizeof(bf16)));
+  TRY(cudaMalloc(&out4, q_elems * sizeof(bf16)));
   TRY(cudaMalloc(&k, kv_elems * sizeof(bf16)));
   TRY(cudaMalloc(&v, kv_elems * sizeof(bf16)));
   TRY(spx::cuda::fill_random_forward(q, q_elems, 1, 2.f, 0));
@@ -96,7 +97,10 @@ int run(int argc, char** argv) {
     TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
     TRY(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
 #ifdef SPX_CUDA_SM90A
-    if (d == 128 && major == 9 && minor == 0) kernels.push_back(3);
+    if (d == 128 && major == 9 && minor == 0) {
+      kernels.push_back(3);
+      kernels.push_back(4);  // v3p, the pipelined variant
+    }
 #endif
   }
 
@@ -108,9 +112,9 @@ int run(int argc, char** argv) {
     for (int mode = 0; mode < 2; ++mode) {
       const int step = mode == 0 ? T : std::min(chunk, T);
       if (mode == 1 && step == T) continue;  // chunked == one-shot at this size
-      double ms[4] = {0, 0, 0, 0};
+      double ms[5] = {0, 0, 0, 0, 0};
       for (int kernel : kernels) {
-        bf16* out = kernel == 1 ? out1 : kernel == 2 ? out2 : out3;
+        bf16* out = kernel == 1 ? out1 : kernel == 2 ? out2 : kernel == 3 ? out3 : out4;
         auto once = [&]() -> cudaError_t {
           for (int s = 0; s < T; s += step) {
             const cudaError_t e = spx::cuda::prefill_attention_forward(
@@ -131,7 +135,7 @@ int run(int argc, char** argv) {
         TRY(cudaEventElapsedTime(&total, e0, e1));
         ms[kernel] = total / reps;
         std::printf("%-9s %7d %7s %10.3f %8.1f\n", mode == 0 ? "one-shot" : "chunked", T,
-                    kernel == 1 ? "v1" : kernel == 2 ? "v2" : "v3", ms[kernel], flops / (ms[kernel] * 1e-3) / 1e12);
+                    kernel == 1 ? "v1" : kernel == 2 ? "v2" : kernel == 3 ? "v3" : "v3p", ms[kernel], flops / (ms[kernel] * 1e-3) / 1e12);
         std::fflush(stdout);
       }
       std::vector<uint16_t> a(size_t(T) * hq * d), b(a.size());
@@ -144,6 +148,11 @@ int run(int argc, char** argv) {
         std::printf("%-9s %7d speedup v3/v2 %.2fx, max |v3 - v2| %.3g\n",
                     mode == 0 ? "one-shot" : "chunked", T, ms[2] / ms[3], max_abs_diff(a, b));
       }
+      if (ms[4] > 0) {
+        TRY(cudaMemcpy(a.data(), out4, a.size() * 2, cudaMemcpyDeviceToHost));
+        std::printf("%-9s %7d speedup v3p/v2 %.2fx, max |v3p - v2| %.3g\n",
+                    mode == 0 ? "one-shot" : "chunked", T, ms[2] / ms[4], max_abs_diff(a, b));
+      }
     }
   }
   cudaFree(q);
@@ -152,6 +161,7 @@ int run(int argc, char** argv) {
   cudaFree(out1);
   cudaFree(out2);
   cudaFree(out3);
+  cudaFree(out4);
   return 0;
 }
 

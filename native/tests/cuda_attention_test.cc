@@ -147,17 +147,21 @@ bool prefill_v3_here() {
 }
 
 // Runs the prefill kernels (1: 64 rows per block, 2: 128 rows per block,
-// 3: wgmma, head dim 128 where prefill_v3_here()) on the same inputs, chunk
+// 3 and 4: wgmma, plain and pipelined, head dim 128 where prefill_v3_here())
+// on the same inputs, chunk
 // by chunk, and checks each against one double-precision reference on a
 // spread of rows (all rows for small cases, about 300 plus the last row
 // otherwise, to bound host time).
 void run_prefill_case(int q_heads, int kv_heads, int head_dim, int total, int chunk) {
   std::vector<int> kernels = {1, 2};
-  if (head_dim == 128 && prefill_v3_here()) kernels.push_back(3);
+  if (head_dim == 128 && prefill_v3_here()) {
+    kernels.push_back(3);
+    kernels.push_back(4);  // v3p, the pipelined variant
+  }
   // Say which kernels ran, so a log shows that v3 was among them.
   std::printf("[ prefill  ] hq%d hk%d d%d T%d chunk%d: kernels", q_heads, kv_heads, head_dim,
               total, chunk);
-  for (int k : kernels) std::printf(" v%d", k);
+  for (int k : kernels) std::printf(" %s", k == 4 ? "v3p" : ("v" + std::to_string(k)).c_str());
   std::printf("\n");
   const int capacity = total + 5;
   const Cache c = random_cache(2, kv_heads, capacity, head_dim, 300 + total);
@@ -208,7 +212,9 @@ void run_prefill_case(int q_heads, int kv_heads, int head_dim, int total, int ch
     std::vector<float> g;
     for (int t : rows)
       g.insert(g.end(), all.begin() + t * row, all.begin() + (t + 1) * row);
-    const std::string name = "prefill v" + std::to_string(kernel) + " hq" +
+    const std::string name = "prefill " +
+                             (kernel == 4 ? std::string("v3p") : "v" + std::to_string(kernel)) +
+                             " hq" +
                              std::to_string(q_heads) + " hk" + std::to_string(kv_heads) + " d" +
                              std::to_string(head_dim) + " T" + std::to_string(total) + " chunk" +
                              std::to_string(chunk);

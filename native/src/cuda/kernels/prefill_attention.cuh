@@ -257,7 +257,8 @@ constexpr int kPrefillDefaultVersion = 3;
 // version: 1 = the 64-row kernel above, 2 = prefill_attention_v2.cuh (head
 // dims 64 and 128; others fall back to 1), 3 = prefill_attention_v3.cuh
 // (wgmma; head dim 128 where prefill_attention_v3_usable(), else 2's rules),
-// 0 = the environment's choice (SPX_PREFILL_KERNEL=v1, v2 or v3), else
+// 4 = its pipelined variant (same conditions), 0 = the environment's choice
+// (SPX_PREFILL_KERNEL=v1, v2, v3 or v3p), else
 // kPrefillDefaultVersion (docs/cuda.md "Prefill attention" has the timings);
 // v1 stays for comparison and as a fallback.
 inline cudaError_t prefill_attention_launch(bf16* out, const bf16* q, const bf16* k_cache,
@@ -274,14 +275,15 @@ inline cudaError_t prefill_attention_launch(bf16* out, const bf16* q, const bf16
       if (e && std::strcmp(e, "v1") == 0) return 1;
       if (e && std::strcmp(e, "v2") == 0) return 2;
       if (e && std::strcmp(e, "v3") == 0) return 3;
+      if (e && std::strcmp(e, "v3p") == 0) return 4;
       return kPrefillDefaultVersion;
     }();
     version = chosen;
   }
-  if (version == 3 && head_dim == 128 && prefill_attention_v3_usable())
-    return prefill_attention_v3_launch(out, q, k_cache, v_cache, start, tokens, q_heads,
-                                       kv_heads, capacity, sl, stream);
-  if (version == 3) version = 2;  // other head dims, or no sm_90a kernel: v2's rules
+  if ((version == 3 || version == 4) && head_dim == 128 && prefill_attention_v3_usable())
+    return prefill_attention_v3_launch(version == 4, out, q, k_cache, v_cache, start, tokens,
+                                       q_heads, kv_heads, capacity, sl, stream);
+  if (version == 3 || version == 4) version = 2;  // other head dims, or no sm_90a: v2's rules
   if (version == 2 && head_dim == 128)
     return prefill_attention_v2_launch_d<128>(out, q, k_cache, v_cache, start, tokens, q_heads,
                                               kv_heads, capacity, sl, stream);
