@@ -3,7 +3,8 @@
 // memory, the access elastic_gather_list_forward makes, for
 //   - how the host memory is backed: cudaHostAlloc (4 KB pages), mmap +
 //     MADV_HUGEPAGE + cudaHostRegister (transparent 2 MB pages), mmap with
-//     4 KB pages + cudaHostRegister, mmap(MAP_HUGETLB) + cudaHostRegister;
+//     4 KB pages + cudaHostRegister, mmap(MAP_HUGETLB) + cudaHostRegister,
+//     cuMemCreate at a host location ("vmm");
 //   - the pattern: "heads C" is the host tier's (per request and KV head, 20%
 //     of B = 2048 rows of 256 B K and 256 B V out of C tokens, ascending),
 //     "kv C" / "token C" the same selection in other host layouts (see
@@ -13,9 +14,10 @@
 // Each run's rows are checked on the GPU (every 8-byte word holds its own
 // host offset). One line per run; --json writes them as JSON lines.
 //
-//   gather_bench [--pool-gb 8] [--pages huge,cudahostalloc,small,hugetlb]
+//   gather_bench [--pool-gb 8] [--pages huge,cudahostalloc,small,hugetlb,vmm]
 //                [--spreads 2,8,0] [--sweep 1] [--json out.jsonl]
 // (spread 0: the whole pool)
+#include <cuda.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -161,6 +163,87 @@ std::vector<int64_t> uniform_rows(size_t spread, int unit, size_t bytes, std::mt
   return rows;
 }
 
+// Host memory from the driver's virtual memory API (cuMemCreate at
+// CU_MEM_LOCATION_TYPE_HOST, mapped at the recommended granularity), which
+// may map it for the GPU with pages larger than cudaHostRegister's. The
+// driver calls go through cudaGetDriverEntryPointByVersion (no -lcuda).
+template <typename F>
+Status driver_fn(const char* name, F* f) {
+  cudaDriverEntryPointQueryResult q{};
+  void* p = nullptr;
+  SPX_CUDA_TRY(cudaGetDriverEntryPointByVersion(name, &p, 12000, cudaEnableDefault, &q));
+  if (!p || q != cudaDriverEntryPointSuccess) return Status::Error(std::string("no driver ") + name);
+  *f = reinterpret_cast<F>(p);
+  return Status::Ok();
+}
+
+Status alloc_vmm_host(size_t bytes, cuda::MappedHost* out) {
+  using Granularity = CUresult (*)(size_t*, const CUmemAllocationProp*, CUmemAllocationGranularity_flags);
+  using Create = CUresult (*)(CUmemGenericAllocationHandle*, size_t, const CUmemAllocationProp*,
+                              unsigned long long);
+  using Reserve = CUresult (*)(CUdeviceptr*, size_t, size_t, CUdeviceptr, unsigned long long);
+  using Map = CUresult (*)(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long);
+  using Access = CUresult (*)(CUdeviceptr, size_t, const CUmemAccessDesc*, size_t);
+  using Unmap = CUresult (*)(CUdeviceptr, size_t);
+  using Release = CUresult (*)(CUmemGenericAllocationHandle);
+  using Free = CUresult (*)(CUdeviceptr, size_t);
+  Granularity granularity;
+  Create create;
+  Reserve reserve;
+  Map map;
+  Access access;
+  Unmap unmap;
+  Release release;
+  Free vfree;
+  SPX_STATUS_TRY(driver_fn("cuMemGetAllocationGranularity", &granularity));
+  SPX_STATUS_TRY(driver_fn("cuMemCreate", &create));
+  SPX_STATUS_TRY(driver_fn("cuMemAddressReserve", &reserve));
+  SPX_STATUS_TRY(driver_fn("cuMemMap", &map));
+  SPX_STATUS_TRY(driver_fn("cuMemSetAccess", &access));
+  SPX_STATUS_TRY(driver_fn("cuMemUnmap", &unmap));
+  SPX_STATUS_TRY(driver_fn("cuMemRelease", &release));
+  SPX_STATUS_TRY(driver_fn("cuMemAddressFree", &vfree));
+  SPX_CUDA_TRY(cudaFree(nullptr));  // a current context
+  CUmemAllocationProp prop{};
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_HOST;
+  prop.location.id = 0;
+  size_t g = 0;
+  if (granularity(&g, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED) != CUDA_SUCCESS || g == 0)
+    return Status::Error("cuMemGetAllocationGranularity(host) failed");
+  const size_t n = (bytes + g - 1) / g * g;
+  CUmemGenericAllocationHandle h{};
+  CUresult r = create(&h, n, &prop, 0);
+  if (r != CUDA_SUCCESS) return Status::Error("cuMemCreate(host) failed, CUresult " + std::to_string(r));
+  CUdeviceptr va = 0;
+  r = reserve(&va, n, g, 0, 0);
+  if (r == CUDA_SUCCESS) r = map(va, n, 0, h, 0);
+  CUmemAccessDesc a{};
+  a.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  a.location.id = 0;
+  a.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+  if (r == CUDA_SUCCESS) r = access(va, n, &a, 1);
+  if (r != CUDA_SUCCESS) {
+    release(h);
+    return Status::Error("mapping the host allocation failed, CUresult " + std::to_string(r));
+  }
+  // CPU access too, where the driver offers it.
+  CUmemAccessDesc ha = a;
+  ha.location.type = CU_MEM_LOCATION_TYPE_HOST;
+  const bool cpu = access(va, n, &ha, 1) == CUDA_SUCCESS;
+  out->host = cpu ? reinterpret_cast<void*>(va) : nullptr;
+  out->device = reinterpret_cast<void*>(va);
+  out->bytes = n;
+  out->huge_bytes = 0;
+  out->how = "cuMemCreate(host), granularity " + std::to_string(g) + (cpu ? ", CPU access" : ", no CPU access");
+  out->owner = std::shared_ptr<void>(out->device, [=](void*) {
+    unmap(va, n);
+    vfree(va, n);
+    release(h);
+  });
+  return Status::Ok();
+}
+
 struct Bench {
   cuda::MappedHost pool;
   std::string pages;
@@ -237,11 +320,13 @@ std::vector<std::string> split(const std::string& s) {
   return v;
 }
 
-Status run_pages(Bench& b, cuda::HostPages pages, size_t pool_bytes,
+Status run_pages(Bench& b, cuda::HostPages pages, bool vmm, size_t pool_bytes,
                  const std::vector<double>& spreads_gb, bool sweep) {
   b.pages = cuda::host_pages_name(pages);
   auto t0 = Clock::now();
-  Status st = cuda::alloc_mapped_host(pool_bytes, pages, &b.pool);
+  Status st = vmm ? alloc_vmm_host(pool_bytes, &b.pool)
+                  : cuda::alloc_mapped_host(pool_bytes, pages, &b.pool);
+  if (vmm) b.pages = "vmm";
   const double alloc_s = std::chrono::duration<double>(Clock::now() - t0).count();
   if (!st.ok) {
     std::printf("%-13s allocation failed: %s\n", b.pages.c_str(), st.message.c_str());
@@ -256,7 +341,7 @@ Status run_pages(Bench& b, cuda::HostPages pages, size_t pool_bytes,
   // The copy engine from the same memory, for scale.
   const size_t n = std::min<size_t>(b.pool.bytes, size_t(1) << 30);
   SPX_CUDA_TRY(cudaEventRecord(b.e0, b.s));
-  SPX_CUDA_TRY(cudaMemcpyAsync(b.d_out, b.pool.host, n, cudaMemcpyHostToDevice, b.s));
+  SPX_CUDA_TRY(cudaMemcpyAsync(b.d_out, b.pool.device, n, cudaMemcpyDefault, b.s));
   SPX_CUDA_TRY(cudaEventRecord(b.e1, b.s));
   SPX_CUDA_TRY(cudaEventSynchronize(b.e1));
   float ms = 0;
@@ -352,13 +437,15 @@ int run(int argc, char** argv) {
   Status st = setup();
   if (!st.ok) return fail(st);
   for (const auto& p : split(pages)) {
-    cuda::HostPages kind;
-    if (p == "huge") kind = cuda::HostPages::kHuge;
+    cuda::HostPages kind = cuda::HostPages::kCudaHostAlloc;
+    const bool vmm = p == "vmm";
+    if (vmm) {
+    } else if (p == "huge") kind = cuda::HostPages::kHuge;
     else if (p == "hugetlb") kind = cuda::HostPages::kHugeTlb;
     else if (p == "small") kind = cuda::HostPages::kSmall;
     else if (p == "cudahostalloc") kind = cuda::HostPages::kCudaHostAlloc;
     else return fail(Status::Error("unknown --pages kind " + p));
-    st = run_pages(b, kind, size_t(pool_gb * 1e9), spreads, sweep);
+    st = run_pages(b, kind, vmm, size_t(pool_gb * 1e9), spreads, sweep);
     if (!st.ok) return fail(st);
   }
   return 0;
