@@ -39,6 +39,6 @@ foreach(bench_src ${SPX_CUDA_BENCH_SOURCES})
   add_executable(${bench_name} ${bench_src})
   set_target_properties(${bench_name} PROPERTIES CUDA_ARCHITECTURES OFF)
   target_compile_options(${bench_name} PRIVATE
-    $<$<COMPILE_LANGUAGE:CUDA>:-gencode=arch=compute_90,code=sm_90 -lineinfo>)
+    $<$<COMPILE_LANGUAGE:CUDA>:-gencode=arch=compute_90a,code=sm_90a -lineinfo>)
   target_link_libraries(${bench_name} PRIVATE spx_core)
 endforeach()

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Compiles every native/src/**/*.cu (and bench/cuda/*.cu) for sm_90 without a
+# Compiles every native/src/**/*.cu (and bench/cuda/*.cu) for sm_90a (as
+# native/cuda.cmake builds spx_cuda; sm_90a assembles the wgmma kernels) without a
 # GPU: the CI check that the CUDA backend still builds. Compile only; exits
 # non-zero on the first error.
 #
@@ -30,9 +31,9 @@ fi
 fail=0
 for src in "${sources[@]}"; do
   obj="$out/$(echo "$src" | tr '/' '_').o"
-  if "$nvcc" -std=c++17 -O3 -gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_90,code=compute_90 \
+  if "$nvcc" -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90 \
       --expt-relaxed-constexpr -Xptxas=-warn-spills -I"$root/native/src" -I"$cuda_root/include" \
-      -DSPX_HAVE_CUDA=1 -c "$root/$src" -o "$obj" 2>"$out/err.txt"; then
+      -DSPX_HAVE_CUDA=1 -DSPX_CUDA_SM90A=1 -c "$root/$src" -o "$obj" 2>"$out/err.txt"; then
     echo "ok    $src"
     grep -i -E "warning|spill" "$out/err.txt" | grep -v " 0 bytes spill" || true
   else
