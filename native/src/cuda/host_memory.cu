@@ -61,6 +61,9 @@ size_t anon_huge_bytes(const void* p, size_t bytes) {
 }
 
 Status register_mapping(char* base, size_t map_bytes, char* p, size_t bytes, MappedHost* out) {
+  // A child process (Node spawns some) must not share the pinned pages
+  // copy-on-write (best effort).
+  madvise(p, bytes, MADV_DONTFORK);
   const cudaError_t e = cudaHostRegister(p, bytes, cudaHostRegisterMapped | cudaHostRegisterPortable);
   if (e != cudaSuccess) {
     cudaGetLastError();
