@@ -20,13 +20,13 @@ REPORTS := .data/reports
 CUDA_VENV := .venv-cuda
 VENV_REQS := infra/requirements.txt nodeps:infra/requirements-model.txt tools/requirements-convert.txt
 
-.PHONY: help setup deps venv native ts model demo test typecheck lint ctest vitest \
+.PHONY: help setup deps venv native ts model head demo test typecheck lint ctest vitest \
 	cuda-check down clean distclean
 
 help:
 	@echo 'make demo        set up, start the stack, run the demo job (README)'
 	@echo 'make test        set up, typecheck, lint, native tests, vitest (README; .ci/run)'
-	@echo 'make setup       npm ci, .venv, native addon, dist/, converted model'
+	@echo 'make setup       npm ci, .venv, native addon, dist/, converted model, its retrieval head'
 	@echo 'make cuda-check  compile the CUDA sources for sm_90 with nvcc from PyPI wheels'
 	@echo 'make down        stop the local stack'
 	@echo 'make clean       stop the stack; remove dist/ build/ .data/'
@@ -34,7 +34,7 @@ help:
 
 # ---- setup -----------------------------------------------------------------
 
-setup: deps venv native ts model
+setup: deps venv native ts model head
 
 deps: node_modules/.npm-ci.stamp
 node_modules/.npm-ci.stamp: package-lock.json package.json
@@ -58,6 +58,23 @@ model: venv
 	  nice .venv/bin/python $(CONVERT) --out $(MODEL_DIR); \
 	else \
 	  echo "model: $(CONVERT) not in the tree yet: no model converted"; \
+	fi
+
+# The recommended retrieval head of SmolLM2-135M (docs/specontext.md, "Distilled
+# head"): the model's first 10 layers with the committed distilled scoring
+# tensors, written next to the model (<model>-head), where the engine looks for
+# it; without it the engine falls back to the self-derived head (and says so).
+HEAD_TENSORS := test/fixtures/smollm2-head-distilled/qk-k10-sparse.safetensors
+HEAD_DIR := $(MODEL_DIR)-head
+head: model
+	@if [[ ! -f $(MODEL_DIR)/model.safetensors ]]; then \
+	  echo "head: no $(MODEL_DIR)/model.safetensors: no distilled head assembled"; \
+	elif [[ -f $(HEAD_DIR)/model.safetensors && $(HEAD_DIR)/model.safetensors -nt $(HEAD_TENSORS) \
+	        && $(HEAD_DIR)/model.safetensors -nt $(MODEL_DIR)/model.safetensors ]]; then \
+	  echo "head: $(HEAD_DIR) is up to date"; \
+	else \
+	  nice .venv/bin/python tools/train_head.py assemble --target $(MODEL_DIR) \
+	    --tensors $(HEAD_TENSORS) --out $(HEAD_DIR); \
 	fi
 
 # ---- the two README commands ------------------------------------------------

@@ -263,4 +263,37 @@ TEST_F(SharedDlm, SparseDecoderCapturesThePromptAndMatchesTheLongWay) {
   dec->release(9);
 }
 
+// With no head flag the recommended head is a distilled one assembled next to
+// the model ("<model_dir>-head"), if it fits; otherwise self-derived.
+TEST_F(SharedDlm, RecommendedHeadIsTheDistilledOneNextToTheModel) {
+  const std::string model = root_ + "/target";
+  write_dlm(model, {}, {});
+  auto recommended = [&](std::string* kind) {
+    HeadChoice choice;
+    choice.model_dir = model + "/";
+    std::unique_ptr<PrunedHead> h;
+    EXPECT_TRUE(spx::retrieval::make_head(target_.get(), backend_.get(), choice, &dlm_, &h, kind).ok);
+    return h;
+  };
+  std::string kind;
+  EXPECT_EQ(recommended(&kind)->scoring_layer(), spx::retrieval::recommended_layers(target_->config()) - 1);
+  EXPECT_NE(kind.find("self-derived"), std::string::npos) << kind;
+
+  // Its scoring layer is its last one (here all 7 layers are copied).
+  const std::vector<std::string> last = {"model.layers.6.input_layernorm.weight",
+                                         "model.layers.6.self_attn.q_proj.weight",
+                                         "model.layers.6.self_attn.k_proj.weight"};
+  write_dlm(model + "-head", last, {});
+  std::unique_ptr<PrunedHead> h = recommended(&kind);
+  EXPECT_NE(kind.find("distilled"), std::string::npos) << kind;
+  EXPECT_TRUE(h->own_scoring());
+  EXPECT_EQ(h->source(), target_.get());
+  EXPECT_EQ(h->scoring_layer(), target_->config().num_layers - 1);  // the whole copied depth
+
+  write_dlm(model + "-head", last, {"model.layers.2.self_attn.o_proj.weight"});
+  h = recommended(&kind);
+  EXPECT_NE(kind.find("does not fit"), std::string::npos) << kind;
+  EXPECT_FALSE(h->own_scoring());
+}
+
 }  // namespace

@@ -76,6 +76,7 @@ std::unique_ptr<Engine> EngineImpl::create(const EngineOptions& o, Status* statu
   retrieval::HeadChoice head;
   head.dlm_dir = o.dlm_dir;
   head.dlm_layers = o.dlm_layers;
+  head.model_dir = o.model_dir;  // the recommended distilled head is looked up next to the model
   *status = retrieval::SparseDecoder::make(e->model_.get(), e->backend_.get(), head,
                                            retrieval::SelectOptions{}, &e->sparse_);
   if (!status->ok) return nullptr;

@@ -378,7 +378,9 @@ Status eval_fidelity(const FidelityRequest& req, FidelityReport* report,
                          std::to_string(target->config().max_position) + " positions");
   std::unique_ptr<PrunedHead> head;
   std::string kind;
-  if (!(st = make_head(target.get(), backend.get(), req.head, &dlm, &head, &kind)).ok) return st;
+  HeadChoice choice = req.head;
+  if (choice.model_dir.empty()) choice.model_dir = req.model_dir;  // the recommended head lives next to it
+  if (!(st = make_head(target.get(), backend.get(), choice, &dlm, &head, &kind)).ok) return st;
   st = run_fidelity(target.get(), head.get(), req.tokens, req.options, report, progress);
   report->head_kind = kind;
   return st;

@@ -1,7 +1,9 @@
 #include "retrieval/head_choice.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
+#include <filesystem>
 
 #include "retrieval/eagle3_head.h"
 
@@ -63,6 +65,18 @@ bool shares_lower_layers(const Transformer& target, const Transformer& dlm, int 
   return true;
 }
 
+std::string recommended_dlm_dir(const std::string& model_dir) {
+  std::string d = model_dir;
+  while (d.size() > 1 && d.back() == '/') d.pop_back();
+  return d.empty() ? d : d + "-head";
+}
+
+bool has_distilled_head(const ModelConfig& t) {
+  // SmolLM2-135M(-Instruct): the one target a head was distilled for.
+  return t.architecture == "LlamaForCausalLM" && t.num_layers == 30 && t.hidden_size == 576 &&
+         t.num_heads == 9 && t.num_kv_heads == 3 && t.vocab_size == 49152;
+}
+
 int recommended_layers(const ModelConfig& target) {
   // A quarter of the depth (7 of 30 layers on SmolLM2-135M): with the layers
   // below the scoring layer dense, the best balance of recall, top-1 and
@@ -121,20 +135,44 @@ Status make_head(Transformer* target, Backend* backend, const HeadChoice& choice
       dlm_model->reset();
       *kind = "dlm " + choice.dlm_dir + " scoring layer " + std::to_string(k - 1) +
               " (shares the target's lower layers: those run dense, the target's KV adopted)";
+      std::fprintf(stderr, "spx: retrieval head: %s\n", kind->c_str());
       return st;
     }
     *kind = "dlm " + choice.dlm_dir + " scoring layer " + std::to_string(k - 1) + " (own lower layers: " + why +
             "; every target layer sparse)";
+    std::fprintf(stderr, "spx: retrieval head: %s\n", kind->c_str());
     return PrunedHead::make(dlm_model->get(), k - 1, head, pool);
+  }
+  const bool rec = choice.dlm_layers <= 0;
+  std::string note;
+  if (rec && choice.pool <= 0 && !choice.model_dir.empty()) {
+    // The recommended distilled head, when assembled next to the target.
+    const std::string dir = recommended_dlm_dir(choice.model_dir);
+    if (std::filesystem::is_regular_file(dir + "/config.json")) {
+      std::unique_ptr<Transformer> dlm;
+      Status st = Transformer::load(dir, backend, &dlm);
+      std::string why = st.ok ? "" : st.message;
+      const int s = st.ok ? dlm->config().num_layers - 1 : 0;
+      if (st.ok && shares_lower_layers(*target, *dlm, s, &why)) {
+        st = PrunedHead::make(target, s, head, 1, &dlm->weights().layers[static_cast<size_t>(s)]);
+        *kind = "distilled " + dir + ", first " + std::to_string(s + 1) + " layers, scoring layer " +
+                std::to_string(s) + " (recommended; lower layers the target's own: dense, KV adopted)";
+        return st;
+      }
+      note = "; the distilled head at " + dir + " does not fit this target (" + why + ")";
+    } else if (has_distilled_head(c)) {
+      note = "; no distilled head at " + dir + " (make setup assembles it)";
+    }
+    if (!note.empty())
+      std::fprintf(stderr, "spx: retrieval head: self-derived%s\n", note.c_str());
   }
   const int k = choice.dlm_layers > 0 ? choice.dlm_layers : recommended_layers(c);
   if (k > c.num_layers)
     return Status::Error("dlm layers " + std::to_string(k) + " exceed the target's " +
                          std::to_string(c.num_layers) + " layers");
-  const bool rec = choice.dlm_layers <= 0;
   const int pool = choice.pool > 0 ? choice.pool : (rec ? std::min(recommended_pool(c), k) : 1);
   *kind = "self-derived, first " + std::to_string(k) + " layers" +
-          (pool > 1 ? ", pooled over the last " + std::to_string(pool) : "") + (rec ? " (recommended)" : "");
+          (pool > 1 ? ", pooled over the last " + std::to_string(pool) : "") + (rec ? " (recommended" + note + ")" : "");
   return PrunedHead::make(target, k - 1, head, pool);
 }
 

@@ -5,7 +5,9 @@
 //                    an EAGLE-3 draft (detected from config.json: eagle3_head.h);
 //   --dlm-layers k   self-derived: the target's first k layers, scoring at k-1;
 //   --oracle-layer l the target's own full attention at layer l (evaluation);
-//   none             the recommended head for the model (recommended_layers).
+//   none             the recommended head for the model: a distilled head
+//                    assembled next to it (recommended_dlm_dir) when it is
+//                    there and fits, else self-derived (recommended_layers).
 #pragma once
 
 #include <memory>
@@ -21,7 +23,19 @@ struct HeadChoice {
   int dlm_layers = 0;
   int oracle_layer = -1;
   int pool = 0;  // layers pooled, the scoring layer and those just below (0: recommended)
+  // The target's directory: with no head flag, its recommended distilled
+  // head is looked up next to it (empty: self-derived).
+  std::string model_dir;
 };
+
+// Where the recommended distilled head of the target at model_dir lives:
+// "<model_dir>-head" (`make setup` assembles SmolLM2-135M's there from the
+// committed tensors, tools/train_head.py). Used only when its embedding and
+// lower layers are the target's own (shares_lower_layers).
+std::string recommended_dlm_dir(const std::string& model_dir);
+// Whether the product ships a distilled head for this target (SmolLM2-135M):
+// then its absence is worth a note.
+bool has_distilled_head(const ModelConfig& target);
 
 // Self-derived layers recommended for a target with no DLM (measured with
 // `specontext eval fidelity`, see docs/specontext.md).
