@@ -305,7 +305,10 @@ export function registerSparseCommands(program: Command): void {
     .description(
       'sparse (SpeContext) vs full attention on real text: attention recall, top-1 agreement, perplexity ratio, reload fraction, fallback rate',
     )
-    .requiredOption('--model <dir>', 'target model directory')
+    .requiredOption(
+      '--model <dir>',
+      'target model directory (no head flag: the recommended head, <dir>-head if assembled there)',
+    )
     .option('--dlm <dir>', 'retrieval head from a distilled model sharing the tokenizer')
     .option('--dlm-layers <k>', "self-derived head: the target's first k layers", intArg(1))
     .option('--oracle-layer <l>', "the target's own attention at layer l (upper bound)", intArg(0))

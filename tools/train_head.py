@@ -21,6 +21,13 @@ Three steps, one command each (train runs the other two when needed):
   nice .venv-ref/bin/python tools/train_head.py train      # features + train + assemble
   .venv/bin/python tools/train_head.py assemble            # from the committed tensors
 
+The defaults reproduce the session-2 head (7 layers, pool all). The recommended head of
+SmolLM2-135M is `train --layers 10 --pool sparse --tensors test/fixtures/smollm2-head-
+distilled/qk-k10-sparse.safetensors --out models/smollm2-135m-instruct-head`; `make setup`
+(`make head`) assembles it from the committed tensors next to the model, where the engine
+looks for `<model dir>-head`. Its lower layers are the target's own, so the engine runs
+them dense and adopts the target's KV (docs/specontext.md, "Distilled head").
+
 Reproducible: fixed seed, fixed windows, torch deterministic on CPU.
 """
 
