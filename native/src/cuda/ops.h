@@ -120,9 +120,10 @@ cudaError_t decode_attention_simt_forward(bf16* out, const bf16* q, const Decode
 // (tensor-core tiles, online softmax). Query i sits at position start + i and
 // sees cache positions [0, start + i]; the chunk's own k/v must already be
 // in the cache (kv_append_forward / kv_write_forward). kernel: 1 and 2 force
-// the 64-row and the 128-row kernel (the latter for head dims 64 and 128,
-// others run 1); 0 takes SPX_PREFILL_KERNEL=v1|v2 from the environment, else
-// the default (prefill_attention.cuh says which).
+// the 64-row and the 128-row mma.sync kernels (2 for head dims 64 and 128,
+// others run 1), 3 and 4 the wgmma kernels v3 and v3p (head dim 128 on an
+// sm_90a build and device, else 2); 0 takes SPX_PREFILL_KERNEL=v1|v2|v3|v3p
+// from the environment, else the default (prefill_attention.cuh says which).
 cudaError_t prefill_attention_forward(bf16* out,            // [tokens, q_heads, head_dim]
                                       const bf16* q,        // [tokens, q_heads, head_dim]
                                       const bf16* k_cache,  // [kv_heads, capacity, head_dim]
