@@ -195,6 +195,7 @@ export interface FidelityFlags {
   sink?: number;
   recent?: number;
   fallback?: number;
+  sparseFrom?: number;
   threads?: number;
   device: string;
   json?: boolean;
@@ -242,6 +243,7 @@ export async function evalFidelity(flags: FidelityFlags): Promise<NativeFidelity
     nSink: flags.sink,
     nRecent: flags.recent,
     fallbackMass: flags.fallback,
+    sparseFrom: flags.sparseFrom,
   });
 }
 
@@ -340,6 +342,11 @@ export function registerSparseCommands(program: Command): void {
       '--fallback <mass>',
       'full attention when the selection carries less head mass',
       numArg(0),
+    )
+    .option(
+      '--sparse-from <layer>',
+      'layers below it attend fully for every head (a control; default: dense below a head cut from the target)',
+      intArg(0),
     )
     .option('--threads <n>', '0: all cores', intArg(0))
     .option('--device <d>', 'cpu or cuda:N', 'cpu')

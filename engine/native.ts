@@ -114,6 +114,8 @@ export interface NativeFidelityInput {
   nSink?: number;
   nRecent?: number;
   fallbackMass?: number;
+  /** Layers below it attend fully for every head (a control); default: the head's rule. */
+  sparseFrom?: number;
 }
 
 export interface NativeBudgetFidelity {

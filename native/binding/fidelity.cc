@@ -105,6 +105,7 @@ Napi::Value EvalFidelity(const Napi::CallbackInfo& info) {
   auto& o = req.options;
   o.context = FidelityInt(env, js, "context", 0);
   o.steps = FidelityInt(env, js, "steps", 32);
+  o.sparse_from = FidelityInt(env, js, "sparseFrom", -1);
   o.select.n_sink = FidelityInt(env, js, "nSink", o.select.n_sink);
   o.select.n_recent = FidelityInt(env, js, "nRecent", o.select.n_recent);
   Napi::Value reduce = js.Get("reduce");

@@ -98,6 +98,25 @@ TEST(RetrievalFidelity, OracleLayerCarriesItsOwnAttentionBest) {
   ASSERT_TRUE(run_fidelity(m.model.get(), head.get(), text_tokens(120), opt, &dense).ok);
   EXPECT_DOUBLE_EQ(dense.budgets[0].recall_per_layer[0], 1.0);
   EXPECT_NEAR(dense.budgets[0].recall_per_layer[1], oracle1[1], 1e-12);
+
+  // sparse_from overrides the rule for any head: the layer-0 head with layer 0
+  // dense matches the layer-1 head's dense run at layer 0, and sparse_from =
+  // layers means full attention everywhere.
+  std::unique_ptr<PrunedHead> h0;
+  ASSERT_TRUE(PrunedHead::make(m.model.get(), 0, &h0).ok);
+  opt.sparse_from = 1;
+  FidelityReport from1;
+  ASSERT_TRUE(run_fidelity(m.model.get(), h0.get(), text_tokens(120), opt, &from1).ok);
+  EXPECT_DOUBLE_EQ(from1.budgets[0].recall_per_layer[0], 1.0);
+  EXPECT_NEAR(from1.budgets[0].recall_per_layer[1], head0[1], 1e-12);
+  opt.sparse_from = m.model->config().num_layers;
+  FidelityReport none;
+  ASSERT_TRUE(run_fidelity(m.model.get(), h0.get(), text_tokens(120), opt, &none).ok);
+  EXPECT_DOUBLE_EQ(none.budgets[0].recall_mean, 1.0);
+  EXPECT_DOUBLE_EQ(none.budgets[0].top1_agreement, 1.0);
+  EXPECT_NEAR(none.budgets[0].ppl_ratio, 1.0, 1e-9);
+  opt.sparse_from = m.model->config().num_layers + 1;
+  EXPECT_FALSE(run_fidelity(m.model.get(), h0.get(), text_tokens(120), opt, &none).ok);
 }
 
 TEST(RetrievalFidelity, SeparateDlmDirectoryScoresLikeTheSameModelSelfDerived) {

@@ -141,6 +141,9 @@ Status run_fidelity(Transformer* target, const std::vector<PrunedHead*>& heads,
     return Status::Error("fidelity: the text has " + std::to_string(tokens.size()) +
                          " tokens, context + steps + 1 = " + std::to_string(N + S + 1) + " needed");
   if (opt.budgets.empty()) return Status::Error("fidelity: no budgets");
+  if (opt.sparse_from > c.num_layers)
+    return Status::Error("fidelity: sparse_from " + std::to_string(opt.sparse_from) + " is past the model's " +
+                         std::to_string(c.num_layers) + " layers");
   for (int b : opt.budgets)
     if (b <= 0) return Status::Error("fidelity: budgets must be > 0");
   for (PrunedHead* h : heads)
@@ -238,7 +241,9 @@ Status run_fidelity(Transformer* target, const std::vector<PrunedHead*>& heads,
       double mass = 0;
       uint64_t loads = 0, slot_total = 0;
       run.sel.assign(S, {});
-      run.sparse_from = opt.dense_head_layers && head->source() == target ? head->scoring_layer() : 0;
+      run.sparse_from = opt.sparse_from >= 0 ? opt.sparse_from
+                        : opt.dense_head_layers && head->source() == target ? head->scoring_layer()
+                                                                             : 0;
       run.out.assign(S, {});
       run.per_layer.assign(L, 0.0);
       for (int s = 0; s < S; ++s) {
@@ -261,7 +266,7 @@ Status run_fidelity(Transformer* target, const std::vector<PrunedHead*>& heads,
         if (!res.full) {
           ch.selection = run.sel[s].data();
           ch.budget = B;
-          if (opt.dense_head_layers && head->source() == target) ch.sparse_from_layer = head->scoring_layer();
+          ch.sparse_from_layer = run.sparse_from;
         }
         ForwardBatch batch;
         batch.tokens = {tokens[N + s]};

@@ -35,6 +35,10 @@ struct FidelityOptions {
   // Layers below a self-derived head's scoring layer attend fully: the head
   // computes them densely anyway, so the target can take them from it.
   bool dense_head_layers = true;
+  // >= 0: layers below it attend fully for every head, overriding the rule
+  // above (a control: e.g. an oracle pooled over the layers a head serves,
+  // with the same dense layers as that head).
+  int sparse_from = -1;
 };
 
 struct BudgetFidelity {
