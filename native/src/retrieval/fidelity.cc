@@ -40,16 +40,17 @@ Status copy_kv(Backend* be, const KvSequence& src, KvSequence* dst, std::vector<
   return Status::Ok();
 }
 
-// With capture layers, (*hidden)[i] receives [n, hidden]: every token's
-// hidden state at the input of capture[i] (heads scoring with their own
-// weights on the target's lower layers adopt from them).
-Status prefill(Transformer* m, KvSequence* kv, const std::vector<int32_t>& tokens, int n, int chunk,
-               const std::vector<int>& capture, std::vector<std::vector<float>>* hidden) {
+// Runs tokens [begin, end) into kv (which holds the ones before) in chunks.
+// With capture layers, (*hidden)[i] (one vector per capture layer) gets
+// [end - begin, hidden] appended: every token's hidden state at the input of
+// capture[i] (heads scoring with their own weights on the target's lower
+// layers adopt from them; EAGLE-3 heads read them as features).
+Status prefill(Transformer* m, KvSequence* kv, const std::vector<int32_t>& tokens, int begin, int end,
+               int chunk, const std::vector<int>& capture, std::vector<std::vector<float>>* hidden) {
   std::vector<float> logits, rows;
   const size_t H = static_cast<size_t>(m->config().hidden_size), A = capture.size();
-  hidden->assign(A, {});
-  for (int b = 0; b < n; b += chunk) {
-    const int c = std::min(chunk, n - b);
+  for (int b = begin; b < end; b += chunk) {
+    const int c = std::min(chunk, end - b);
     ForwardBatch batch;
     batch.tokens.assign(tokens.begin() + b, tokens.begin() + b + c);
     batch.chunks.push_back({kv, b, c, LogitsMode::None});
@@ -174,29 +175,16 @@ Status run_fidelity(Transformer* target, const std::vector<PrunedHead*>& heads,
       eagle3 = true;
       if (std::find(capture.begin(), capture.end(), l) == capture.end()) capture.push_back(l);
     }
-  std::vector<std::vector<float>> hidden;
+  std::vector<std::vector<float>> hidden(capture.size());
   say("prefill " + std::to_string(N) + " tokens");
-  if (!(st = prefill(target, base, tokens, N, opt.prefill_chunk, capture, &hidden)).ok) return st;
+  if (!(st = prefill(target, base, tokens, 0, N, opt.prefill_chunk, capture, &hidden)).ok) return st;
   if (eagle3 && S > 1) {
     // The teacher-forced tokens' own states (positions N..N+S-2), from a
     // full-attention pass on a copy: each decode step's head input is the
     // state of the position before it, as in the engine.
     std::vector<float> scratch;
-    std::vector<std::vector<float>> more;
     if (!(st = copy_kv(be, *base, work, &scratch)).ok) return st;
-    ForwardBatch batch;
-    batch.tokens.assign(tokens.begin() + N, tokens.begin() + N + S - 1);
-    batch.chunks.push_back({work, N, S - 1, LogitsMode::None});
-    batch.aux_layers = capture;
-    std::vector<float> rows, logits;
-    batch.aux_hidden = &rows;
-    if (!(st = target->forward(batch, &logits)).ok) return st;
-    const size_t Hs = static_cast<size_t>(c.hidden_size), A = capture.size();
-    for (size_t a = 0; a < A; ++a)
-      for (int t = 0; t < S - 1; ++t) {
-        const float* r = rows.data() + (static_cast<size_t>(t) * A + a) * Hs;
-        hidden[a].insert(hidden[a].end(), r, r + Hs);
-      }
+    if (!(st = prefill(target, work, tokens, N, N + S - 1, opt.prefill_chunk, capture, &hidden)).ok) return st;
   }
 
   reports->assign(heads.size(), {});
