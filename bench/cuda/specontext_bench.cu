@@ -44,6 +44,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <thread>
 
 #include "bench_model.cuh"
@@ -51,6 +52,7 @@
 #include "cuda/sparse_ops.h"
 #include "kv/slot_map.h"
 #include "planner/memory_plan.h"
+#include "planner/transfer_budget.h"
 
 namespace spx::bench {
 namespace {
@@ -68,7 +70,14 @@ struct Options {
   int positions_long = 5, positions_short = 3;  // sampled positions, outputs >= / < 8192
   int warm = 3, steps = 6;
   int common = 8;            // the batch every system runs
-  double host_gb = 32;       // pinned host pool cap (the host tier)
+  double host_gb = 0;        // pinned host pool cap; 0: MemAvailable - host_headroom_gb
+  double host_headroom_gb = 16;  // host memory left to everything else when sizing the pool
+  double max_host_gb = 32;   // the "max" rows' host-tier cap (the session-3 batch, for comparison)
+  double exposed_share = 0.10;   // admission: predicted exposed transfer share at the end
+  int calib_layers = 2;      // host layers of the reload / bandwidth calibration run
+  int search_step = 2;       // candidate batches rule-step, rule, rule+step, rule+2*step
+  std::vector<std::pair<int, int>> search = {{2048, 32768}};  // settings with the batch search
+  bool search_all = false;
   double spare_gb = 4;       // device memory left unplanned
   double device_gb = 0;      // > 0: pretend the device has only this much free (smoke runs)
   double keep = 0.8;         // drift run: share of last step's selection kept
@@ -204,6 +213,60 @@ int host_layers_for(const Model& m, const Head& head, const Memory& mem, int R, 
 
 size_t host_layer_bytes(const ModelShape& s, int R, int hcap) {
   return size_t(R) * s.kv_heads * hcap * s.head_dim * sizeof(bf16) * 2;
+}
+
+// Host bytes a batch needs in the pool at capacity `cap` (0: all on the device).
+size_t host_need(const Model& m, const Head& head, const Memory& mem, int R, int cap, int budget,
+                 int num_sms) {
+  const int h = host_layers_for(m, head, mem, R, cap, budget, num_sms);
+  return h > 0 ? size_t(h) * host_layer_bytes(m.s, R, cap) : 0;
+}
+
+// MemAvailable from /proc/meminfo in bytes; 0 if unknown.
+size_t mem_available_bytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  size_t kb = 0;
+  std::string unit;
+  while (f >> key >> kb >> unit)
+    if (key == "MemAvailable:") return kb * 1024;
+  return 0;
+}
+
+// What the transfer-aware rule (planner/transfer_budget.h) needs from one
+// setting's measurements, and what it answered.
+struct Calibration {
+  std::string selection;  // random-head | drift-NN
+  int batch = 0, host_layers = 0, position = 0;
+  double reload = 0, gather_gbps = 0, transfer_ms = 0, exposed_ms = 0, step_ms = 0;
+  planner::StepTime step;
+  planner::Admission rule;
+  bool ok = false;
+  std::string error;
+};
+
+// The rule for one selection source: the workspace is affine in R, so its
+// fixed part and per-request part come from two batches.
+Status admit_batch(const Model& m, const Head& head, const Memory& mem, int cap, int budget,
+                   int num_sms, size_t host_pool, double share, Calibration* c) {
+  planner::AdmissionInput in;
+  in.base = plan_input(m, head, mem, 1, cap, budget, num_sms);
+  const int64_t w1 = int64_t(workspace_bytes(m.s, 1, cap, budget, num_sms));
+  const int64_t w64 = int64_t(workspace_bytes(m.s, 64, cap, budget, num_sms));
+  in.overhead_per_request_bytes = (w64 - w1 + 62) / 63;  // rounded up: never optimistic
+  in.base.measured_overhead_bytes = std::max<int64_t>(0, w1 - in.overhead_per_request_bytes);
+  in.end_len = cap;
+  in.host_pool_bytes = int64_t(host_pool);
+  in.transfer.kv_heads = m.s.kv_heads;
+  in.transfer.head_dim = m.s.head_dim;
+  in.transfer.budget = budget;
+  in.transfer.reload_fraction = std::min(1.0, std::max(0.0, c->reload));
+  in.transfer.gather_gbps = c->gather_gbps;
+  in.transfer.max_exposed_share = share;
+  in.step = c->step;
+  std::string err;
+  if (!planner::admit(in, &c->rule, &err)) return Status::Error("admission: " + err);
+  return Status::Ok();
 }
 
 // ---- one measurement ----------------------------------------------------------
@@ -980,7 +1043,7 @@ Status make_pool(Bench& bn, size_t bytes) {
 // ---- JSON ---------------------------------------------------------------------
 struct Output {
   std::string path;
-  std::vector<std::string> prefill, decode, batches;
+  std::vector<std::string> prefill, decode, batches, admission;
   std::string header;
   void write() const {
     if (path.empty()) return;
@@ -991,6 +1054,9 @@ struct Output {
     f << " ],\n \"batches\": [\n";
     for (size_t i = 0; i < batches.size(); ++i)
       f << "  " << batches[i] << (i + 1 < batches.size() ? ",\n" : "\n");
+    f << " ],\n \"admission\": [\n";
+    for (size_t i = 0; i < admission.size(); ++i)
+      f << "  " << admission[i] << (i + 1 < admission.size() ? ",\n" : "\n");
     f << " ],\n \"decode\": [\n";
     for (size_t i = 0; i < decode.size(); ++i)
       f << "  " << decode[i] << (i + 1 < decode.size() ? ",\n" : "\n");
@@ -1050,7 +1116,9 @@ int run(int argc, char** argv) {
       o.warm = 2;
       o.steps = 3;
       o.common = 2;
-      o.host_gb = 0.25;
+      o.host_gb = o.max_host_gb = 0.25;
+      o.search = {{300, 200}};
+      o.search_step = 1;
       o.device_gb = 0.08;
       o.chunk = 256;
       continue;
@@ -1082,6 +1150,15 @@ int run(int argc, char** argv) {
     else if (k == "--steps") o.steps = std::atoi(v.c_str());
     else if (k == "--common") o.common = std::atoi(v.c_str());
     else if (k == "--host-gb") o.host_gb = std::atof(v.c_str());
+    else if (k == "--host-headroom-gb") o.host_headroom_gb = std::atof(v.c_str());
+    else if (k == "--max-host-gb") o.max_host_gb = std::atof(v.c_str());
+    else if (k == "--exposed-share") o.exposed_share = std::atof(v.c_str());
+    else if (k == "--calib-layers") o.calib_layers = std::atoi(v.c_str());
+    else if (k == "--search-step") o.search_step = std::atoi(v.c_str());
+    else if (k == "--search") {  // none | all | in:out,...
+      o.search_all = v == "all";
+      o.search = v == "none" || v == "all" ? decltype(o.search){} : parse_settings(v);
+    }
     else if (k == "--spare-gb") o.spare_gb = std::atof(v.c_str());
     else if (k == "--device-gb") o.device_gb = std::atof(v.c_str());
     else if (k == "--keep") o.keep = std::atof(v.c_str());
@@ -1114,6 +1191,10 @@ int run(int argc, char** argv) {
     return fail(Status::Error("--slot-path must be device, host or both"));
   if (o.gather_blocks < 1 || o.gather_blocks > 1024)
     return fail(Status::Error("--gather-blocks must be 1..1024"));
+  if (!(o.exposed_share >= 0 && o.exposed_share < 1))
+    return fail(Status::Error("--exposed-share must be in [0, 1)"));
+  if (o.calib_layers < 1 || o.search_step < 1)
+    return fail(Status::Error("--calib-layers and --search-step must be >= 1"));
   if (o.slot_path != "host" && o.budget > 2048)
     return fail(Status::Error("the device slot maps take budgets up to 2048 (--slot-path host)"));
   if (cudaDeviceGetAttribute(&bn.num_sms, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess)
@@ -1142,6 +1223,7 @@ int run(int argc, char** argv) {
 
   Output out;
   out.path = o.json;
+  double host_cap_gb = 0, mem_avail_gb = 0;
   auto set_header = [&]() {
     std::ostringstream h;
     h << "\"model\": \"" << o.model << "\", \"budget\": " << o.budget << ", \"n_sink\": "
@@ -1155,7 +1237,11 @@ int run(int argc, char** argv) {
       << double(int64_t(bn.pool.mem.huge_bytes)) / 1e9
       << ", \"host_pool_fill_s\": " << bn.pool.fill_s << ", \"pinned_d2h_gbps\": "
       << bn.pool.d2h_gbps << ", \"pinned_h2d_gbps\": " << bn.pool.h2d_gbps
-      << ", \"num_sms\": " << bn.num_sms << ", \"kv_row_bytes\": " << 2 * s.kv_heads * s.head_dim * 2;
+      << ", \"num_sms\": " << bn.num_sms << ", \"kv_row_bytes\": " << 2 * s.kv_heads * s.head_dim * 2
+      << ", \"host_mem_available_gb\": " << mem_avail_gb << ", \"host_tier_cap_gb\": " << host_cap_gb
+      << ", \"max_rows_host_cap_gb\": " << o.max_host_gb << ", \"host_headroom_gb\": "
+      << o.host_headroom_gb << ", \"exposed_share_max\": " << o.exposed_share
+      << ", \"calib_layers\": " << o.calib_layers << ", \"search_step\": " << o.search_step;
     out.header = h.str();
   };
   set_header();
@@ -1163,10 +1249,22 @@ int run(int argc, char** argv) {
   // ---- batches per setting (the planner for SpeContext)
   struct Plan {
     int in, out, cap, dense_max, spec_dev_max, spec_max, spec_max_host, common;
+    bool search = false;
+    Meas dev_end, common_end;        // all-device steps at the end of the range
+    std::vector<Calibration> calib;  // per selection source: reload, bandwidth, the rule
   };
   std::vector<Plan> plans;
   const int margin = o.warm + o.steps + 8;
-  const size_t host_cap = size_t(o.host_gb * 1e9);
+  // The host tier may take what the OS has left (MemAvailable) minus headroom;
+  // --host-gb overrides. The "max" rows keep the session-3 cap (--max-host-gb).
+  const size_t avail = mem_available_bytes();
+  const size_t host_cap =
+      o.host_gb > 0 ? size_t(o.host_gb * 1e9)
+                    : size_t(std::max(0.0, double(avail) - o.host_headroom_gb * 1e9));
+  const size_t max_cap = std::min(host_cap, size_t(o.max_host_gb * 1e9));
+  std::printf("host memory available %.1f GB; host tier cap %.1f GB (%s); \"max\" rows cap %.1f GB\n",
+              avail / 1e9, host_cap / 1e9, o.host_gb > 0 ? "--host-gb" : "MemAvailable - headroom",
+              max_cap / 1e9);
   size_t pool_bytes = 0;
   for (auto [in, outn] : o.settings) {
     Plan p{in, outn, in + outn + margin, 0, 0, 0, 0, 0};
@@ -1175,13 +1273,18 @@ int run(int argc, char** argv) {
       const int h = host_layers_for(bn.m, bn.head, bn.mem, R, p.cap, o.budget, bn.num_sms);
       if (h < 0) break;
       if (h == 0) p.spec_dev_max = R;
-      if (size_t(h) * host_layer_bytes(s, R, p.cap) > host_cap) break;
+      if (size_t(h) * host_layer_bytes(s, R, p.cap) > max_cap) break;
       p.spec_max = R;
       p.spec_max_host = h;
     }
     if (o.skip_offload || p.spec_max_host == 0) p.spec_max = p.spec_max_host = 0;
     p.common = std::min({o.common, p.dense_max, p.spec_dev_max});
+    p.search = o.search_all || std::find(o.search.begin(), o.search.end(),
+                                         std::make_pair(in, outn)) != o.search.end();
     pool_bytes = std::max(pool_bytes, size_t(p.spec_max_host) * host_layer_bytes(s, p.spec_max, p.cap));
+    if (!o.skip_offload && !o.offload_only && p.spec_dev_max > 0)  // the calibration run
+      pool_bytes = std::max(pool_bytes, size_t(std::max(1, std::min(o.calib_layers, s.layers - 1))) *
+                                            host_layer_bytes(s, p.spec_dev_max, p.cap));
     std::printf("setting [%d,%d]: dense max %d, specontext device-only max %d, with host tier %d "
                 "(%d host layers at the end), common %d\n",
                 in, outn, p.dense_max, p.spec_dev_max, p.spec_max, p.spec_max_host, p.common);
@@ -1193,14 +1296,24 @@ int run(int argc, char** argv) {
     out.batches.push_back(b.str());
     plans.push_back(p);
   }
-  if (pool_bytes > 0) {
-    st = make_pool(bn, pool_bytes);
-    if (!st.ok) return fail(st);
+  auto grow_pool = [&](size_t bytes) -> Status {
+    if (bytes <= bn.pool.mem.bytes) return Status::Ok();
+    if (bytes > host_cap)
+      return Status::Error("host pool of " + std::to_string(bytes / 1000000) + " MB over the cap");
+    bn.pool = HostPool{};  // frees the smaller one first
+    SPX_STATUS_TRY(make_pool(bn, bytes));
     std::printf("host pool %.1f GB: pinned in %.1f s, filled in %.2f s; pinned copies D2H %.1f "
                 "GB/s, H2D %.1f GB/s\n",
-                pool_bytes / 1e9, bn.pool.alloc_s, bn.pool.fill_s, bn.pool.d2h_gbps,
-                bn.pool.h2d_gbps);
+                bytes / 1e9, bn.pool.alloc_s, bn.pool.fill_s, bn.pool.d2h_gbps, bn.pool.h2d_gbps);
+    std::fflush(stdout);
+    return Status::Ok();
+  };
+  if (pool_bytes > 0) {
+    st = grow_pool(pool_bytes);
+    if (!st.ok) return fail(st);
   }
+  host_cap_gb = host_cap / 1e9;
+  mem_avail_gb = avail / 1e9;
   set_header();
   out.write();
   std::fflush(stdout);
@@ -1245,7 +1358,32 @@ int run(int argc, char** argv) {
     ++failures;
   };
 
-  for (const Plan& p : plans) {
+  // Positions of a host-tier run: the usual grid, plus, where the host tier
+  // starts inside the range, the last position with every layer on the device
+  // and the middle of the rest, so the integral does not spread the host
+  // tier's cost over a grid interval it only covers the end of.
+  auto host_positions = [&](const Plan& p, int R) {
+    std::vector<int> v = sampled_positions(o, p.in, p.out);
+    const int first = v.front(), end = v.back();
+    auto on_device = [&](int ctx) {
+      return host_layers_for(bn.m, bn.head, bn.mem, R, ctx + margin, o.budget, bn.num_sms) == 0;
+    };
+    if (on_device(first) && !on_device(end)) {
+      int lo = first, hi = end;  // on_device(lo), !on_device(hi)
+      while (hi - lo > 1) {
+        const int mid = lo + (hi - lo) / 2;
+        (on_device(mid) ? lo : hi) = mid;
+      }
+      for (int x : {lo, lo + (end - lo) / 2})
+        if (x > first && x < end && std::find(v.begin(), v.end(), x) == v.end()) v.push_back(x);
+      std::sort(v.begin(), v.end());
+    }
+    return v;
+  };
+  const std::string drift_name = "drift-" + std::to_string(int(o.keep * 100));
+
+  // ---- phase 1, every setting: dense, SpeContext on the device, calibration
+  for (Plan& p : plans) {
     const std::vector<int> positions = sampled_positions(o, p.in, p.out);
     struct Job {
       const char* kind;
@@ -1289,12 +1427,126 @@ int run(int argc, char** argv) {
           break;
         }
         emit(x);
+        if (ctx == positions.back()) (std::string(j.kind) == "common" ? p.common_end : p.dev_end) = x;
       }
     }
+    // Calibration for the transfer-aware rule, per selection source: the
+    // device-max batch at the end of the range with a few layers forced to
+    // the host tier gives the reload fraction and the gather bandwidth.
+    if (o.skip_offload || o.offload_only || p.dev_end.batch < 1 || bn.pool.mem.bytes == 0) continue;
+    const Meas& dev = p.dev_end;
+    planner::StepTime stm;
+    if (p.common_end.batch > 0 && p.common_end.batch != dev.batch)
+      stm.per_request_ms = std::max(0.0, (dev.ms - p.common_end.ms) / (dev.batch - p.common_end.batch));
+    else
+      stm.per_request_ms = dev.ms / dev.batch;
+    stm.fixed_ms = std::max(0.0, dev.ms - stm.per_request_ms * dev.batch);
+    // The gathers start after the head; the last host layer waits for all.
+    stm.hide_share = double(s.layers - 1) / s.layers * std::max(0.0, 1.0 - dev.head_ms / dev.ms);
+    for (Selection mode : {Selection::kHead, Selection::kDrift}) {
+      Calibration c;
+      c.selection = mode == Selection::kHead ? "random-head" : drift_name;
+      c.batch = dev.batch;
+      c.host_layers = std::max(1, std::min(o.calib_layers, s.layers - 1));
+      c.position = positions.back();
+      c.step = stm;
+      Meas x;
+      Status e = bench_spec(bn, c.position, c.batch, c.host_layers, mode, true, &x);
+      if (!e.ok) {
+        c.error = e.message;
+        report_fail("calibration", e);
+      } else {
+        c.reload = x.reload_fraction;
+        c.transfer_ms = x.transfer_ms;
+        c.exposed_ms = x.exposed_ms;
+        c.step_ms = x.ms;
+        c.gather_gbps = x.transfer_ms > 0 ? x.bytes_elastic / (x.transfer_ms * 1e6) : 0;
+        if (x.row_mismatches || x.selection_violations) ++failures;
+        if (c.gather_gbps <= 0) {
+          c.error = "no transfer measured";
+        } else {
+          e = admit_batch(bn.m, bn.head, bn.mem, p.cap, o.budget, bn.num_sms, host_cap,
+                          o.exposed_share, &c);
+          if (e.ok) c.ok = true;
+          else c.error = e.message, report_fail("admission", e);
+        }
+      }
+      std::printf("calibration [%d,%d] %-11s R %3d host %d pos %6d: reload %.3f, gather %.1f GB/s "
+                  "(%.2f ms), step %.2f ms; step model %.3f + %.4f R ms, hide %.2f -> rule: batch %d "
+                  "(%d host layers, %lld of at most %lld layer-requests, predicted exposed %.1f%%; "
+                  "next refused by %s)%s%s\n",
+                  p.in, p.out, c.selection.c_str(), c.batch, c.host_layers, c.position, c.reload,
+                  c.gather_gbps, c.transfer_ms, c.step_ms, stm.fixed_ms, stm.per_request_ms,
+                  stm.hide_share, c.rule.requests, c.rule.host_layers,
+                  (long long)c.rule.layer_requests, (long long)c.rule.max_layer_requests,
+                  100 * c.rule.exposed_share, c.rule.limited_by.c_str(), c.ok ? "" : " FAILED: ",
+                  c.error.c_str());
+      std::fflush(stdout);
+      p.calib.push_back(c);
+    }
+  }
+
+  // ---- phase 2: the candidate batches per selection source, and the pool they need
+  struct Cand {
+    const Plan* p;
+    int R;
+    std::string kind, selection;
+    Selection mode;
+  };
+  std::vector<Cand> cands;
+  size_t need = pool_bytes;
+  for (const Plan& p : plans) {
+    for (const Calibration& c : p.calib) {
+      std::vector<int> batches;
+      std::ostringstream js;
+      if (c.ok) {
+        const int r = c.rule.requests, d = o.search_step;
+        batches = p.search ? std::vector<int>{r - d, r, r + d, r + 2 * d} : std::vector<int>{r};
+      }
+      std::vector<int> kept;
+      for (int R : batches) {
+        // All-device batches are the device-max row's business.
+        if (R <= p.spec_dev_max) continue;
+        if (host_layers_for(bn.m, bn.head, bn.mem, R, p.cap, o.budget, bn.num_sms) < 0) continue;
+        const size_t hb = host_need(bn.m, bn.head, bn.mem, R, p.cap, o.budget, bn.num_sms);
+        if (hb > host_cap) continue;
+        need = std::max(need, hb);
+        kept.push_back(R);
+        cands.push_back(Cand{&p, R, R == c.rule.requests ? "rule" : "search", c.selection,
+                             c.selection == "random-head" ? Selection::kHead : Selection::kDrift});
+      }
+      const planner::Admission& a = c.rule;
+      js << "{\"in\": " << p.in << ", \"out\": " << p.out << ", \"selection\": \"" << c.selection
+         << "\", \"ok\": " << (c.ok ? "true" : "false") << ", \"error\": \"" << c.error
+         << "\", \"calibration\": {\"batch\": " << c.batch << ", \"host_layers\": " << c.host_layers
+         << ", \"position\": " << c.position << ", \"reload_fraction\": " << c.reload
+         << ", \"gather_gbps\": " << c.gather_gbps << ", \"transfer_ms\": " << c.transfer_ms
+         << ", \"exposed_ms\": " << c.exposed_ms << ", \"step_ms\": " << c.step_ms
+         << "}, \"step_model\": {\"fixed_ms\": " << c.step.fixed_ms << ", \"per_request_ms\": "
+         << c.step.per_request_ms << ", \"hide_share\": " << c.step.hide_share
+         << "}, \"rule\": {\"requests\": " << a.requests << ", \"host_layers\": " << a.host_layers
+         << ", \"layer_requests\": " << a.layer_requests << ", \"max_layer_requests\": "
+         << a.max_layer_requests << ", \"step_ms\": " << a.step_ms << ", \"transfer_ms\": "
+         << a.transfer_ms << ", \"exposed_ms\": " << a.exposed_ms << ", \"exposed_share\": "
+         << a.exposed_share << ", \"limited_by\": \"" << a.limited_by << "\"}, \"search\": "
+         << (p.search ? "true" : "false") << ", \"candidates\": [";
+      for (size_t i = 0; i < kept.size(); ++i) js << (i ? ", " : "") << kept[i];
+      js << "]}";
+      out.admission.push_back(js.str());
+    }
+  }
+  out.write();
+  st = grow_pool(need);
+  if (!st.ok) report_fail("host pool for the candidates", st), cands.clear();
+  set_header();
+  out.write();
+
+  // ---- phase 3: the host tier (the "max" rows, then the rule's candidates)
+  for (const Plan& p : plans) {
     // SpeContext past the device: the planner moves the last layers to the
     // host tier as the context grows (host layers at each position).
     if (p.spec_max > p.spec_dev_max)
-      for (int ctx : positions) {
+      for (int ctx : host_positions(p, p.spec_max)) {
         const int cap = ctx + margin;
         const int h = host_layers_for(bn.m, bn.head, bn.mem, p.spec_max, cap, o.budget, bn.num_sms);
         if (h < 0) {
@@ -1313,7 +1565,7 @@ int run(int argc, char** argv) {
           Meas x;
           x.system = device_maps || o.slot_path != "both" ? "specontext" : "specontext-host-maps";
           x.selection = h == 0                      ? "any"
-                        : mode == Selection::kDrift ? "drift-" + std::to_string(int(o.keep * 100))
+                        : mode == Selection::kDrift ? drift_name
                         : mode == Selection::kHead  ? "random-head"
                                                     : "no-gather";
           x.batch_kind = "max";
@@ -1327,6 +1579,38 @@ int run(int argc, char** argv) {
           if (x.row_mismatches || x.selection_violations) ++failures;
         }
       }
+    // The rule's batch (and, where searched, its neighbours) per selection
+    // source; all-device positions are measured once per batch and shared.
+    std::map<std::pair<int, int>, Meas> device_runs;
+    for (const Cand& c : cands) {
+      if (c.p != &p) continue;
+      for (int ctx : host_positions(p, c.R)) {
+        const int h = host_layers_for(bn.m, bn.head, bn.mem, c.R, ctx + margin, o.budget, bn.num_sms);
+        if (h < 0) {
+          report_fail("planner", Status::Error("no placement for a candidate at " + std::to_string(ctx)));
+          continue;
+        }
+        Meas x;
+        Status e = Status::Ok();
+        auto it = device_runs.find({c.R, ctx});
+        if (h == 0 && it != device_runs.end()) {
+          x = it->second;
+        } else {
+          e = bench_spec(bn, ctx, c.R, h, h == 0 ? Selection::kHead : c.mode, h > 0, &x);
+          if (e.ok && h == 0) device_runs[{c.R, ctx}] = x;
+        }
+        if (!e.ok) {
+          report_fail("specontext candidate decode", e);
+          continue;
+        }
+        x.system = "specontext";
+        x.selection = c.selection;
+        x.batch_kind = c.kind;
+        x.in = p.in, x.out = p.out;
+        emit(x);
+        if (x.row_mismatches || x.selection_violations) ++failures;
+      }
+    }
   }
   std::printf("specontext_bench: done in %.1f s, %d failure(s)\n", seconds_since(t_start), failures);
   cudaStreamDestroy(bn.cs);
