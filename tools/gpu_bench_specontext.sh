@@ -11,7 +11,9 @@
 #
 #   --quick      the smoke pass only (plus a tiny HF pass on the GPU)
 #   --sanitizer  compute-sanitizer memcheck over the smoke pass at the end
-# Time limits per stage (seconds): SPX_T_OURS (default 240), SPX_T_HF (200).
+# Time limits per stage (seconds): SPX_T_OURS (default 300), SPX_T_HF (260).
+# SPX_SETTINGS (default the issue's four) narrows both benchmarks to some
+# settings, SPX_HF_ATTN (default sdpa,eager) the HF implementations.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 final="${OUT:-${SPX_GPU_OUT:-/tmp/spx-specontext}}"
@@ -53,7 +55,8 @@ else
   flags=(-std=c++17 -O3 -gencode=arch=compute_90,code=sm_90 --expt-relaxed-constexpr -lineinfo
     -I"$root/native/src" -DSPX_HAVE_CUDA=1)
   srcs=(native/src/cuda/ops.cu native/src/cuda/gemm.cu native/src/cuda/sparse_ops.cu
-    native/src/kv/slot_map.cc native/src/planner/memory_plan.cc)
+    native/src/cuda/host_memory.cu native/src/kv/slot_map.cc native/src/planner/memory_plan.cc
+    native/src/planner/transfer_budget.cc)
   objs=()
   for s in "${srcs[@]}"; do
     o="$bin/$(basename "$s").o"
@@ -102,26 +105,29 @@ if [[ $quick == 1 ]]; then
 else
   # ---- ours: dense and SpeContext at the issue's settings
   t0=$SECONDS
-  if timeout "${SPX_T_OURS:-240}" "$bin/specontext_bench" --json "$out/ours.json" >"$out/ours.log" 2>&1; then
+  settings="${SPX_SETTINGS:-2048:16384,2048:32768,16384:2048,32768:2048}"
+  grep -E '^(MemTotal|MemAvailable)' /proc/meminfo | tee "$out/meminfo.txt"
+  if timeout "${SPX_T_OURS:-300}" "$bin/specontext_bench" --settings "$settings" --json "$out/ours.json" >"$out/ours.log" 2>&1; then
     note "specontext_bench ok ($((SECONDS - t0)) s)"
   else
     note "specontext_bench FAILED rc $? ($((SECONDS - t0)) s), see ours.log"
     fail=1
   fi
-  grep -E '^(setting|host pool|prefill|llama|specontext_bench)' "$out/ours.log"
+  grep -E '^(setting|host|prefill|llama|calibration|specontext_bench)' "$out/ours.log"
   grep -E 'FAILED|error' "$out/ours.log" | head -10
   # ---- transformers
   if [[ $hf == 1 ]]; then
     t0=$SECONDS
-    if PYTHONUNBUFFERED=1 timeout "${SPX_T_HF:-200}" python3 "$root/bench/cuda/hf_bench.py" \
-        --model llama-3.1-8b --settings 2048:16384,2048:32768,16384:2048,32768:2048 \
-        --attn sdpa,eager --positions 3 --steps 5 --warm 2 --common 8 \
+    if PYTHONUNBUFFERED=1 timeout "${SPX_T_HF:-260}" python3 "$root/bench/cuda/hf_bench.py" \
+        --model llama-3.1-8b --settings "$settings" \
+        --attn "${SPX_HF_ATTN:-sdpa,eager}" --positions 3 --steps 5 --warm 2 --common 8 \
+        --sdpa-positions 5 --sdpa-steps 7 --sdpa-passes 2 \
         --json "$out/hf.json" >"$out/hf.log" 2>&1; then
       note "hf_bench ok ($((SECONDS - t0)) s)"
     else
       note "hf_bench FAILED or timed out rc $? ($((SECONDS - t0)) s), partial results kept"
     fi
-    grep -E '^hf ' "$out/hf.log" | tail -60
+    grep -E '^hf .*(median|prefill|memory)' "$out/hf.log" | tail -60
   fi
   if [[ -f "$out/ours.json" ]]; then
     python3 "$root/bench/cuda/specontext_report.py" --ours "$out/ours.json" --hf "$out/hf.json" \

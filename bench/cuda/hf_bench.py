@@ -17,6 +17,11 @@ implementation in --attn (sdpa, eager) and each [input, output] setting:
            (estimated from free memory, then halved back on out-of-memory),
            and the common batch, each timed at --positions context positions
            across the output range (median of timed steps after warm-up).
+           sdpa, the 20x target's baseline, gets --sdpa-positions positions
+           for long outputs, --sdpa-steps timed steps and, at its largest
+           batch, --sdpa-passes passes over all positions; each entry keeps
+           the median over every timed step, each pass's median, min, max
+           and the spread, so a run-to-run wobble shows in the JSON.
 Writes {"model", "system": "hf-transformers", "prefill": [...], "decode": [...]}.
 """
 
@@ -142,7 +147,7 @@ def bench_decode(model, cfg, ctx, batch, steps, device, warm=3):
             times.append((time.perf_counter() - t0) * 1e3)
     del cache, out
     ms = statistics.median(times)
-    return dict(phase="decode", context=ctx, batch=batch, requested_batch=batch, ms=ms, tokens_per_s=batch / (ms / 1e3))
+    return dict(phase="decode", context=ctx, batch=batch, requested_batch=batch, ms=ms, tokens_per_s=batch / (ms / 1e3), times=times)
 
 
 def set_attn(model, impl):
@@ -181,6 +186,32 @@ def sampled_positions(inp, out, n):
     return [inp + round(k * out / max(n - 1, 1)) for k in range(n)]
 
 
+def sampling(attn, out, a):
+    """Positions, timed steps and passes for one implementation and output length.
+    sdpa is the baseline of the 20x target and its step time moved ~20% between
+    runs, so it gets more positions, more steps and repeated passes."""
+    if attn == "sdpa":
+        return (a.sdpa_positions if out >= 8192 else a.positions), a.sdpa_steps, a.sdpa_passes
+    return a.positions, a.steps, 1
+
+
+def pooled(runs):
+    """One position's passes -> the decode entry: median over every timed step,
+    and the spread between passes and over steps."""
+    times = [t for r in runs for t in r["times"]]
+    med = statistics.median(times)
+    per_pass = [r["ms"] for r in runs]
+    return dict(
+        ms=med,
+        ms_min=min(times),
+        ms_max=max(times),
+        ms_passes=per_pass,
+        times=times,
+        pass_spread=(max(per_pass) - min(per_pass)) / med if len(per_pass) > 1 else 0.0,
+        step_spread=(max(times) - min(times)) / med,
+    )
+
+
 def run_settings(model, cfg, a):
     """The SpeContext comparison: prefill and decode at sampled positions per setting."""
     settings = [tuple(int(v) for v in x.split(":")) for x in a.settings.split(",") if x]
@@ -210,10 +241,11 @@ def run_settings(model, cfg, a):
             # cache + one layer's concatenation copy (+ eager's repeat_kv of K and V)
             factor = 1 + 1 / L + (2 * group / L if attn == "eager" else 0)
             R = max(1, int((free - a.spare_gb * 1e9) / (kv_per_token * cap * factor)))
-            positions = sampled_positions(inp, out, a.positions)
+            n_pos, steps, passes = sampling(attn, out, a)
+            positions = sampled_positions(inp, out, n_pos)
             measured = {}
             for _ in range(6):
-                r = or_oom(bench_decode, model, cfg, positions[-1], R, a.steps, a.device, warm=a.warm)
+                r = or_oom(bench_decode, model, cfg, positions[-1], R, steps, a.device, warm=a.warm)
                 if r is not None:
                     measured[positions[-1]] = r
                     break
@@ -226,17 +258,26 @@ def run_settings(model, cfg, a):
             for kind, B in (("max", R), ("common", common)):
                 if B < 1 or (kind == "common" and B == R):
                     continue
+                # Passes run over all positions in turn, so a slow drift of the
+                # GPU's speed touches every position alike.
+                runs = {ctx: [] for ctx in positions}
+                for p in range(passes if kind == "max" else 1):
+                    for ctx in positions:
+                        if kind == "max" and p == 0 and ctx in measured:
+                            r = measured[ctx]
+                        else:
+                            r = or_oom(bench_decode, model, cfg, ctx, B, steps, a.device, warm=a.warm)
+                            if r is None:
+                                print(f"hf {attn} [{inp},{out}] batch {B} ctx {ctx}: out of memory", flush=True)
+                                continue
+                        runs[ctx].append(r)
+                        print(f"hf {attn} [{inp},{out}] {kind} batch {B:3d} ctx {ctx:6d} pass {p + 1}: {r['ms']:8.2f} ms/step", flush=True)
+                        free_cuda()
                 for ctx in positions:
-                    if kind == "max" and ctx in measured:
-                        r = measured[ctx]
-                    else:
-                        r = or_oom(bench_decode, model, cfg, ctx, B, a.steps, a.device, warm=a.warm)
-                        if r is None:
-                            print(f"hf {attn} [{inp},{out}] batch {B} ctx {ctx}: out of memory", flush=True)
-                            continue
-                    decode.append(dict(system=f"hf-{attn}", batch_kind=kind, input=inp, output=out, batch=B, position=ctx, ms=r["ms"]))
-                    print(f"hf {attn} [{inp},{out}] {kind} batch {B:3d} ctx {ctx:6d}: {r['ms']:8.2f} ms/step", flush=True)
-                    free_cuda()
+                    if runs[ctx]:
+                        e = pooled(runs[ctx])
+                        decode.append(dict(system=f"hf-{attn}", batch_kind=kind, input=inp, output=out, batch=B, position=ctx, passes=len(runs[ctx]), **e))
+                        print(f"hf {attn} [{inp},{out}] {kind} batch {B:3d} ctx {ctx:6d}: {e['ms']:8.2f} ms/step (median of {len(e['times'])}; passes {', '.join(f'{x:.2f}' for x in e['ms_passes'])})", flush=True)
             with open(a.json, "w") as f:  # partial results survive a time-out
                 json.dump(dict(model=a.model, system="hf-transformers", versions=versions(), prefill=prefill, decode=decode, batches=batches), f, indent=1)
     with open(a.json, "w") as f:
@@ -263,6 +304,9 @@ def main():
     ap.add_argument("--common", type=int, default=8)
     ap.add_argument("--warm", type=int, default=3)
     ap.add_argument("--spare-gb", type=float, default=8.0)
+    ap.add_argument("--sdpa-positions", type=int, default=5, help="sdpa positions for outputs >= 8192 (--settings)")
+    ap.add_argument("--sdpa-steps", type=int, default=7, help="sdpa timed steps per position and pass (--settings)")
+    ap.add_argument("--sdpa-passes", type=int, default=2, help="sdpa passes over the positions at its largest batch (--settings)")
     a = ap.parse_args()
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     model, cfg = build(a.model, a.device, seed=1234)
