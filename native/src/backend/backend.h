@@ -43,6 +43,11 @@ struct AttentionSegment {
   const Tensor* v_cache = nullptr;  // [kv_heads, capacity, hd]
   const int32_t* selection = nullptr;  // host [kv_heads, budget] or nullptr: full
   int budget = 0;
+  // A device backend's own copy of the selection (device [kv_heads, budget],
+  // all `budget` entries valid), read instead of `selection`, which may then
+  // be null: a host-tier layer's selection -> slot list made on the GPU
+  // (device slot maps, retrieval/sparse_decoder.h). Never set on the CPU.
+  const int32_t* device_selection = nullptr;
 };
 
 // Optional SpeContext hook (issue 6): the retrieval head's q.K scoring and

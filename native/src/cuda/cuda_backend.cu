@@ -349,20 +349,24 @@ class CudaBackend final : public Backend, public StepGraph {
   void attention(const Tensor& q, const std::vector<AttentionSegment>& segments, float scale,
                  Tensor* out) override {
     if (!err_.ok) return;
+    // A selection on the host, or (host-tier slots from the device slot maps) on the device.
+    auto selects = [](const AttentionSegment& s) {
+      return s.selection != nullptr || s.device_selection != nullptr;
+    };
     if (graph_.recording())
       for (const AttentionSegment& s : segments)
-        if (s.n_q != 1 || s.selection != nullptr)
+        if (s.n_q != 1 || selects(s))
           return graph_.fail("only dense decode attention can be recorded");
     const int heads = static_cast<int>(q.dim(1)), hd = static_cast<int>(q.dim(2));
     const size_t row = static_cast<size_t>(heads) * hd;
     size_t i = 0;
     while (i < segments.size()) {
       const AttentionSegment& s = segments[i];
-      if (s.selection != nullptr) {
+      if (selects(s)) {
         // SpeContext: a run of decode tokens attending to their selections
         // (cuda_sparse_attention.h), in one launch.
         size_t j = i + 1;
-        while (j < segments.size() && segments[j].n_q == 1 && segments[j].selection != nullptr &&
+        while (j < segments.size() && segments[j].n_q == 1 && selects(segments[j]) &&
                segments[j].k_cache->dim(0) == s.k_cache->dim(0) &&
                segments[j].q_begin == segments[j - 1].q_begin + 1)
           ++j;
@@ -383,7 +387,7 @@ class CudaBackend final : public Backend, public StepGraph {
       }
       // A run of decode tokens in consecutive rows becomes one batched launch.
       size_t j = i + 1;
-      while (j < segments.size() && segments[j].n_q == 1 && segments[j].selection == nullptr &&
+      while (j < segments.size() && segments[j].n_q == 1 && !selects(segments[j]) &&
              segments[j].q_begin == segments[j - 1].q_begin + 1)
         ++j;
       decode_run(q, segments, i, j, scale, out);

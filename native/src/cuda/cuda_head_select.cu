@@ -21,6 +21,15 @@ DeviceHeadSelect::~DeviceHeadSelect() {
   cudaFreeHost(h_out_);
 }
 
+const int32_t* DeviceHeadSelect::device_selection(const int32_t* key, int* row) const {
+  for (size_t i = 0; i < last_keys_.size(); ++i) {
+    if (last_keys_[i] != key) continue;
+    if (row) *row = static_cast<int>(i);
+    return static_cast<const int32_t*>(out_) + last_offsets_[i];
+  }
+  return nullptr;
+}
+
 bool DeviceHeadSelect::supports(int q_heads, int kv_heads, int head_dim) const {
   // The kernels' instantiations (sparse_ops.cu): groups of 1..8, these head sizes.
   if (kv_heads <= 0 || q_heads % kv_heads) return false;
@@ -60,6 +69,7 @@ Status DeviceHeadSelect::ensure_host(void** p, size_t* have, size_t bytes) {
 Status DeviceHeadSelect::select(const std::vector<HeadSelectJob>& jobs, int q_heads, int kv_heads,
                                 int head_dim, float scale, bool reduce_max, int n_sink,
                                 int n_recent) {
+  last_keys_.clear();  // a failed or empty call leaves nothing to find
   if (jobs.empty()) return Status::Ok();
   if (!supports(q_heads, kv_heads, head_dim))
     return Status::Error("retrieval selection: no GPU kernel for " + std::to_string(q_heads) +
@@ -138,9 +148,13 @@ Status DeviceHeadSelect::select(const std::vector<HeadSelectJob>& jobs, int q_he
   const auto* hmass = reinterpret_cast<const float*>(static_cast<const char*>(h_out_) + sel_bytes +
                                                      align256(n * sizeof(int32_t)));
   off = 0;
+  last_keys_.resize(jobs.size());
+  last_offsets_.resize(jobs.size());
   for (int i = 0; i < n; ++i) {
     const HeadSelectJob& j = jobs[order_[i]];
     const size_t m = static_cast<size_t>(kv_heads) * j.budget;
+    last_keys_[i] = j.selection;
+    last_offsets_[i] = off;
     std::memcpy(j.selection, hsel + off, m * sizeof(int32_t));
     if (j.mass) std::memcpy(j.mass, hmass + static_cast<size_t>(i) * kv_heads, kv_heads * sizeof(float));
     off += m;

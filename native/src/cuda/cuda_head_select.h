@@ -30,6 +30,12 @@ class DeviceHeadSelect final : public HeadSelect {
   Status select(const std::vector<HeadSelectJob>& jobs, int q_heads, int kv_heads, int head_dim,
                 float scale, bool reduce_max, int n_sink, int n_recent) override;
   uint64_t launches() const { return launches_; }
+  // The device copy of the last select()'s selection for the job whose host
+  // `selection` pointer was `key`: [kv_heads, budget] in the output buffer,
+  // valid on the stream until the next select() (the device slot maps read
+  // it there). *row (may be null): the job's packed index; jobs of one
+  // budget are consecutive, in job order. nullptr if no such job.
+  const int32_t* device_selection(const int32_t* key, int* row) const;
 
  private:
   // A device buffer of at least `bytes` (grown after the stream drains).
@@ -44,6 +50,8 @@ class DeviceHeadSelect final : public HeadSelect {
   size_t h_desc_bytes_ = 0, h_out_bytes_ = 0;
   uint64_t launches_ = 0;
   std::vector<int> order_;
+  std::vector<const int32_t*> last_keys_;  // [jobs] host selection pointers, packed order
+  std::vector<size_t> last_offsets_;       // [jobs] their element offsets in out_
 };
 
 }  // namespace spx::cuda

@@ -71,17 +71,21 @@ Status SparseAttention::workspace(int batch, int heads, int kv_heads, int head_d
 Status SparseAttention::run(const Tensor& q, const std::vector<AttentionSegment>& segs,
                             size_t begin, size_t end, float scale, Tensor* out,
                             cudaStream_t stream) {
+  bool on_device = false;
   for (size_t i = begin; i < end; ++i) {
     const AttentionSegment& s = segs[i];
-    if (s.n_q != 1 || s.selection == nullptr || s.budget <= 0)
+    if (s.n_q != 1 || (s.selection == nullptr && s.device_selection == nullptr) || s.budget <= 0)
       return Status::Error("sparse attention: a segment without a decode selection");
+    on_device |= s.device_selection != nullptr;
+    if (s.device_selection) continue;  // all `budget` entries valid (backend.h)
     const int n = selection_count(s.selection, static_cast<int>(s.k_cache->dim(0)), s.budget);
     if (n <= 0)
       return Status::Error("sparse attention: a selection with no tokens, or heads of unequal "
                            "counts");
   }
-  return gather_ ? run_gather(q, segs, begin, end, scale, out, stream)
-                 : run_kernel(q, segs, begin, end, scale, out, stream);
+  // The gather path packs rows on the host: device selections take the kernel.
+  return gather_ && !on_device ? run_gather(q, segs, begin, end, scale, out, stream)
+                               : run_kernel(q, segs, begin, end, scale, out, stream);
 }
 
 Status SparseAttention::run_kernel(const Tensor& q, const std::vector<AttentionSegment>& segs,
@@ -94,14 +98,33 @@ Status SparseAttention::run_kernel(const Tensor& q, const std::vector<AttentionS
   // padded) over the caches where they are: the kernel gathers the rows.
   int budget = 1;
   for (size_t i = begin; i < end; ++i) budget = std::max(budget, segs[i].budget);
-  sel_.assign(static_cast<size_t>(batch) * kvh * budget, -1);
   counts_.assign(static_cast<size_t>(batch), 0);
   seqs_.resize(static_cast<size_t>(batch));
   int max_count = 1;
+  // Device selections (host-tier slot lists): used in place when they are
+  // one [batch, kv_heads, B] array already (the slot maps write them so),
+  // else copied device to device into the staged array.
+  bool all_device = true, in_place = true;
   for (int b = 0; b < batch; ++b) {
     const AttentionSegment& s = segs[begin + static_cast<size_t>(b)];
-    const int n = selection_count(s.selection, kvh, s.budget);
+    all_device &= s.device_selection != nullptr;
+    in_place &= s.device_selection != nullptr && s.budget == budget &&
+                s.device_selection == segs[begin].device_selection +
+                                          static_cast<size_t>(b) * kvh * budget;
+  }
+  in_place &= all_device;
+  if (!in_place) sel_.assign(static_cast<size_t>(batch) * kvh * budget, -1);
+  for (int b = 0; b < batch; ++b) {
+    const AttentionSegment& s = segs[begin + static_cast<size_t>(b)];
     const int64_t cap = s.k_cache->dim(1);
+    seqs_[b] = DecodeSeq{static_cast<const bf16*>(s.k_cache->data),
+                         static_cast<const bf16*>(s.v_cache->data), cap};
+    if (s.device_selection) {
+      counts_[b] = s.budget;
+      max_count = std::max(max_count, s.budget);
+      continue;
+    }
+    const int n = selection_count(s.selection, kvh, s.budget);
     for (int h = 0; h < kvh; ++h)
       for (int j = 0; j < n; ++j) {
         const int32_t t = s.selection[static_cast<size_t>(h) * s.budget + j];
@@ -112,14 +135,25 @@ Status SparseAttention::run_kernel(const Tensor& q, const std::vector<AttentionS
       }
     counts_[b] = n;
     max_count = std::max(max_count, n);
-    seqs_[b] = DecodeSeq{static_cast<const bf16*>(s.k_cache->data),
-                         static_cast<const bf16*>(s.v_cache->data), cap};
   }
   int split = 0;
   DecodeAttentionWorkspace w{};
   SPX_STATUS_TRY(workspace(batch, heads, kvh, hd, max_count, budget, stream, &split, &w));
   void *d_sel = nullptr, *d_counts = nullptr, *d_seqs = nullptr;
-  SPX_STATUS_TRY(stage(sel_.data(), sel_.size() * sizeof(int32_t), &d_sel, stream));
+  if (in_place) {
+    d_sel = const_cast<int32_t*>(segs[begin].device_selection);
+  } else {
+    SPX_STATUS_TRY(stage(sel_.data(), sel_.size() * sizeof(int32_t), &d_sel, stream));
+    for (int b = 0; b < batch; ++b) {
+      const AttentionSegment& s = segs[begin + static_cast<size_t>(b)];
+      if (!s.device_selection) continue;
+      const size_t row = static_cast<size_t>(s.budget) * sizeof(int32_t);
+      SPX_CUDA_TRY(cudaMemcpy2DAsync(static_cast<int32_t*>(d_sel) + static_cast<size_t>(b) * kvh * budget,
+                                     static_cast<size_t>(budget) * sizeof(int32_t),
+                                     s.device_selection, row, row, kvh, cudaMemcpyDeviceToDevice,
+                                     stream));
+    }
+  }
   SPX_STATUS_TRY(stage(counts_.data(), counts_.size() * sizeof(int32_t), &d_counts, stream));
   SPX_STATUS_TRY(stage(seqs_.data(), seqs_.size() * sizeof(DecodeSeq), &d_seqs, stream));
   const size_t row = static_cast<size_t>(heads) * hd;

@@ -38,6 +38,21 @@ struct TierRequest {
   Tensor* slot_v;
 };
 
+// One request's step for the device slot maps (CudaTier::update_maps).
+struct MapRow {
+  uint64_t id = 0;                   // a map opened with open_map
+  const int32_t* selection = nullptr;  // the host selection of its HeadSelect job this step
+  int length = 0;                    // tokens in its context, this step's own included
+  std::vector<TierRequest> layers;   // its host-tier layers' tensors, in layer order; empty: none
+};
+// Running totals of the device slot maps (kv/slot_map.h's ElasticStats terms).
+struct MapCounters {
+  uint64_t loads = 0;     // tokens loaded (the step's own included)
+  uint64_t rows = 0;      // (request, KV head) updates
+  uint64_t slots = 0;     // sum of the budget over updates
+  uint64_t bad_rows = 0;  // rows refused (never, from topk_select's selections)
+};
+
 struct TierStats {
   uint64_t moved_bytes = 0;     // device caches moved to pinned memory
   uint64_t gather_launches = 0;
@@ -70,6 +85,35 @@ class CudaTier {
   // Adds a finished step's prefetch timing to stats() (never blocks).
   virtual void harvest() = 0;
   virtual const TierStats& stats() const = 0;
+
+  // ---- Device slot maps (session 4): kv/slot_map.h's SlotTable on the GPU.
+  // A request's maps are a row of slot_map_update_forward's state (one state
+  // per budget, rows reused as requests come and go). Each step the diff runs
+  // on the compute stream right after the retrieval head's device selection
+  // (the backend's HeadSelect, same stream), so the selection, the load list
+  // and the selection -> slot list never visit the host; the older tokens'
+  // loads are then prefetched for every host layer on the tier stream, with
+  // the list's length read on the device.
+  // Empty slots for `id` (a request joining, or restarting its maps).
+  virtual Status open_map(uint64_t id, int budget, int64_t capacity, int kv_heads) = 0;
+  virtual void close_map(uint64_t id) = 0;
+  // Every open map's slots empty (a layer moved to the host tier).
+  virtual Status clear_maps() = 0;
+  // One step for the step's sparse requests (batch order). Rows of one
+  // budget are one launch; their slot lists are one [rows, kv_heads, budget]
+  // array in row order.
+  virtual Status update_maps(const std::vector<MapRow>& rows, int kv_heads, int head_dim) = 0;
+  // id's selection -> slot list of the last update_maps, device
+  // [kv_heads, budget]; nullptr when it was not in it.
+  virtual const int32_t* slot_list(uint64_t id) const = 0;
+  // The step's own token into its slot at host layer j (index into
+  // MapRow::layers), on the compute stream, after every prefetch (wait()).
+  virtual Status load_fresh(int j) = 0;
+  // The counters as of the last update whose copy to the host has landed
+  // (false: none yet); wait: block until the last one lands.
+  virtual bool map_counters(MapCounters* out, bool wait) = 0;
+  // Blocking copy of device bytes (tests read slot lists with it).
+  virtual Status read_device(const void* device, size_t bytes, void* host) = 0;
 };
 
 }  // namespace spx::cuda

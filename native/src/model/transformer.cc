@@ -293,6 +293,7 @@ Status Transformer::queue_step(const ForwardBatch& batch, int n_layers, bool den
         s.k_cache = &(*ch.tier_k)[static_cast<size_t>(l)];
         s.v_cache = &(*ch.tier_v)[static_cast<size_t>(l)];
         s.selection = ch.tier_slots;
+        s.device_selection = ch.tier_slots_device;
       }
       row += ch.n_tokens;
     }

@@ -37,6 +37,9 @@ struct ForwardChunk {
   const std::vector<Tensor>* tier_k = nullptr;
   const std::vector<Tensor>* tier_v = nullptr;
   const int32_t* tier_slots = nullptr;
+  // The same slot list on the device (device slot maps on the CUDA backend):
+  // host-tier layers read it instead of tier_slots, which is then null.
+  const int32_t* tier_slots_device = nullptr;
 };
 
 struct ForwardBatch {

@@ -1,6 +1,7 @@
 #include "retrieval/sparse_decoder.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 
@@ -31,6 +32,25 @@ Status SparseDecoder::make(Transformer* target, Backend* backend, const HeadChoi
 #endif
   d->elem_bytes_ = d->tier_ ? 2 : 4;
   d->slots_.configure(c.num_kv_heads, 2LL * c.head_dim * d->elem_bytes_);
+  d->map_bytes_per_token_ = 2LL * c.head_dim * d->elem_bytes_;  // as slots_ counts them
+  if (d->tier_) {
+    // Device slot maps need the selection on the device, from the target's
+    // own backend (its stream orders the diff after the selection).
+    const char* m = std::getenv("SPX_SLOT_MAPS");
+    const std::string maps = m ? m : "";
+    if (!maps.empty() && maps != "host" && maps != "device")
+      return Status::Error("SPX_SLOT_MAPS must be 'host' or 'device', not '" + maps + "'");
+    std::string why;
+    if (maps == "host") why = "SPX_SLOT_MAPS=host";
+    else if (!d->head_->device_select())
+      why = "the retrieval head selects on the host (SPX_HEAD_SCORING=host, a pooled head, or a "
+            "max reduce with a fallback threshold)";
+    else if (backend != target->backend()) why = "the retrieval head runs on another backend";
+    d->device_maps_ = why.empty();
+    if (!why.empty() && maps != "host")
+      std::fprintf(stderr, "spx: slot maps on the host (the selection goes to the CPU each step): %s\n",
+                   why.c_str());
+  }
   *out = std::move(d);
   return Status::Ok();
 }
@@ -40,6 +60,8 @@ Status SparseDecoder::set_host_layers(int n) {
   if (n < 0 || n > c.num_layers)
     return Status::Error("host layers must be in [0, " + std::to_string(c.num_layers) + "]");
   if (n == host_layers_) return Status::Ok();
+  // Counters so far belong to the old placement (bytes per load, tier or not).
+  fold_map_counters(true);
   // Running requests follow at once (between steps, the batch keeps going):
   // each gets slot buffers for the layers that moved to the host tier.
   for (auto& [id, r] : reqs_) {
@@ -56,10 +78,15 @@ Status SparseDecoder::set_host_layers(int n) {
     // The slot maps are shared by all host layers and the new layers' slots
     // are empty: every running request refills its B slots on its next step.
     for (auto& [id, row] : slot_row_) slots_.open_request(row, reqs_[id].budget);
+    if (tier_) {
+      Status st = tier_->clear_maps();
+      if (!st.ok) return st;
+    }
   }
   host_layers_ = n;
   // Bytes moved per loaded token: K and V rows of every host layer.
   slots_.configure(c.num_kv_heads, 2LL * c.head_dim * elem_bytes_ * n);
+  map_bytes_per_token_ = 2LL * c.head_dim * elem_bytes_ * n;
   return Status::Ok();
 }
 
@@ -102,6 +129,21 @@ Status SparseDecoder::admit(uint64_t id, int capacity, int budget, KvSequence* k
     head_->close(id);
     return st;
   }
+  const bool device = device_maps_ && budget <= 2048;
+  if (device_maps_ && !device && !warned_budget_) {
+    std::fprintf(stderr, "spx: slot maps on the host for budgets over 2048 (budget %d)\n", budget);
+    warned_budget_ = true;
+  }
+  if (device) {
+    st = tier_->open_map(id, budget, capacity, target_->config().num_kv_heads);
+    if (!st.ok) {
+      head_->close(id);
+      return st;
+    }
+    r.device_map = true;
+    reqs_[id] = std::move(r);
+    return Status::Ok();
+  }
   reqs_[id] = std::move(r);
   int row = 0;
   while (true) {
@@ -118,6 +160,7 @@ Status SparseDecoder::admit(uint64_t id, int capacity, int budget, KvSequence* k
 void SparseDecoder::release(uint64_t id) {
   if (!reqs_.count(id)) return;
   head_->close(id);
+  if (reqs_[id].device_map) tier_->close_map(id);
   reqs_.erase(id);
   auto it = slot_row_.find(id);
   if (it != slot_row_.end()) {
@@ -126,7 +169,45 @@ void SparseDecoder::release(uint64_t id) {
   }
 }
 
+const SparseStats& SparseDecoder::stats() {
+  fold_map_counters(false);
+  return stats_;
+}
+
+void SparseDecoder::fold_map_counters(bool wait) {
+  cuda::MapCounters now;
+  if (!tier_ || !device_maps_ || !tier_->map_counters(&now, wait)) return;
+  ElasticStats d;
+  d.steps = now.rows - seen_.rows;
+  d.loads = now.loads - seen_.loads;
+  d.slots = now.slots - seen_.slots;
+  d.bytes = d.loads * static_cast<uint64_t>(map_bytes_per_token_);
+  for (ElasticStats* e : {&stats_.elastic, &stats_.tier}) {
+    if (e == &stats_.tier && host_layers_ == 0) continue;
+    e->steps += d.steps;
+    e->loads += d.loads;
+    e->slots += d.slots;
+    e->bytes += d.bytes;
+  }
+  seen_ = now;
+}
+
+Status SparseDecoder::slot_list(uint64_t id, std::vector<int32_t>* out) {
+  auto it = reqs_.find(id);
+  if (it == reqs_.end()) return Status::Error("slot_list: unknown request");
+  if (!it->second.device_map) {
+    *out = it->second.tier_slots;
+    return Status::Ok();
+  }
+  const int32_t* d = tier_->slot_list(id);
+  out->clear();
+  if (!d) return Status::Ok();
+  out->resize(static_cast<size_t>(target_->config().num_kv_heads) * it->second.budget);
+  return tier_->read_device(d, out->size() * sizeof(int32_t), out->data());
+}
+
 Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBatch* batch) {
+  fold_map_counters(false);
   if (tier_) {
     tier_->harvest();
     stats_.transfer_ms = tier_->stats().transfer_ms;
@@ -188,7 +269,10 @@ Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBa
   Status st = head_->forward(hc);
   if (!st.ok) return st;
   const ModelConfig& c = target_->config();
-  std::vector<uint64_t> tiered;
+  const int first_host = c.num_layers - host_layers_;
+  std::vector<uint64_t> tiered;         // host slot maps, host-tier layers
+  std::vector<cuda::MapRow> map_rows;   // device slot maps
+  std::vector<size_t> device_tiered;    // chunks whose host-tier layers read device slot lists
   for (size_t i : decode_chunks) {
     ForwardChunk& ch = batch->chunks[i];
     Request& r = reqs_[ids[i]];
@@ -210,6 +294,27 @@ Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBa
       continue;  // full attention this step
     }
     ++stats_.sparse_steps;
+    if (r.device_map) {
+      // Diffed on the device after the loop (one launch per budget).
+      ch.selection = r.selection.data();
+      ch.budget = r.budget;
+      if (head_->source() == target_) ch.sparse_from_layer = head_->scoring_layer();
+      cuda::MapRow m;
+      m.id = ids[i];
+      m.selection = r.selection.data();
+      m.length = T;
+      if (host_layers_ > 0) {
+        r.kv = ch.kv;
+        for (int l = first_host; l < c.num_layers; ++l)
+          m.layers.push_back({&r.kv->k[l], &r.kv->v[l], &r.tier_k[l], &r.tier_v[l]});
+        ch.tier_k = &r.tier_k;
+        ch.tier_v = &r.tier_v;
+        ch.tier_slots = nullptr;  // tier_slots_device, set below
+        device_tiered.push_back(i);
+      }
+      map_rows.push_back(std::move(m));
+      continue;
+    }
     r.tier_slots.resize(r.selection.size());
     r.loads.assign(c.num_kv_heads, {});
     if (!slots_.update(slot_row_[ids[i]], r.selection.data(), r.budget, &r.loads, r.tier_slots.data()))
@@ -245,11 +350,26 @@ Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBa
       tiered.push_back(ids[i]);
     }
   }
-  if (!tiered.empty() && tier_) {
-    if (!(st = prefetch_rows(tiered)).ok) return st;
-    batch->tier_load = [this, tiered](int layer) -> Status {
-      if (layer < target_->config().num_layers - host_layers_) return Status::Ok();
-      return own_token_rows(tiered, layer);
+  if (device_maps_) {
+    // The diff, then the prefetch of every host layer's loads (tier stream).
+    if (!(st = tier_->update_maps(map_rows, c.num_kv_heads, c.head_dim)).ok) return st;
+    for (size_t i : device_tiered) {
+      ForwardChunk& ch = batch->chunks[i];
+      ch.tier_slots_device = tier_->slot_list(ids[i]);
+      if (!ch.tier_slots_device) return Status::Error("device slot maps: no slot list");
+    }
+  }
+  if ((!tiered.empty() || !device_tiered.empty()) && tier_) {
+    if (!tiered.empty() && !(st = prefetch_rows(tiered)).ok) return st;
+    const bool device = !device_tiered.empty();
+    batch->tier_load = [this, tiered, device](int layer) -> Status {
+      const int first = target_->config().num_layers - host_layers_;
+      if (layer < first) return Status::Ok();
+      if (device) {
+        Status s = tier_->load_fresh(layer - first);
+        if (!s.ok) return s;
+      }
+      return tiered.empty() ? Status::Ok() : own_token_rows(tiered, layer);
     };
   } else if (!tiered.empty()) {
     batch->tier_load = [this, tiered](int layer) -> Status {

@@ -12,6 +12,13 @@
 // Requests with budget 0 are untouched (full attention). A context no longer
 // than B attends fully; so does a step whose selection carries less than
 // `fallback_mass` of the head's attention (counted).
+//
+// Slot maps (elastic loading's bookkeeping, kv/slot_map.h): on the CUDA
+// backend with the head selecting on the device they live on the GPU
+// (CudaTier's device slot maps: the diff, the load list and the selection ->
+// slot list never visit the host; counters come back lazily). Otherwise, and
+// with SPX_SLOT_MAPS=host or a budget over 2048, the host SlotTable (the
+// CPU backend's, the reference); a log line says why when CUDA falls back.
 #pragma once
 
 #include <cstdint>
@@ -64,7 +71,23 @@ class SparseDecoder {
   Status set_host_layers(int n);
   int host_layers() const { return host_layers_; }
 
-  const SparseStats& stats() const { return stats_; }
+  // Folds in the device slot maps' counters that have landed (never blocks:
+  // a step's counters land with its forward's end).
+  const SparseStats& stats();
+  // Whether new requests keep their slot maps on the device.
+  bool device_slot_maps() const { return device_maps_; }
+  // For tests: request id's selection -> slot list of its last sparse step,
+  // [kv_heads, B] (device maps: downloaded, blocking), and its slot buffers
+  // ([layers], non-empty for host layers: [kv_heads, B, hd]).
+  Status slot_list(uint64_t id, std::vector<int32_t>* out);
+  const std::vector<Tensor>* tier_keys(uint64_t id) const {
+    auto it = reqs_.find(id);
+    return it == reqs_.end() ? nullptr : &it->second.tier_k;
+  }
+  const std::vector<Tensor>* tier_values(uint64_t id) const {
+    auto it = reqs_.find(id);
+    return it == reqs_.end() ? nullptr : &it->second.tier_v;
+  }
   // The head's scores behind request id's last selection, [pool, q_heads, T]
   // (T its length then); nullptr if unknown. For tests and evaluation.
   const std::vector<float>* last_scores(uint64_t id) const {
@@ -89,6 +112,7 @@ class SparseDecoder {
     std::vector<std::vector<SlotLoad>> loads;  // [kv_heads] this step's
     KvSequence* kv = nullptr;        // the target's cache (the host tier's full KV)
     int new_pos = -1;                // this step's own token, loaded inside the forward
+    bool device_map = false;         // slot maps on the device (CudaTier), else in slots_
     // A head with its own scoring weights on the target's lower layers: the
     // prompt's hidden states at the scoring layer's input, until it adopts.
     std::vector<float> prompt_hidden;  // [prefilled tokens, hidden]
@@ -103,6 +127,9 @@ class SparseDecoder {
   // tier stream (the prefetch), or copy the step's own token at one layer.
   Status prefetch_rows(const std::vector<uint64_t>& ids);
   Status own_token_rows(const std::vector<uint64_t>& ids, int layer);
+  // Adds the device slot maps' counters since the last fold (wait: the
+  // latest step's, blocking; else only what has landed).
+  void fold_map_counters(bool wait);
   SparseDecoder() = default;
 
   Transformer* target_ = nullptr;
@@ -118,6 +145,10 @@ class SparseDecoder {
   int host_layers_ = 0;
   int elem_bytes_ = 4;               // K/V element size of the backend (f32 / bf16)
   std::unique_ptr<cuda::CudaTier> tier_;  // CUDA host tier; null on the CPU backend
+  bool device_maps_ = false;         // admit() opens device slot maps (CUDA, device selection)
+  bool warned_budget_ = false;       // a budget over the device maps' 2048 was logged
+  cuda::MapCounters seen_;           // device counters folded into stats_ so far
+  int64_t map_bytes_per_token_ = 0;  // bytes a device-map load counts (slots_'s figure)
   std::vector<float> row_;           // one K or V row in transit
   std::vector<float> aux_rows_;      // the target's captured hidden states this step (EAGLE-3, prompt_hidden)
 };
