@@ -36,7 +36,16 @@
 // report (specontext_report.py) integrates step time over the output range
 // (trapezoid) and adds the measured prefill. JSON keeps every raw figure.
 //
+// Batches: device-max (every layer on the device), common, "max" (host tier
+// forced, pool capped at --max-host-gb 32), and the transfer-aware rule's
+// batch per selection source (planner/transfer_budget.h: a calibration run
+// at the end of the range measures the reload fraction and the gather
+// bandwidth) with, for --search settings, its neighbours rule-2, +2, +4. The
+// host pool is sized from MemAvailable minus --host-headroom-gb (--host-gb
+// overrides).
+//
 //   specontext_bench --json out.json [--quick] [--settings 2048:16384,...]
+//       [--search none|all|in:out,...] [--exposed-share 0.1] [--host-gb N]
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -76,7 +85,8 @@ struct Options {
   double exposed_share = 0.10;   // admission: predicted exposed transfer share at the end
   int calib_layers = 2;      // host layers of the reload / bandwidth calibration run
   int search_step = 2;       // candidate batches rule-step, rule, rule+step, rule+2*step
-  std::vector<std::pair<int, int>> search = {{2048, 32768}};  // settings with the batch search
+  // Settings with the batch search (the two the targets name a batch for).
+  std::vector<std::pair<int, int>> search = {{2048, 32768}, {32768, 2048}};
   bool search_all = false;
   double spare_gb = 4;       // device memory left unplanned
   double device_gb = 0;      // > 0: pretend the device has only this much free (smoke runs)
