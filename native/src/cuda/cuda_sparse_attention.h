@@ -1,6 +1,9 @@
 // Sparse (SpeContext) decode attention for the CUDA backend: decode segments
 // that carry a selection (AttentionSegment::selection, host [kv_heads, B],
-// ascending, -1 past the count) attend only to those cache positions.
+// ascending, -1 past the count; or device_selection, a host-tier layer's
+// slot list made by the device slot maps, all B entries valid) attend only
+// to those cache positions. Device selections take the kernel path, read
+// in place when a run's are one [rows, kv_heads, B] array.
 //
 // A run of such segments in consecutive query rows becomes one launch. The
 // selections are staged through a pinned buffer; the kernel is either the
