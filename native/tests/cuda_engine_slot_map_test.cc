@@ -48,15 +48,7 @@ std::vector<std::string> model_dirs() {
                                    testing::fixture("tiny-qwen3")};
   const char* only = std::getenv("SPX_SLOT_MAP_DIRS");
   if (only) dirs.clear();
-  if (const char* env = only ? only : std::getenv("SPX_CUDA_MODEL_DIRS")) {
-    std::string all = env;
-    size_t begin = 0;
-    while (begin <= all.size()) {
-      const size_t end = std::min(all.find(',', begin), all.size());
-      if (end > begin) dirs.push_back(all.substr(begin, end - begin));
-      begin = end + 1;
-    }
-  }
+  testing::append_dirs(only ? only : std::getenv("SPX_CUDA_MODEL_DIRS"), &dirs);
   return dirs;
 }
 
@@ -64,6 +56,19 @@ bool tiny(const std::string& dir) { return dir.find("tiny-") != std::string::npo
 
 // Selects the slot-map path for the decoders and engines made next.
 void use_maps(bool device) { setenv("SPX_SLOT_MAPS", device ? "device" : "host", 1); }
+
+// How a run's decoder is made: slot maps, whether the selection is
+// downloaded every step (SPX_SELECTION_DOWNLOAD, the reference), and the
+// fallback threshold.
+struct Mode {
+  bool device_maps = true;
+  bool download = false;
+  float fallback = 0;
+  bool tier = true;  // layers move to the host tier during the run
+  // Recorded sparse steps (Transformer::set_sparse_step_graphs): 0 off (the
+  // default), 1 on with CUDA graphs off (the same launches, eager), 2 on.
+  int graphs = 0;
+};
 
 // One decode row of one step.
 struct Row {
@@ -80,8 +85,11 @@ struct StepRec {
 struct Trace {
   std::vector<StepRec> steps;
   bool device_maps = false;
+  bool device_selection = false;     // the decoder left selections on the device
+  std::vector<float> min_masses;     // per sparse row, when the selection was downloaded
   uint64_t slot_row_mismatches = 0;  // slot rows differing from their token's cache rows
   uint64_t slot_rows_checked = 0;
+  StepGraphStats graphs;             // the target's recorded steps
   double step_ms = 0;                // mean wall time of the decode steps with host layers
   int timed_steps = 0;
 };
@@ -132,9 +140,10 @@ void check_slots(Backend* be, retrieval::SparseDecoder* dec, const ModelConfig& 
 // tier before steps 5 (one) and 12 (two); request 3 (budget b2) joins at
 // step 8 and request 4 (budget b1) at 17, each prefilling in the decode
 // batch; request 1 leaves after step 14. `steps` decode steps in all.
-Trace generate(const std::string& dir, bool device, int steps) {
+Trace generate(const std::string& dir, const Mode& mode, int steps) {
   Trace t;
-  use_maps(device);
+  use_maps(mode.device_maps);
+  setenv("SPX_SELECTION_DOWNLOAD", mode.download ? "1" : "0", 1);
   Status st;
   auto be = make_backend("cuda:0", 0, &st);
   EXPECT_TRUE(st.ok) << st.message;
@@ -144,11 +153,16 @@ Trace generate(const std::string& dir, bool device, int steps) {
   if (!st.ok) return t;
   const ModelConfig& c = model->config();
   std::unique_ptr<retrieval::SparseDecoder> dec;
-  st = retrieval::SparseDecoder::make(model.get(), be.get(), retrieval::HeadChoice{},
-                                      retrieval::SelectOptions{}, &dec);
+  retrieval::SelectOptions so;
+  so.fallback_mass = mode.fallback;
+  st = retrieval::SparseDecoder::make(model.get(), be.get(), retrieval::HeadChoice{}, so, &dec);
+  unsetenv("SPX_SELECTION_DOWNLOAD");
   EXPECT_TRUE(st.ok) << st.message;
   if (!st.ok) return t;
   t.device_maps = dec->device_slot_maps();
+  t.device_selection = dec->device_selection();
+  model->set_sparse_step_graphs(mode.graphs > 0);
+  model->set_step_graphs(mode.graphs != 1);
   const bool small = tiny(dir);
   const int b1 = small ? 16 : 96, b2 = small ? 24 : 160, p = small ? 70 : 700;
   std::vector<Req> reqs = {{1, p + 10, b1}, {2, p + 25, b1}, {3, p, b2}, {4, p - 10, b1}};
@@ -161,7 +175,7 @@ Trace generate(const std::string& dir, bool device, int steps) {
   std::vector<Req*> live;
   std::vector<float> logits;
   for (int s = 0; s < steps; ++s) {
-    if (s == 5 || s == 12) {
+    if (mode.tier && (s == 5 || s == 12)) {
       EXPECT_TRUE((st = dec->set_host_layers(s == 5 ? 1 : 2)).ok) << st.message;
     }
     if (s == 15) {  // request 1 leaves; its row and cache go
@@ -209,10 +223,14 @@ Trace generate(const std::string& dir, bool device, int steps) {
       row.logits.assign(logits.begin() + static_cast<std::ptrdiff_t>(i * c.vocab_size),
                         logits.begin() + static_cast<std::ptrdiff_t>((i + 1) * c.vocab_size));
       row.token = argmax(row.logits.data(), c.vocab_size);
-      const ForwardChunk& ch = b.chunks[i];
-      if (q.prefilled && ch.selection) {
-        row.selection.assign(ch.selection,
-                             ch.selection + static_cast<size_t>(c.num_kv_heads) * q.budget);
+      if (q.prefilled) {
+        EXPECT_TRUE((st = dec->last_selection(q.id, &row.selection)).ok) << st.message;
+      }
+      if (!row.selection.empty()) {
+        if (!t.device_selection) {
+          const std::vector<float>& m = *dec->last_mass(q.id);
+          t.min_masses.push_back(*std::min_element(m.begin(), m.end()));
+        }
         EXPECT_TRUE((st = dec->slot_list(q.id, &row.slots)).ok) << st.message;
         EXPECT_EQ(row.slots.size(), row.selection.size()) << "step " << s << " request " << q.id;
         if (row.slots.size() == row.selection.size()) check_slots(be.get(), dec.get(), c, q, row, &t);
@@ -226,6 +244,7 @@ Trace generate(const std::string& dir, bool device, int steps) {
   }
   for (Req* q : live) dec->release(q->id);
   if (t.timed_steps) t.step_ms /= t.timed_steps;
+  t.graphs = model->graph_stats();
   return t;
 }
 
@@ -236,45 +255,58 @@ void expect_same_stats(const ElasticStats& a, const ElasticStats& b, const std::
   EXPECT_EQ(a.bytes, b.bytes) << what;
 }
 
+// Step by step: the same tokens, selections, slot lists and counters, and
+// logits equal within `tol` (relative). Returns the sparse rows seen.
+uint64_t expect_same_steps(const Trace& a, const Trace& d, const std::string& dir, double tol) {
+  EXPECT_EQ(d.steps.size(), a.steps.size()) << dir;
+  if (d.steps.size() != a.steps.size()) return 0;
+  double worst = 0;
+  uint64_t sparse_rows = 0;
+  for (size_t s = 0; s < a.steps.size(); ++s) {
+    const StepRec& x = a.steps[s];
+    const StepRec& y = d.steps[s];
+    EXPECT_EQ(x.rows.size(), y.rows.size()) << dir << " step " << s;
+    if (x.rows.size() != y.rows.size()) return sparse_rows;
+    for (size_t i = 0; i < x.rows.size(); ++i) {
+      const std::string at = dir + " step " + std::to_string(s) + " request " + std::to_string(x.rows[i].id);
+      EXPECT_EQ(x.rows[i].id, y.rows[i].id) << at;
+      EXPECT_EQ(x.rows[i].token, y.rows[i].token) << at;
+      EXPECT_EQ(x.rows[i].selection, y.rows[i].selection) << at;
+      EXPECT_EQ(x.rows[i].slots, y.rows[i].slots) << at;
+      sparse_rows += !x.rows[i].selection.empty();
+      worst = std::max(worst, testing::relative_error(y.rows[i].logits.data(), x.rows[i].logits.data(),
+                                                      x.rows[i].logits.size()));
+    }
+    const std::string at = dir + " step " + std::to_string(s);
+    EXPECT_EQ(x.stats.sparse_steps, y.stats.sparse_steps) << at;
+    EXPECT_EQ(x.stats.full_steps, y.stats.full_steps) << at;
+    EXPECT_EQ(x.stats.fallback_steps, y.stats.fallback_steps) << at;
+    expect_same_stats(x.stats.elastic, y.stats.elastic, at + " elastic");
+    expect_same_stats(x.stats.tier, y.stats.tier, at + " tier");
+  }
+  std::printf("%s: %llu sparse rows, logits max relative difference %.3g\n", dir.c_str(),
+              static_cast<unsigned long long>(sparse_rows), worst);
+  EXPECT_LE(worst, tol) << dir;
+  return sparse_rows;
+}
+
 TEST(CudaEngineSlotMaps, DeviceMapsEqualTheHostTableStepByStep) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU on this machine; run tools/gpu_test.sh";
   const int steps = 26;
   for (const std::string& dir : model_dirs()) {
-    const Trace host = generate(dir, false, steps);
-    const Trace dev = generate(dir, true, steps);
+    const Trace host = generate(dir, Mode{false, true, 0}, steps);
+    const Trace dev = generate(dir, Mode{}, steps);
     unsetenv("SPX_SLOT_MAPS");
     EXPECT_FALSE(host.device_maps) << dir;
     EXPECT_TRUE(dev.device_maps) << dir;
+    EXPECT_TRUE(dev.device_selection) << dir;
     ASSERT_EQ(host.steps.size(), static_cast<size_t>(steps)) << dir;
-    ASSERT_EQ(dev.steps.size(), host.steps.size()) << dir;
-    double worst = 0;
-    uint64_t sparse_rows = 0;
-    for (int s = 0; s < steps; ++s) {
-      const StepRec& a = host.steps[static_cast<size_t>(s)];
-      const StepRec& d = dev.steps[static_cast<size_t>(s)];
-      ASSERT_EQ(a.rows.size(), d.rows.size()) << dir << " step " << s;
-      for (size_t i = 0; i < a.rows.size(); ++i) {
-        const std::string at = dir + " step " + std::to_string(s) + " request " +
-                               std::to_string(a.rows[i].id);
-        EXPECT_EQ(a.rows[i].id, d.rows[i].id) << at;
-        EXPECT_EQ(a.rows[i].token, d.rows[i].token) << at;
-        EXPECT_EQ(a.rows[i].selection, d.rows[i].selection) << at;
-        EXPECT_EQ(a.rows[i].slots, d.rows[i].slots) << at;
-        sparse_rows += !a.rows[i].selection.empty();
-        worst = std::max(worst, testing::relative_error(d.rows[i].logits.data(),
-                                                        a.rows[i].logits.data(),
-                                                        a.rows[i].logits.size()));
-      }
-      EXPECT_EQ(a.stats.sparse_steps, d.stats.sparse_steps) << dir << " step " << s;
-      expect_same_stats(a.stats.elastic, d.stats.elastic, dir + " elastic, step " + std::to_string(s));
-      expect_same_stats(a.stats.tier, d.stats.tier, dir + " tier, step " + std::to_string(s));
-    }
+    // Same selections and slots over the same caches: the same kernels give the same bits.
+    const uint64_t sparse_rows = expect_same_steps(host, dev, dir, 1e-6);
     const retrieval::SparseStats& end = dev.steps.back().stats;
-    std::printf("%s: %llu sparse rows, logits max relative difference %.3g; loads %llu "
-                "(tier %llu, %.2f MB), reload fraction %.3f; slot rows checked %llu (host) / "
-                "%llu (device), mismatches %llu / %llu\n",
-                dir.c_str(), static_cast<unsigned long long>(sparse_rows), worst,
-                static_cast<unsigned long long>(end.elastic.loads),
+    std::printf("%s: loads %llu (tier %llu, %.2f MB), reload fraction %.3f; slot rows checked %llu "
+                "(host) / %llu (device), mismatches %llu / %llu\n",
+                dir.c_str(), static_cast<unsigned long long>(end.elastic.loads),
                 static_cast<unsigned long long>(end.tier.loads), end.tier.bytes / 1e6,
                 end.elastic.reload_fraction(),
                 static_cast<unsigned long long>(host.slot_rows_checked),
@@ -290,25 +322,93 @@ TEST(CudaEngineSlotMaps, DeviceMapsEqualTheHostTableStepByStep) {
     EXPECT_EQ(dev.slot_rows_checked, host.slot_rows_checked) << dir;
     EXPECT_EQ(host.slot_row_mismatches, 0u) << dir;
     EXPECT_EQ(dev.slot_row_mismatches, 0u) << dir;
-    // Same selections and slots over the same caches: the same kernels give the same bits.
-    EXPECT_LE(worst, 1e-6) << dir;
+  }
+}
+
+// The selection left on the device (session 4, T5) against the download
+// path (SPX_SELECTION_DOWNLOAD=1), same schedule: joins, a leave, layers
+// moving to the host tier; then with a fallback threshold (the median of
+// the download run's per-row minimum masses, so some steps fall back):
+// the threshold keeps the download, and the device maps follow the host
+// table through the fallback steps.
+TEST(CudaEngineSlotMaps, DeviceSelectionEqualsTheDownloadPath) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU on this machine; run tools/gpu_test.sh";
+  const int steps = 26;
+  for (const std::string& dir : model_dirs()) {
+    const Trace down = generate(dir, Mode{true, true, 0}, steps);
+    const Trace dev = generate(dir, Mode{}, steps);
+    EXPECT_FALSE(down.device_selection) << dir;
+    EXPECT_TRUE(dev.device_selection) << dir;
+    ASSERT_EQ(down.steps.size(), static_cast<size_t>(steps)) << dir;
+    EXPECT_GT(expect_same_steps(down, dev, dir + " (download vs device)", 0.0), 40u) << dir;
+    EXPECT_EQ(dev.slot_row_mismatches, 0u) << dir;
+    ASSERT_FALSE(down.min_masses.empty()) << dir;
+    std::vector<float> m = down.min_masses;
+    std::nth_element(m.begin(), m.begin() + m.size() / 2, m.end());
+    const float threshold = m[m.size() / 2];
+    const Trace fb_host = generate(dir, Mode{false, true, threshold}, steps);
+    const Trace fb_dev = generate(dir, Mode{true, false, threshold}, steps);
+    unsetenv("SPX_SLOT_MAPS");
+    EXPECT_TRUE(fb_dev.device_maps) << dir;
+    EXPECT_FALSE(fb_dev.device_selection) << dir << ": a threshold needs the masses on the host";
+    ASSERT_EQ(fb_host.steps.size(), static_cast<size_t>(steps)) << dir;
+    expect_same_steps(fb_host, fb_dev, dir + " (fallback " + std::to_string(threshold) + ")", 1e-6);
+    const retrieval::SparseStats& end = fb_dev.steps.back().stats;
+    std::printf("%s: fallback threshold %.4f: %llu fallback, %llu sparse steps\n", dir.c_str(), threshold,
+                static_cast<unsigned long long>(end.fallback_steps),
+                static_cast<unsigned long long>(end.sparse_steps));
+    EXPECT_GT(end.fallback_steps, 0u) << dir;
+    EXPECT_GT(end.sparse_steps, 0u) << dir;
+    EXPECT_EQ(fb_dev.slot_row_mismatches, 0u) << dir;
+  }
+}
+
+// Sparse decode steps recorded as CUDA graphs (SPX_SPARSE_GRAPHS, session
+// 4, T5): the same schedule with no host tier (its steps stay eager), the
+// selection on the device. Replays equal the same launches run eagerly bit
+// for bit, and give the tokens of the default path (sparse steps eager,
+// logits through the general LM-head path); two budgets exercise the
+// staged (not in place) selections inside the graph.
+TEST(CudaEngineSlotMaps, SparseStepGraphsEqualEagerSteps) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU on this machine; run tools/gpu_test.sh";
+  const int steps = 26;
+  for (const std::string& dir : model_dirs()) {
+    const Trace plain = generate(dir, Mode{true, false, 0, false, 0}, steps);
+    const Trace eager = generate(dir, Mode{true, false, 0, false, 1}, steps);
+    const Trace graph = generate(dir, Mode{true, false, 0, false, 2}, steps);
+    unsetenv("SPX_SLOT_MAPS");
+    ASSERT_EQ(graph.steps.size(), static_cast<size_t>(steps)) << dir;
+    EXPECT_TRUE(graph.device_selection) << dir;
+    std::printf("%s: sparse step graphs: %llu captures, %llu replays, %llu failures (%.2f ms recording)\n",
+                dir.c_str(), static_cast<unsigned long long>(graph.graphs.captures),
+                static_cast<unsigned long long>(graph.graphs.replays),
+                static_cast<unsigned long long>(graph.graphs.failures), graph.graphs.capture_ms);
+    EXPECT_EQ(graph.graphs.failures, 0u) << dir;
+    EXPECT_GE(graph.graphs.captures, 3u) << dir;  // one per stretch of decode-only steps
+    EXPECT_GT(graph.graphs.replays, 10u) << dir;
+    EXPECT_EQ(eager.graphs.replays, 0u) << dir;
+    EXPECT_EQ(plain.graphs.replays, 0u) << dir;
+    expect_same_steps(eager, graph, dir + " (eager vs recorded)", 0.0);
+    // The default path computes the logits rows through gather + LM head:
+    // same tokens, logits within float rounding of the other GEMM shape.
+    for (size_t s = 0; s < plain.steps.size() && s < graph.steps.size(); ++s) {
+      const StepRec& a = plain.steps[s];
+      const StepRec& g = graph.steps[s];
+      ASSERT_EQ(a.rows.size(), g.rows.size()) << dir << " step " << s;
+      for (size_t i = 0; i < a.rows.size(); ++i) {
+        EXPECT_EQ(a.rows[i].token, g.rows[i].token) << dir << " step " << s << " request " << a.rows[i].id;
+        EXPECT_EQ(a.rows[i].selection, g.rows[i].selection) << dir << " step " << s;
+        EXPECT_LE(testing::relative_error(g.rows[i].logits.data(), a.rows[i].logits.data(), a.rows[i].logits.size()),
+                  1e-2)
+            << dir << " step " << s;
+      }
+    }
   }
 }
 
 testing::EngineRun run_engine(const std::string& dir, const std::vector<int>& budgets, int prompt,
                               int n_new, int64_t device_memory, int max_batch) {
-  EngineOptions o;
-  o.model_dir = dir;
-  o.device = "cuda:0";
-  o.max_batch = max_batch;
-  o.prefill_chunk = 128;
-  o.device_memory_bytes = device_memory;
-  return testing::run_requests(o, budgets, n_new, [&](int i, int vocab_size) {
-    const int vocab = std::min(vocab_size, 250);
-    std::vector<int32_t> p;
-    for (int t = 0; t < prompt; ++t) p.push_back((t * 31 + 7 * i) % vocab);
-    return p;
-  });
+  return testing::run_engine_on("cuda:0", dir, budgets, prompt, n_new, device_memory, max_batch);
 }
 
 // The planner moves layers to the host tier while four requests come and go
@@ -361,17 +461,31 @@ TEST(CudaEngineSlotMaps, EngineWithLayersMovingGivesTheHostTablesTokens) {
   }
 }
 
-// The host-tier decode step with either map, at a batch where the host
-// diff shows: 16 requests, B 256 (tiny fixtures: 64), two host layers.
-// Printed, not asserted.
+// The sparse decode step's time, printed (not asserted): 16 requests, B 256
+// (tiny fixtures: 64), T 2048 (200), eager steps, before_forward + forward
+// wall time over 10 steps after the first two fill the slots. With no host
+// layer and with two; the selection downloaded (before, and host maps) or
+// left on the device (after).
 TEST(CudaEngineSlotMaps, Timings) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU on this machine; run tools/gpu_test.sh";
   std::vector<std::string> dirs = model_dirs();
   const std::string dir = dirs.back();
   const bool small = tiny(dir);
   const int R = 16, B = small ? 64 : 256, prompt = small ? 200 : 2048, steps = 12;
-  for (bool device : {false, true}) {
-    use_maps(device);
+  struct Config {
+    int host_layers;
+    Mode mode;
+    const char* what;
+  };
+  const Config configs[] = {{0, {true, true, 0}, "selection downloaded (before)"},
+                            {0, {true, false, 0}, "selection on the device (after)"},
+                            {0, {true, false, 0, true, 2}, "selection on the device, steps recorded"},
+                            {2, {false, true, 0}, "host maps, selection downloaded"},
+                            {2, {true, true, 0}, "device maps, selection downloaded (before)"},
+                            {2, {true, false, 0}, "device maps, selection on the device (after)"}};
+  for (const Config& cf : configs) {
+    use_maps(cf.mode.device_maps);
+    setenv("SPX_SELECTION_DOWNLOAD", cf.mode.download ? "1" : "0", 1);
     Status st;
     auto be = make_backend("cuda:0", 0, &st);
     std::unique_ptr<Transformer> model;
@@ -381,7 +495,11 @@ TEST(CudaEngineSlotMaps, Timings) {
     ASSERT_TRUE(retrieval::SparseDecoder::make(model.get(), be.get(), retrieval::HeadChoice{},
                                                retrieval::SelectOptions{}, &dec)
                     .ok);
-    ASSERT_TRUE(dec->set_host_layers(2).ok);
+    unsetenv("SPX_SELECTION_DOWNLOAD");
+    EXPECT_EQ(dec->device_selection(), cf.mode.device_maps && !cf.mode.download) << cf.what;
+    ASSERT_TRUE(dec->set_host_layers(cf.host_layers).ok);
+    model->set_sparse_step_graphs(cf.mode.graphs > 0);
+    model->set_step_graphs(cf.mode.graphs != 1);
     KvStore store(be.get(), c.num_layers, c.num_kv_heads, c.head_dim);
     std::vector<KvSequence*> kv(R);
     std::vector<uint64_t> ids;
@@ -417,11 +535,13 @@ TEST(CudaEngineSlotMaps, Timings) {
       }
     }
     const retrieval::SparseStats& sp = dec->stats();
-    std::printf("TIMING %s: %d requests, B %d, T %d, 2 host layers, %s maps: %.3f ms per decode "
+    EXPECT_EQ(sp.sparse_steps, static_cast<uint64_t>(R * steps)) << cf.what;
+    std::printf("TIMING %s: %d requests, B %d, T %d, %d host layers, %s: %.3f ms per sparse decode "
                 "step (before_forward + forward), reload fraction %.3f, prefetch %.2f ms "
-                "(exposed %.2f) over the run\n",
-                dir.c_str(), R, B, prompt, device ? "device" : "host", total / timed,
-                sp.elastic.reload_fraction(), sp.transfer_ms, sp.exposed_transfer_ms);
+                "(exposed %.2f) over the run; %llu graph replays\n",
+                dir.c_str(), R, B, prompt, cf.host_layers, cf.what, total / timed,
+                sp.elastic.reload_fraction(), sp.transfer_ms, sp.exposed_transfer_ms,
+                static_cast<unsigned long long>(model->graph_stats().replays));
     for (uint64_t id : ids) dec->release(id);
   }
   unsetenv("SPX_SLOT_MAPS");

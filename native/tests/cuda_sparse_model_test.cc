@@ -57,15 +57,7 @@ std::vector<std::string> model_dirs() {
   struct stat sb;
   if (stat((testing::smollm2_dir() + "/model.safetensors").c_str(), &sb) == 0)
     dirs.push_back(testing::smollm2_dir());
-  if (const char* env = std::getenv("SPX_CUDA_MODEL_DIRS")) {
-    std::string all = env;
-    size_t begin = 0;
-    while (begin <= all.size()) {
-      const size_t end = std::min(all.find(',', begin), all.size());
-      if (end > begin) dirs.push_back(all.substr(begin, end - begin));
-      begin = end + 1;
-    }
-  }
+  testing::append_dirs(std::getenv("SPX_CUDA_MODEL_DIRS"), &dirs);
   return dirs;
 }
 
@@ -118,13 +110,14 @@ std::vector<Step> decode(const std::string& device, const std::string& dir, int 
     st = dec->before_forward(ids, &b);
     EXPECT_TRUE(st.ok) << st.message;
     Step rec;
-    const ForwardChunk& ch = b.chunks[0];
-    if (ch.selection)
-      rec.selection.assign(ch.selection, ch.selection + static_cast<size_t>(c.num_kv_heads) * budget);
+    // Left on the device by the CUDA decoder (ForwardChunk::selection_device): read back.
+    st = dec->last_selection(1, &rec.selection);
+    EXPECT_TRUE(st.ok) << st.message;
     rec.scores = *dec->last_scores(1);
     if (forced) {
       const Step& f = (*forced)[static_cast<size_t>(s)];
       b.chunks[0].selection = f.selection.empty() ? nullptr : f.selection.data();
+      b.chunks[0].selection_device = nullptr;
     }
     st = model->forward(b, &logits);
     EXPECT_TRUE(st.ok) << st.message;
@@ -261,18 +254,7 @@ using testing::EngineRun;
 
 EngineRun run_engine(const std::string& dir, const std::vector<int>& budgets, int prompt,
                      int n_new, int64_t device_memory = 0, int max_batch = 4) {
-  EngineOptions o;
-  o.model_dir = dir;
-  o.device = "cuda:0";
-  o.max_batch = max_batch;
-  o.prefill_chunk = 128;
-  o.device_memory_bytes = device_memory;
-  return testing::run_requests(o, budgets, n_new, [&](int i, int vocab_size) {
-    const int vocab = std::min(vocab_size, 250);
-    std::vector<int32_t> p;
-    for (int t = 0; t < prompt; ++t) p.push_back((t * 31 + 7 * i) % vocab);
-    return p;
-  });
+  return testing::run_engine_on("cuda:0", dir, budgets, prompt, n_new, device_memory, max_batch);
 }
 
 // Same backend, same kernels: a budget covering the whole context must not

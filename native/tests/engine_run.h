@@ -4,8 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "collect_sink.h"
@@ -49,6 +51,37 @@ inline EngineRun run_requests(const EngineOptions& o, const std::vector<int>& bu
   out.info = e->info();
   e->close();
   return out;
+}
+
+// run_requests on one device with prompt i = (t * 31 + 7 * i) % min(vocab, 250)
+// of `prompt` tokens and prefill chunks of 128 (the GPU engine-level tests).
+inline EngineRun run_engine_on(const std::string& device, const std::string& dir,
+                               const std::vector<int>& budgets, int prompt, int n_new,
+                               int64_t device_memory, int max_batch) {
+  EngineOptions o;
+  o.model_dir = dir;
+  o.device = device;
+  o.max_batch = max_batch;
+  o.prefill_chunk = 128;
+  o.device_memory_bytes = device_memory;
+  return run_requests(o, budgets, n_new, [&](int i, int vocab_size) {
+    const int vocab = std::min(vocab_size, 250);
+    std::vector<int32_t> p;
+    for (int t = 0; t < prompt; ++t) p.push_back((t * 31 + 7 * i) % vocab);
+    return p;
+  });
+}
+
+// Appends the comma-separated directories of `list` (may be null) to dirs.
+inline void append_dirs(const char* list, std::vector<std::string>* dirs) {
+  if (!list) return;
+  const std::string all = list;
+  size_t begin = 0;
+  while (begin <= all.size()) {
+    const size_t end = std::min(all.find(',', begin), all.size());
+    if (end > begin) dirs->push_back(all.substr(begin, end - begin));
+    begin = end + 1;
+  }
 }
 
 }  // namespace spx::testing

@@ -46,7 +46,9 @@ struct AttentionSegment {
   // A device backend's own copy of the selection (device [kv_heads, budget],
   // all `budget` entries valid), read instead of `selection`, which may then
   // be null: a host-tier layer's selection -> slot list made on the GPU
-  // (device slot maps, retrieval/sparse_decoder.h). Never set on the CPU.
+  // (device slot maps, retrieval/sparse_decoder.h), or a device-resident
+  // layer's selection left on the GPU by the retrieval head
+  // (ForwardChunk::selection_device). Never set on the CPU.
   const int32_t* device_selection = nullptr;
 };
 

@@ -353,10 +353,12 @@ class CudaBackend final : public Backend, public StepGraph {
     auto selects = [](const AttentionSegment& s) {
       return s.selection != nullptr || s.device_selection != nullptr;
     };
+    // Recorded: decode attention, dense or over device selections (read in
+    // place at every replay; cuda_sparse_attention.h).
     if (graph_.recording())
       for (const AttentionSegment& s : segments)
-        if (s.n_q != 1 || selects(s))
-          return graph_.fail("only dense decode attention can be recorded");
+        if (s.n_q != 1 || s.selection != nullptr)
+          return graph_.fail("only decode attention, dense or over device selections, can be recorded");
     const int heads = static_cast<int>(q.dim(1)), hd = static_cast<int>(q.dim(2));
     const size_t row = static_cast<size_t>(heads) * hd;
     size_t i = 0;
@@ -370,8 +372,12 @@ class CudaBackend final : public Backend, public StepGraph {
                segments[j].k_cache->dim(0) == s.k_cache->dim(0) &&
                segments[j].q_begin == segments[j - 1].q_begin + 1)
           ++j;
-        const Status st = sparse_.run(q, segments, i, j, scale, out, stream_);
+        const uint64_t moves = sparse_.workspace_moves();
+        const Status st =
+            sparse_.run(q, segments, i, j, scale, out, stream_, graph_.recording() ? &graph_ : nullptr);
+        if (!st.ok && graph_.recording()) return graph_.fail(st.message);
         if (!st.ok && err_.ok) err_ = st;
+        if (sparse_.workspace_moves() != moves) graph_.drop();  // the recorded step read the old partials
         if (!err_.ok) return;
         i = j;
         continue;
@@ -550,6 +556,7 @@ class CudaBackend final : public Backend, public StepGraph {
       sticky(cudaMalloc(&ws_, ws_bytes), "cudaMalloc(decode workspace)", __FILE__, __LINE__);
       if (!err_.ok) return;
       ws_bytes_ = ws_bytes;
+      graph_.drop();  // a recorded step read the old partials
     }
     const cuda::DecodeSeq* d_seqs = stage(seqs.data(), seqs.size() * sizeof(cuda::DecodeSeq));
     const int32_t* d_len = graph_.recording()

@@ -19,6 +19,7 @@ DeviceHeadSelect::~DeviceHeadSelect() {
   for (void* p : {q_, desc_, scores_, logits_, out_}) cudaFree(p);
   cudaFreeHost(h_desc_);
   cudaFreeHost(h_out_);
+  if (desc_sent_) cudaEventDestroy(desc_sent_);
 }
 
 const int32_t* DeviceHeadSelect::device_selection(const int32_t* key, int* row) const {
@@ -106,7 +107,11 @@ Status DeviceHeadSelect::select(const std::vector<HeadSelectJob>& jobs, int q_he
                         static_cast<size_t>(n) * q_heads * stride * sizeof(float)));
   SPX_STATUS_TRY(ensure(&out_, &out_bytes_, out_bytes));
   SPX_STATUS_TRY(ensure_host(&h_desc_, &h_desc_bytes_, desc_bytes));
-  SPX_STATUS_TRY(ensure_host(&h_out_, &h_out_bytes_, out_bytes));
+  if (download_) SPX_STATUS_TRY(ensure_host(&h_out_, &h_out_bytes_, out_bytes));
+  if (!desc_sent_) SPX_CUDA_TRY(cudaEventCreateWithFlags(&desc_sent_, cudaEventDisableTiming));
+  // The previous step's descriptor upload may still read h_desc_ (long done
+  // in practice: that step's forward ended with its logits download).
+  SPX_CUDA_TRY(cudaEventSynchronize(desc_sent_));
 
   // Pack the queries (device to device) and the descriptors, in budget order.
   auto* hseq = static_cast<DecodeSeq*>(h_desc_);
@@ -119,6 +124,7 @@ Status DeviceHeadSelect::select(const std::vector<HeadSelectJob>& jobs, int q_he
     hlen[i] = j.length;
   }
   SPX_CUDA_TRY(cudaMemcpyAsync(desc_, h_desc_, desc_bytes, cudaMemcpyHostToDevice, stream_));
+  SPX_CUDA_TRY(cudaEventRecord(desc_sent_, stream_));
   const auto* dseq = static_cast<const DecodeSeq*>(desc_);
   const auto* dlen = reinterpret_cast<const int32_t*>(static_cast<char*>(desc_) + seq_bytes);
   auto* scores = static_cast<float*>(scores_);
@@ -141,23 +147,26 @@ Status DeviceHeadSelect::select(const std::vector<HeadSelectJob>& jobs, int q_he
     a = b;
   }
   launches_ += 1;
-  // Only the selections and masses travel back.
+  off = 0;
+  last_keys_.resize(jobs.size());
+  last_offsets_.resize(jobs.size());
+  for (int i = 0; i < n; ++i) {
+    last_keys_[i] = jobs[order_[i]].selection;
+    last_offsets_[i] = off;
+    off += static_cast<size_t>(kv_heads) * jobs[order_[i]].budget;
+  }
+  if (!download_) return Status::Ok();  // read in place on the stream
+  // The selections and masses travel back.
   SPX_CUDA_TRY(cudaMemcpyAsync(h_out_, out_, out_bytes, cudaMemcpyDeviceToHost, stream_));
   SPX_CUDA_TRY(cudaStreamSynchronize(stream_));
   const auto* hsel = static_cast<const int32_t*>(h_out_);
   const auto* hmass = reinterpret_cast<const float*>(static_cast<const char*>(h_out_) + sel_bytes +
                                                      align256(n * sizeof(int32_t)));
-  off = 0;
-  last_keys_.resize(jobs.size());
-  last_offsets_.resize(jobs.size());
   for (int i = 0; i < n; ++i) {
     const HeadSelectJob& j = jobs[order_[i]];
     const size_t m = static_cast<size_t>(kv_heads) * j.budget;
-    last_keys_[i] = j.selection;
-    last_offsets_[i] = off;
-    std::memcpy(j.selection, hsel + off, m * sizeof(int32_t));
+    std::memcpy(j.selection, hsel + last_offsets_[i], m * sizeof(int32_t));
     if (j.mass) std::memcpy(j.mass, hmass + static_cast<size_t>(i) * kv_heads, kv_heads * sizeof(float));
-    off += m;
   }
   return Status::Ok();
 }

@@ -51,6 +51,11 @@ Status SparseAttention::ensure(void** p, size_t* have, size_t bytes, cudaStream_
 }
 
 Status SparseAttention::stage(const void* host, size_t bytes, void** dev, cudaStream_t stream) {
+  if (graph_) {
+    // Fixed for the recorded step's key: uploaded once with the graph.
+    *dev = const_cast<void*>(graph_->stage(host, bytes));
+    return *dev ? Status::Ok() : Status::Error("sparse attention: the step graph's arena is full");
+  }
   return ring_.stage(host, bytes, stream, dev);
 }
 
@@ -59,9 +64,12 @@ Status SparseAttention::workspace(int batch, int heads, int kv_heads, int head_d
                                   DecodeAttentionWorkspace* w) {
   *split = decode_attention_split_tokens(batch, kv_heads, max_len, num_sms_);
   const int max_splits = (cover + *split - 1) / *split;
-  SPX_STATUS_TRY(ensure(&ws_, &ws_bytes_,
-                        decode_attention_workspace_bytes(batch, heads, head_dim, max_splits),
-                        stream));
+  const size_t bytes = decode_attention_workspace_bytes(batch, heads, head_dim, max_splits);
+  if (graph_ && bytes > ws_bytes_)
+    return Status::Error("the sparse attention workspace must grow (an eager step sizes it first)");
+  const size_t had = ws_bytes_;
+  SPX_STATUS_TRY(ensure(&ws_, &ws_bytes_, bytes, stream));
+  ws_moves_ += ws_bytes_ != had;
   float* po = static_cast<float*>(ws_);
   *w = DecodeAttentionWorkspace{po, po + static_cast<size_t>(batch) * heads * max_splits * head_dim,
                                 max_splits};
@@ -70,7 +78,7 @@ Status SparseAttention::workspace(int batch, int heads, int kv_heads, int head_d
 
 Status SparseAttention::run(const Tensor& q, const std::vector<AttentionSegment>& segs,
                             size_t begin, size_t end, float scale, Tensor* out,
-                            cudaStream_t stream) {
+                            cudaStream_t stream, DecodeGraph* graph) {
   bool on_device = false;
   for (size_t i = begin; i < end; ++i) {
     const AttentionSegment& s = segs[i];
@@ -84,13 +92,23 @@ Status SparseAttention::run(const Tensor& q, const std::vector<AttentionSegment>
                            "counts");
   }
   // The gather path packs rows on the host: device selections take the kernel.
-  return gather_ && !on_device ? run_gather(q, segs, begin, end, scale, out, stream)
-                               : run_kernel(q, segs, begin, end, scale, out, stream);
+  if (gather_ && !on_device && !graph) return run_gather(q, segs, begin, end, scale, out, stream);
+  if (graph)
+    for (size_t i = begin; i < end; ++i)
+      if (!segs[i].device_selection)
+        return Status::Error("sparse attention: only device selections can be recorded");
+  return run_kernel(q, segs, begin, end, scale, out, stream, graph);
 }
 
 Status SparseAttention::run_kernel(const Tensor& q, const std::vector<AttentionSegment>& segs,
                                    size_t begin, size_t end, float scale, Tensor* out,
-                                   cudaStream_t stream) {
+                                   cudaStream_t stream, DecodeGraph* graph) {
+  // Recording stages into the graph's arena for this call only.
+  struct Recording {
+    DecodeGraph** at;
+    ~Recording() { *at = nullptr; }
+  } recording{&graph_};
+  graph_ = graph;
   const int heads = static_cast<int>(q.dim(1)), hd = static_cast<int>(q.dim(2));
   const int kvh = static_cast<int>(segs[begin].k_cache->dim(0));
   const int batch = static_cast<int>(end - begin);

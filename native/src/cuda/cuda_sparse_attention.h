@@ -14,6 +14,13 @@
 // a host-tier layer's segment points at its slot buffer with slot indices.
 //
 // Owned by the CudaBackend and run on its stream; errors come back as Status.
+//
+// Recorded decode steps (SPX_SPARSE_GRAPHS=1, model/transformer.h): a run of
+// device selections can be captured into the backend's DecodeGraph. The
+// selections are read where they are at every replay (the head rewrites
+// them in place before each); the counts and cache descriptors, fixed for
+// the graph's key, go into the graph's arena; a workspace that would have
+// to grow fails the capture (the step then runs eagerly).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -21,6 +28,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "cuda/cuda_graph.h"
 #include "cuda/ops.h"
 #include "cuda/stage_ring.h"
 
@@ -36,12 +44,17 @@ class SparseAttention {
   void set_device(int num_sms) { num_sms_ = num_sms; }
   // segs[begin, end): decode segments (n_q == 1) with a selection, in
   // consecutive rows of q / out ([rows, q_heads, head_dim]).
+  // graph: the backend's DecodeGraph while it records (device selections
+  // only), else nullptr.
   Status run(const Tensor& q, const std::vector<AttentionSegment>& segs, size_t begin, size_t end,
-             float scale, Tensor* out, cudaStream_t stream);
+             float scale, Tensor* out, cudaStream_t stream, DecodeGraph* graph = nullptr);
 
   // Launches served so far by each path (tests check which one ran).
   uint64_t kernel_launches() const { return kernel_launches_; }
   uint64_t gather_launches() const { return gather_launches_; }
+  // Bumped whenever the decode partials move (a recorded step that used the
+  // old ones must not be replayed).
+  uint64_t workspace_moves() const { return ws_moves_; }
 
  private:
   Status stage(const void* host, size_t bytes, void** dev, cudaStream_t stream);
@@ -51,7 +64,7 @@ class SparseAttention {
   Status workspace(int batch, int heads, int kv_heads, int head_dim, int max_len, int cover,
                    cudaStream_t stream, int* split, DecodeAttentionWorkspace* w);
   Status run_kernel(const Tensor& q, const std::vector<AttentionSegment>& segs, size_t begin,
-                    size_t end, float scale, Tensor* out, cudaStream_t stream);
+                    size_t end, float scale, Tensor* out, cudaStream_t stream, DecodeGraph* graph);
   Status run_gather(const Tensor& q, const std::vector<AttentionSegment>& segs, size_t begin,
                     size_t end, float scale, Tensor* out, cudaStream_t stream);
 
@@ -60,9 +73,11 @@ class SparseAttention {
   StageRing ring_;  // selections and descriptors, on the backend's stream
   void* ws_ = nullptr;  // decode partials
   size_t ws_bytes_ = 0;
+  uint64_t ws_moves_ = 0;
   void* compact_ = nullptr;  // gather path: [rows, head_dim] K then V
   size_t compact_bytes_ = 0;
   uint64_t kernel_launches_ = 0, gather_launches_ = 0;
+  DecodeGraph* graph_ = nullptr;  // recording: stage() writes into its arena
   // Host-side packing, reused.
   std::vector<int32_t> sel_, counts_, rows_;
   std::vector<DecodeSeq> seqs_;

@@ -41,6 +41,13 @@ class Tier final : public CudaTier {
     cudaFreeHost(h_counters_);
   }
 
+  void set_selection_download(bool on) override {
+    if (head_) head_->set_download(on);
+  }
+  const int32_t* device_selection(const int32_t* key) const override {
+    return head_ ? head_->device_selection(key, nullptr) : nullptr;
+  }
+
   Status init(Backend* backend) {
     compute_ = backend_stream(backend);
     device_ = backend_device(backend);

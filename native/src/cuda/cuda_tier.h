@@ -114,6 +114,16 @@ class CudaTier {
   virtual bool map_counters(MapCounters* out, bool wait) = 0;
   // Blocking copy of device bytes (tests read slot lists with it).
   virtual Status read_device(const void* device, size_t bytes, void* host) = 0;
+
+  // ---- The selection on the device (session 4, T5): the backend's
+  // HeadSelect either fills the jobs' host selection and mass (one
+  // synchronize, the default) or leaves them on the device only, where the
+  // device-resident layers' attention and the slot maps read them.
+  virtual void set_selection_download(bool on) = 0;
+  // The device copy [kv_heads, budget] of the last select()'s job whose host
+  // selection pointer was `key` (valid on the compute stream until the next
+  // select()); nullptr if none.
+  virtual const int32_t* device_selection(const int32_t* key) const = 0;
 };
 
 }  // namespace spx::cuda

@@ -26,6 +26,8 @@ Status Transformer::load(const std::string& dir, Backend* backend,
   t->inv_freq_ = spx::rope_inv_freq(t->cfg_.rope, t->cfg_.head_dim);
   const char* graphs = std::getenv("SPX_CUDA_GRAPHS");
   t->graphs_ = graphs == nullptr || std::string(graphs) != "0";
+  const char* sparse_graphs = std::getenv("SPX_SPARSE_GRAPHS");
+  t->sparse_graphs_ = sparse_graphs != nullptr && std::string(sparse_graphs) == "1";
   auto add = [&](const Tensor& x) { t->weight_bytes_ += x.empty() ? 0 : x.nbytes(); };
   add(t->w_.embed);
   add(t->w_.norm);
@@ -68,12 +70,14 @@ Status Transformer::ensure_decode_logits(int n) {
   return Status::Ok();
 }
 
-bool Transformer::dense_decode(const ForwardBatch& b, int n_layers_run, int n_layers) {
+bool Transformer::dense_decode(const ForwardBatch& b, int n_layers_run, int n_layers, bool sparse) {
   if (b.n_layers >= 0 || n_layers_run != n_layers || b.hidden_out || b.q_capture || b.tier_load ||
       b.aux_hidden)
     return false;
   for (const ForwardChunk& ch : b.chunks) {
-    if (ch.n_tokens != 1 || ch.logits != LogitsMode::Last || ch.selection != nullptr) return false;
+    if (ch.n_tokens != 1 || ch.logits != LogitsMode::Last || ch.selection != nullptr ||
+        (ch.selection_device != nullptr && !sparse))
+      return false;
     if (ch.tier_k)
       for (const Tensor& t : *ch.tier_k)
         if (!t.empty()) return false;
@@ -85,6 +89,10 @@ std::vector<uint64_t> Transformer::step_key(const ForwardBatch& b) const {
   std::vector<uint64_t> key{b.chunks.size(), ws_generation_};
   for (const ForwardChunk& ch : b.chunks) {
     key.push_back(static_cast<uint64_t>(ch.kv->capacity));
+    // Device selections: where the recorded attention reads them, and how.
+    key.push_back(reinterpret_cast<uintptr_t>(ch.selection_device));
+    key.push_back(static_cast<uint64_t>(ch.selection_device ? ch.budget : 0));
+    key.push_back(static_cast<uint64_t>(ch.selection_device ? ch.sparse_from_layer : 0));
     for (size_t l = 0; l < ch.kv->k.size(); ++l) {
       key.push_back(reinterpret_cast<uintptr_t>(ch.kv->k[l].data));
       key.push_back(reinterpret_cast<uintptr_t>(ch.kv->v[l].data));
@@ -124,7 +132,7 @@ Status Transformer::forward(const ForwardBatch& batch, std::vector<float>* logit
 
   Status st = ensure_workspace(n);
   if (!st.ok) return st;
-  const bool dense = dense_decode(batch, n_layers, c.num_layers);
+  const bool dense = dense_decode(batch, n_layers, c.num_layers, sparse_graphs_);
   if (dense && !(st = ensure_decode_logits(n)).ok) return st;
   Backend& be = *backend_;
   const int64_t N = n, H = c.hidden_size, D = c.head_dim;
@@ -287,6 +295,7 @@ Status Transformer::queue_step(const ForwardBatch& batch, int n_layers, bool den
       s.k_cache = kc;
       s.v_cache = vc;
       s.selection = l >= ch.sparse_from_layer ? ch.selection : nullptr;
+      s.device_selection = l >= ch.sparse_from_layer ? ch.selection_device : nullptr;
       s.budget = ch.budget;
       if (ch.tier_k && !(*ch.tier_k)[static_cast<size_t>(l)].empty()) {
         // Host-tier layer: attend to the device slot buffer through slot indices.

@@ -28,6 +28,10 @@ struct ForwardChunk {
   // SpeContext hook: [kv_heads, budget] positions this (decode) chunk attends
   // to, from the retrieval head; nullptr means full attention.
   const int32_t* selection = nullptr;
+  // The same selection on the device (the CUDA backend's HeadSelect output,
+  // all budget entries valid), read in place instead of selection, which is
+  // then null: the selection never visits the host. Never set on the CPU.
+  const int32_t* selection_device = nullptr;
   int budget = 0;
   int sparse_from_layer = 0;  // layers below attend fully (those a self-derived head computes)
   // SpeContext host tier: where (*tier_k)[l] is non-empty, layer l attends to
@@ -93,6 +97,12 @@ class Transformer {
   // record them: on unless SPX_CUDA_GRAPHS=0 at load; tests switch it.
   void set_step_graphs(bool on) { graphs_ = on; }
   bool step_graphs() const { return graphs_; }
+  // Also record decode steps whose chunks attend to device selections
+  // (ForwardChunk::selection_device; no host-tier layer, no hooks): the
+  // graph reads the selections in place, so the retrieval head (eager,
+  // before the forward) rewrites them between replays. SPX_SPARSE_GRAPHS=1
+  // at load turns it on (off by default).
+  void set_sparse_step_graphs(bool on) { sparse_graphs_ = on; }
   const StepGraphStats& graph_stats() const { return graph_stats_; }
 
  private:
@@ -104,7 +114,9 @@ class Transformer {
   // Final-norm and logits rows of dense decode steps, kept across steps so
   // a recorded step writes where the next replay writes.
   Status ensure_decode_logits(int n);
-  static bool dense_decode(const ForwardBatch& batch, int n_layers_run, int n_layers);
+  // A decode step the step graph can record (every chunk one token with
+  // logits, no hooks; device selections only with sparse graphs on).
+  static bool dense_decode(const ForwardBatch& batch, int n_layers_run, int n_layers, bool sparse);
   // What a recorded step bakes in: rows, workspaces, every cache address and capacity.
   std::vector<uint64_t> step_key(const ForwardBatch& batch) const;
   // Queues the step's backend calls from the embedding to the logits (dense
@@ -121,6 +133,7 @@ class Transformer {
   int dec_rows_ = 0;
   uint64_t ws_generation_ = 0;  // bumped whenever a step buffer moves
   bool graphs_ = true;
+  bool sparse_graphs_ = false;
   std::vector<uint64_t> warm_key_;  // the shape of the last eager dense decode step
   StepGraphStats graph_stats_;
   uint64_t weight_bytes_ = 0;

@@ -50,6 +50,14 @@ Status SparseDecoder::make(Transformer* target, Backend* backend, const HeadChoi
     if (!why.empty() && maps != "host")
       std::fprintf(stderr, "spx: slot maps on the host (the selection goes to the CPU each step): %s\n",
                    why.c_str());
+    // With the maps on the device only the fallback rule reads the selection
+    // (its masses) on the host; SPX_SELECTION_DOWNLOAD=1 keeps the download
+    // (the reference the tests compare with).
+    const char* dl = std::getenv("SPX_SELECTION_DOWNLOAD");
+    const std::string download = dl ? dl : "";
+    if (!download.empty() && download != "0" && download != "1")
+      return Status::Error("SPX_SELECTION_DOWNLOAD must be '0' or '1', not '" + download + "'");
+    d->selection_on_device_ = d->device_maps_ && select.fallback_mass <= 0 && download != "1";
   }
   *out = std::move(d);
   return Status::Ok();
@@ -206,6 +214,20 @@ Status SparseDecoder::slot_list(uint64_t id, std::vector<int32_t>* out) {
   return tier_->read_device(d, out->size() * sizeof(int32_t), out->data());
 }
 
+Status SparseDecoder::last_selection(uint64_t id, std::vector<int32_t>* out) {
+  auto it = reqs_.find(id);
+  if (it == reqs_.end()) return Status::Error("last_selection: unknown request");
+  const Request& r = it->second;
+  out->clear();
+  if (!r.sparse) return Status::Ok();
+  if (!r.selection_device) {
+    *out = r.selection;
+    return Status::Ok();
+  }
+  out->resize(r.selection.size());
+  return tier_->read_device(r.selection_device, out->size() * sizeof(int32_t), out->data());
+}
+
 Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBatch* batch) {
   fold_map_counters(false);
   if (tier_) {
@@ -236,6 +258,9 @@ Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBa
   const bool adopts = head_->source() == target_ || eagle3;
   std::vector<HeadChunk> hc;
   std::vector<size_t> decode_chunks;
+  // Whether the head's device selection comes back to the host this step:
+  // a fallback threshold or a request on host slot maps needs it there.
+  bool download = !selection_on_device_;
   size_t offset = 0;
   for (size_t i = 0; i < batch->chunks.size(); ++i) {
     ForwardChunk& ch = batch->chunks[i];
@@ -244,6 +269,8 @@ Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBa
       const bool decode = ch.n_tokens == 1 && head_->tokens(ids[i]) == ch.start_pos;
       if (decode) {
         Request& r = it->second;
+        r.sparse = false;
+        r.selection_device = nullptr;
         HeadChunk h{ids[i], batch->tokens.data() + offset, 1, &r.scores};
         if (head_->device_select()) {
           // Selected on the device; a context within the budget needs none.
@@ -254,6 +281,7 @@ Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBa
             h.selection = r.selection.data();
             h.mass = r.mass.data();
             h.budget = r.budget;
+            download |= !r.device_map;
           }
         }
         hc.push_back(h);
@@ -266,7 +294,11 @@ Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBa
     offset += static_cast<size_t>(ch.n_tokens);
   }
   if (hc.empty()) return Status::Ok();
+  // The switch is the backend's: on again right after, for any other user.
+  const bool keep = tier_ && head_->device_select() && !download;
+  if (keep) tier_->set_selection_download(false);
   Status st = head_->forward(hc);
+  if (keep) tier_->set_selection_download(true);
   if (!st.ok) return st;
   const ModelConfig& c = target_->config();
   const int first_host = c.num_layers - host_layers_;
@@ -294,9 +326,18 @@ Status SparseDecoder::before_forward(const std::vector<uint64_t>& ids, ForwardBa
       continue;  // full attention this step
     }
     ++stats_.sparse_steps;
+    r.sparse = true;
     if (r.device_map) {
       // Diffed on the device after the loop (one launch per budget).
-      ch.selection = r.selection.data();
+      if (keep) {
+        // Read in place by the attention (and the diff): the host copy is
+        // only the key that finds it.
+        r.selection_device = tier_->device_selection(r.selection.data());
+        if (!r.selection_device) return Status::Error("sparse decoding: no device selection");
+        ch.selection_device = r.selection_device;
+      } else {
+        ch.selection = r.selection.data();
+      }
       ch.budget = r.budget;
       if (head_->source() == target_) ch.sparse_from_layer = head_->scoring_layer();
       cuda::MapRow m;

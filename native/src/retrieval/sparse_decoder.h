@@ -13,6 +13,13 @@
 // than B attends fully; so does a step whose selection carries less than
 // `fallback_mass` of the head's attention (counted).
 //
+// The selection itself stays on the device too when the device slot maps
+// serve every request of the step and no fallback threshold is set: the
+// target's device-resident layers read it in place (ForwardChunk::
+// selection_device) and the step no longer synchronises after the head. A
+// threshold (its rule reads the masses on the host), a request on host maps,
+// or SPX_SELECTION_DOWNLOAD=1 (the reference path for tests) download it.
+//
 // Slot maps (elastic loading's bookkeeping, kv/slot_map.h): on the CUDA
 // backend with the head selecting on the device they live on the GPU
 // (CudaTier's device slot maps: the diff, the load list and the selection ->
@@ -76,6 +83,18 @@ class SparseDecoder {
   const SparseStats& stats();
   // Whether new requests keep their slot maps on the device.
   bool device_slot_maps() const { return device_maps_; }
+  // Whether steps may leave the selection on the device (see the top).
+  bool device_selection() const { return selection_on_device_; }
+  // For tests: request id's selection of its last sparse step, [kv_heads, B]
+  // (left on the device: downloaded, blocking; valid until the next step's
+  // head runs); empty if that step attended fully.
+  Status last_selection(uint64_t id, std::vector<int32_t>* out);
+  // For tests: the [kv_heads] masses of id's last device selection, filled
+  // only when the selection was downloaded (a fallback threshold).
+  const std::vector<float>* last_mass(uint64_t id) const {
+    auto it = reqs_.find(id);
+    return it == reqs_.end() ? nullptr : &it->second.mass;
+  }
   // For tests: request id's selection -> slot list of its last sparse step,
   // [kv_heads, B] (device maps: downloaded, blocking), and its slot buffers
   // ([layers], non-empty for host layers: [kv_heads, B, hd]).
@@ -104,7 +123,9 @@ class SparseDecoder {
  private:
   struct Request {
     int budget = 0;
-    std::vector<int32_t> selection;  // [kv_heads, B], valid during one step
+    std::vector<int32_t> selection;  // [kv_heads, B], valid during one step (the device copy's key when left there)
+    const int32_t* selection_device = nullptr;  // this step's, when left on the device
+    bool sparse = false;             // the last decode step attended to a selection
     std::vector<float> scores;       // [pool, q_heads, T] (host scoring)
     std::vector<float> mass;         // [kv_heads] (device selection)
     std::vector<Tensor> tier_k, tier_v;  // [layers]: [kv_heads, B, hd] for host layers, else empty
@@ -146,6 +167,7 @@ class SparseDecoder {
   int elem_bytes_ = 4;               // K/V element size of the backend (f32 / bf16)
   std::unique_ptr<cuda::CudaTier> tier_;  // CUDA host tier; null on the CPU backend
   bool device_maps_ = false;         // admit() opens device slot maps (CUDA, device selection)
+  bool selection_on_device_ = false;  // device maps, no fallback threshold, no SPX_SELECTION_DOWNLOAD=1
   bool warned_budget_ = false;       // a budget over the device maps' 2048 was logged
   cuda::MapCounters seen_;           // device counters folded into stats_ so far
   int64_t map_bytes_per_token_ = 0;  // bytes a device-map load counts (slots_'s figure)
