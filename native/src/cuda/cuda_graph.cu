@@ -113,8 +113,14 @@ Status DecodeGraph::end(cudaStream_t stream, const std::vector<uint64_t>& key) {
     // A batch of the same size over other caches (a request ended, another
     // joined) has the same topology: updating the parameters of the
     // instantiated graph is cheaper than instantiating it again.
+    // Another number of nodes (a sparse step's run of mixed budgets adds
+    // copies) cannot be updated: instantiate without asking, since a refused
+    // update is an API error that compute-sanitizer reports.
+    size_t nodes = 0;
+    if (cudaGraphGetNodes(graph, nullptr, &nodes) != cudaSuccess) nodes = 0;
     cudaGraphExecUpdateResultInfo info;
-    if (exec_ == nullptr || cudaGraphExecUpdate(exec_, graph, &info) != cudaSuccess) {
+    if (exec_ == nullptr || nodes == 0 || nodes != exec_nodes_ ||
+        cudaGraphExecUpdate(exec_, graph, &info) != cudaSuccess) {
       cudaGetLastError();  // a refused update is not an error
       if (exec_) cudaGraphExecDestroy(exec_);
       exec_ = nullptr;
@@ -124,6 +130,7 @@ Status DecodeGraph::end(cudaStream_t stream, const std::vector<uint64_t>& key) {
         st = CudaStatus(ie, "cudaGraphInstantiate", __FILE__, __LINE__);
       }
     }
+    exec_nodes_ = nodes;
   }
   if (graph) cudaGraphDestroy(graph);
   if (!st.ok) {

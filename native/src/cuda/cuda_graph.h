@@ -80,6 +80,7 @@ class DecodeGraph {
   bool recording_ = false;
   std::string why_;
   cudaGraphExec_t exec_ = nullptr;
+  size_t exec_nodes_ = 0;  // nodes of the graph behind exec_
   std::vector<uint64_t> key_;
 };
 
