@@ -304,6 +304,13 @@ TEST(CudaSparse, HostTierMidGenerationKeepsTheTokens) {
                 moved.stats.elastic_bytes / 1e6, moved.stats.reload_fraction,
                 static_cast<unsigned long long>(moved.stats.sparse_steps), moved.stats.transfer_ms,
                 moved.stats.exposed_transfer_ms);
+    std::printf("%s: step graphs: %llu replays, %llu failures (kept); %llu replays, %llu failures (moved)\n",
+                dir.c_str(), static_cast<unsigned long long>(kept.stats.graph_replays),
+                static_cast<unsigned long long>(kept.stats.graph_failures),
+                static_cast<unsigned long long>(moved.stats.graph_replays),
+                static_cast<unsigned long long>(moved.stats.graph_failures));
+    EXPECT_EQ(kept.stats.graph_failures, 0u) << dir;
+    EXPECT_EQ(moved.stats.graph_failures, 0u) << dir;
     EXPECT_GT(moved.stats.transfer_ms, 0.0) << dir;  // prefetches were timed
     EXPECT_EQ(kept.stats.transfer_ms, 0.0) << dir;
     EXPECT_GE(moved.stats.layer_moves, 1u) << dir;
