@@ -26,7 +26,9 @@ Writes {"model", "system": "hf-transformers", "prefill": [...], "decode": [...]}
 """
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import time
 
@@ -126,28 +128,67 @@ def bench_prefill(model, cfg, T, device):
     return dict(phase="prefill", context=T, batch=1, requested_batch=1, ms=ms, tokens_per_s=T / (ms / 1e3))
 
 
-@torch.inference_mode()
-def bench_decode(model, cfg, ctx, batch, steps, device, warm=3):
+def filled_cache(cfg, ctx, batch, device):
+    """A DynamicCache holding ctx tokens of random K/V for every layer."""
     kvh, hd = cfg.num_key_value_heads, cfg.head_dim
     cache = transformers.DynamicCache()
     for layer in range(cfg.num_hidden_layers):
         k = torch.randn(batch, kvh, ctx, hd, device=device, dtype=torch.bfloat16)
         v = torch.randn(batch, kvh, ctx, hd, device=device, dtype=torch.bfloat16)
         cache.update(k, v, layer)
-    tok = torch.randint(0, cfg.vocab_size, (batch, 1), device=device)
+    return cache
+
+
+def rewind(cache, ctx):
+    """Drop every token past ctx (views; the next step's concatenation copies),
+    so the same context lengths can run again."""
+    for layer in cache.layers:
+        layer.keys = layer.keys[..., :ctx, :]
+        layer.values = layer.values[..., :ctx, :]
+
+
+def decode_steps(model, cfg, cache, ctx, n, device, record=None):
+    """n greedy steps from context ctx, as generate() runs them: one token per
+    request, the cache grows by concatenation, argmax on the GPU. Returns the
+    wall ms of each step; record(i, ms) is called after each (diagnostics)."""
+    batch = cache.layers[0].keys.shape[0]
+    tok = torch.randint(0, cfg.vocab_size, (batch, 1), device=device, generator=torch.Generator(device).manual_seed(ctx))
     times = []
-    for i in range(warm + steps):
+    for i in range(n):
         pos = torch.full((batch, 1), ctx + i, device=device, dtype=torch.long)
         sync(device)
         t0 = time.perf_counter()
         out = model(input_ids=tok, past_key_values=cache, position_ids=pos, use_cache=True, logits_to_keep=1)
         tok = out.logits[:, -1].argmax(-1, keepdim=True)
         sync(device)
-        if i >= warm:
-            times.append((time.perf_counter() - t0) * 1e3)
-    del cache, out
+        times.append((time.perf_counter() - t0) * 1e3)
+        if record:
+            record(i, times[-1])
+    return times
+
+
+@torch.inference_mode()
+def bench_decode(model, cfg, ctx, batch, steps, device, warm=3, replay=False):
+    """Median ms per step at context ctx after `warm` steps. With replay (sdpa):
+    the same warm + steps context lengths run twice and the second run is the
+    one timed (steady state); the first run's timed steps are kept as
+    times_cold. torch's sdpa on the H200 picks cuDNN attention, whose graph
+    cache is keyed by (batch, KV length): a length seen for the first time
+    pays a graph build on the host (about 35-75 ms per step at these shapes,
+    see bench/README.md), which a process that already ran those shapes skips."""
+    cache = filled_cache(cfg, ctx, batch, device)
+    times = decode_steps(model, cfg, cache, ctx, warm + steps, device)[warm:]
+    cold = None
+    if replay:
+        cold = times
+        rewind(cache, ctx)
+        times = decode_steps(model, cfg, cache, ctx, warm + steps, device)[warm:]
+    del cache
     ms = statistics.median(times)
-    return dict(phase="decode", context=ctx, batch=batch, requested_batch=batch, ms=ms, tokens_per_s=batch / (ms / 1e3), times=times)
+    r = dict(phase="decode", context=ctx, batch=batch, requested_batch=batch, ms=ms, tokens_per_s=batch / (ms / 1e3), times=times)
+    if cold is not None:
+        r.update(ms_cold=statistics.median(cold), times_cold=cold)
+    return r
 
 
 def set_attn(model, impl):
@@ -188,11 +229,21 @@ def sampled_positions(inp, out, n):
 
 def sampling(attn, out, a):
     """Positions, timed steps and passes for one implementation and output length.
-    sdpa is the baseline of the 20x target and its step time moved ~20% between
-    runs, so it gets more positions, more steps and repeated passes."""
+    sdpa is the baseline of the 20x target, so it gets more positions, more
+    steps and repeated passes."""
     if attn == "sdpa":
         return (a.sdpa_positions if out >= 8192 else a.positions), a.sdpa_steps, a.sdpa_passes
     return a.positions, a.steps, 1
+
+
+def unseen(ctx, batch, n, seen):
+    """The first context from ctx on (in steps of n) whose n step lengths this
+    process has not run at this batch, so a run's cold steps are first
+    sightings of their (batch, KV length) shapes; marks them seen."""
+    while any((batch, ctx + i) in seen for i in range(n)):
+        ctx += n
+    seen.update((batch, ctx + i) for i in range(n))
+    return ctx
 
 
 def pooled(runs):
@@ -201,7 +252,7 @@ def pooled(runs):
     times = [t for r in runs for t in r["times"]]
     med = statistics.median(times)
     per_pass = [r["ms"] for r in runs]
-    return dict(
+    e = dict(
         ms=med,
         ms_min=min(times),
         ms_max=max(times),
@@ -209,7 +260,12 @@ def pooled(runs):
         times=times,
         pass_spread=(max(per_pass) - min(per_pass)) / med if len(per_pass) > 1 else 0.0,
         step_spread=(max(times) - min(times)) / med,
+        contexts=[r["context"] for r in runs],
     )
+    if all("times_cold" in r for r in runs):  # sdpa: first sightings of each length
+        cold = [t for r in runs for t in r["times_cold"]]
+        e.update(ms_cold=statistics.median(cold), ms_cold_passes=[r["ms_cold"] for r in runs], times_cold=cold)
+    return e
 
 
 def run_settings(model, cfg, a):
@@ -219,6 +275,7 @@ def run_settings(model, cfg, a):
     group = cfg.num_attention_heads // cfg.num_key_value_heads
     kv_per_token = L * 2 * cfg.num_key_value_heads * cfg.head_dim * 2
     prefill, decode, batches = [], [], []
+    seen = set()  # (batch, context length) shapes this process has run
     for attn in [x for x in a.attn.split(",") if x]:
         set_attn(model, attn)
         oom_inputs = set()
@@ -243,9 +300,17 @@ def run_settings(model, cfg, a):
             R = max(1, int((free - a.spare_gb * 1e9) / (kv_per_token * cap * factor)))
             n_pos, steps, passes = sampling(attn, out, a)
             positions = sampled_positions(inp, out, n_pos)
+            replay = attn == "sdpa" and not a.no_replay
+            n = a.warm + steps
+
+            def decode_at(ctx, B):
+                c = unseen(ctx, B, n, seen) if replay else ctx
+                return or_oom(bench_decode, model, cfg, c, B, steps, a.device, warm=a.warm, replay=replay)
+
             measured = {}
             for _ in range(6):
-                r = or_oom(bench_decode, model, cfg, positions[-1], R, steps, a.device, warm=a.warm)
+                r = decode_at(positions[-1], R)
+                free_cuda()
                 if r is not None:
                     measured[positions[-1]] = r
                     break
@@ -266,22 +331,166 @@ def run_settings(model, cfg, a):
                         if kind == "max" and p == 0 and ctx in measured:
                             r = measured[ctx]
                         else:
-                            r = or_oom(bench_decode, model, cfg, ctx, B, steps, a.device, warm=a.warm)
+                            r = decode_at(ctx, B)
                             if r is None:
                                 print(f"hf {attn} [{inp},{out}] batch {B} ctx {ctx}: out of memory", flush=True)
                                 continue
                         runs[ctx].append(r)
-                        print(f"hf {attn} [{inp},{out}] {kind} batch {B:3d} ctx {ctx:6d} pass {p + 1}: {r['ms']:8.2f} ms/step", flush=True)
+                        cold = f" (first sight of these lengths: {r['ms_cold']:.2f})" if "ms_cold" in r else ""
+                        print(f"hf {attn} [{inp},{out}] {kind} batch {B:3d} ctx {r['context']:6d} pass {p + 1}: {r['ms']:8.2f} ms/step{cold}", flush=True)
                         free_cuda()
                 for ctx in positions:
                     if runs[ctx]:
                         e = pooled(runs[ctx])
                         decode.append(dict(system=f"hf-{attn}", batch_kind=kind, input=inp, output=out, batch=B, position=ctx, passes=len(runs[ctx]), **e))
-                        print(f"hf {attn} [{inp},{out}] {kind} batch {B:3d} ctx {ctx:6d}: {e['ms']:8.2f} ms/step (median of {len(e['times'])}; passes {', '.join(f'{x:.2f}' for x in e['ms_passes'])})", flush=True)
+                        cold = f"; first sight {e['ms_cold']:.2f}" if "ms_cold" in e else ""
+                        print(f"hf {attn} [{inp},{out}] {kind} batch {B:3d} ctx {ctx:6d}: {e['ms']:8.2f} ms/step (median of {len(e['times'])}; passes {', '.join(f'{x:.2f}' for x in e['ms_passes'])}{cold})", flush=True)
             with open(a.json, "w") as f:  # partial results survive a time-out
                 json.dump(dict(model=a.model, system="hf-transformers", versions=versions(), prefill=prefill, decode=decode, batches=batches), f, indent=1)
     with open(a.json, "w") as f:
         json.dump(dict(model=a.model, system="hf-transformers", versions=versions(), prefill=prefill, decode=decode, batches=batches), f, indent=1)
+
+
+def alloc_stats():
+    """The caching allocator's counters that would show it fighting for memory."""
+    st = torch.cuda.memory_stats()
+    return dict(
+        retries=st.get("num_alloc_retries", 0),
+        ooms=st.get("num_ooms", 0),
+        device_allocs=st.get("num_device_alloc", 0),
+        device_frees=st.get("num_device_free", 0),
+        reserved_gb=st.get("reserved_bytes.all.current", 0) / 1e9,
+        allocated_gb=st.get("allocated_bytes.all.current", 0) / 1e9,
+    )
+
+
+def sdpa_backend(q, k, v):
+    """The backend torch's sdpa dispatcher picks for these inputs (GQA as HF calls it)."""
+    try:
+        i = torch._fused_sdp_choice(q, k, v, None, 0.0, False, enable_gqa=True)
+    except Exception as e:  # private API: record why, do not fail the run
+        return f"unknown ({type(e).__name__})"
+    try:
+        return torch.nn.attention.SDPBackend(i).name
+    except Exception:
+        return str(i)
+
+
+@torch.inference_mode()
+def diag_run(label, model, cfg, ctx, batch, n, device, free=True):
+    """n decode steps from ctx with the allocator's counters and the wall clock
+    after every step (for the GPU clock samples taken beside the run)."""
+    cache = filled_cache(cfg, ctx, batch, device)
+    steps, t0 = [], time.time()
+    decode_steps(model, cfg, cache, ctx, n, device, record=lambda i, ms: steps.append(dict(length=ctx + i + 1, ms=ms, t=time.time(), **alloc_stats())))
+    del cache
+    if free:
+        free_cuda()
+    ms = [x["ms"] for x in steps]
+    print(f"diag {label:58s} ctx {ctx:6d}: median {statistics.median(ms):7.2f} ms, steps {' '.join(f'{x:.0f}' for x in ms)}; retries +{steps[-1]['retries'] - steps[0]['retries']}", flush=True)
+    return dict(label=label, context=ctx, batch=batch, t0=t0, t1=time.time(), free_before_next=free, steps=steps)
+
+
+class StepStamp(transformers.LogitsProcessor):
+    """generate() calls its logits processors once per step: the GPU is synced
+    and the time taken, which gives the wall time of every step of a real
+    generate() call."""
+
+    def __init__(self):
+        self.t = []
+
+    def __call__(self, input_ids, scores):
+        torch.cuda.synchronize()
+        self.t.append(time.perf_counter())
+        return scores
+
+
+def generate_steps(model, cfg, batch, prompt, new, device):
+    ids = torch.randint(0, cfg.vocab_size, (batch, prompt), device=device, generator=torch.Generator(device).manual_seed(prompt))
+    stamp = StepStamp()
+    sync(device)
+    t0 = time.perf_counter()
+    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new, do_sample=False, logits_processor=transformers.LogitsProcessorList([stamp]), pad_token_id=0)
+    ms = [(b - a) * 1e3 for a, b in zip(stamp.t, stamp.t[1:])]
+    del ids
+    free_cuda()
+    return dict(batch=batch, prompt=prompt, new=new, prefill_ms=(stamp.t[0] - t0) * 1e3, step_ms=ms)
+
+
+@torch.inference_mode()
+def sdpa_calls(cfg, batch, lengths, device):
+    """torch's sdpa alone at the decode shape: three calls per KV length, with
+    the default backend choice and with flash attention forced."""
+    hq, kvh, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    q = torch.randn(batch, hq, 1, hd, device=device, dtype=torch.bfloat16)
+    rows = []
+    for backend in ("default", "flash"):
+        for length in lengths:
+            length += 0 if backend == "default" else 1000  # lengths no other call used
+            k = torch.randn(batch, kvh, length, hd, device=device, dtype=torch.bfloat16)
+            v = torch.randn_like(k)
+            ctx = contextlib.nullcontext() if backend == "default" else torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.FLASH_ATTENTION])
+            calls, err = [], ""
+            with ctx:
+                chosen = sdpa_backend(q, k, v)
+                try:
+                    for _ in range(3):
+                        sync(device)
+                        t0 = time.perf_counter()
+                        torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=hd**-0.5, enable_gqa=True)
+                        sync(device)
+                        calls.append((time.perf_counter() - t0) * 1e3)
+                except RuntimeError as e:
+                    err = str(e).splitlines()[0][:200]
+            rows.append(dict(backend=backend, chosen=chosen, length=length, ms=calls, error=err))
+            print(f"sdpa alone {backend:7s} ({chosen}) KV {length}: calls {' '.join(f'{x:.2f}' for x in calls)} ms {err}", flush=True)
+    return rows
+
+
+def diagnose(model, cfg, a):
+    """Why HF sdpa ran in two modes (session 4): a real generate() twice, sdpa
+    alone at new and repeated KV lengths, then decode runs in a controlled
+    order (a position first, again, half-new; cuDNN attention off; nearly full
+    memory), each step with the allocator's counters."""
+    set_attn(model, "sdpa")
+    B, dev, n = a.diag_batch, a.device, a.warm + a.steps
+    hq, kvh, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    q = torch.randn(B, hq, 1, hd, device=dev, dtype=torch.bfloat16)
+    k = torch.randn(B, kvh, 4096, hd, device=dev, dtype=torch.bfloat16)
+    info = dict(
+        versions(),
+        cudnn=torch.backends.cudnn.version(),
+        device=torch.cuda.get_device_name(),
+        enabled=dict(cudnn=torch.backends.cuda.cudnn_sdp_enabled(), flash=torch.backends.cuda.flash_sdp_enabled(), mem_efficient=torch.backends.cuda.mem_efficient_sdp_enabled(), math=torch.backends.cuda.math_sdp_enabled()),
+        decode_backend=sdpa_backend(q, k, k),
+        alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
+    )
+    del q, k
+    print(f"diag {info}", flush=True)
+    res = dict(info=info)
+    res["generate"] = [generate_steps(model, cfg, B, a.diag_prompt, 12, dev) for _ in range(2)]
+    for g in res["generate"]:
+        print(f"generate() batch {B} prompt {g['prompt']}: prefill {g['prefill_ms']:.0f} ms, steps {' '.join(f'{x:.0f}' for x in g['step_ms'])} ms", flush=True)
+    res["sdpa"] = sdpa_calls(cfg, B, [5000, 5001, 5002], dev)
+    A, full = a.diag_context, a.diag_full
+    runs = [
+        diag_run("A, first sight", model, cfg, A, B, n, dev),
+        diag_run("A again (same lengths)", model, cfg, A, B, n, dev),
+        diag_run("A again, no empty_cache after", model, cfg, A, B, n, dev, free=False),
+        diag_run("A again, after a run without empty_cache", model, cfg, A, B, n, dev),
+        diag_run(f"A+{n // 2}: first {n - n // 2} lengths seen, last {n // 2} new", model, cfg, A + n // 2, B, n, dev),
+    ]
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        runs.append(diag_run("A+100, cuDNN attention off, first sight", model, cfg, A + 100, B, n, dev))
+        runs.append(diag_run("A+100, cuDNN attention off, again", model, cfg, A + 100, B, n, dev))
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+    runs.append(diag_run("nearly full memory, first sight", model, cfg, full, B, n, dev))
+    runs.append(diag_run("nearly full memory, again", model, cfg, full, B, n, dev))
+    res["runs"] = runs
+    with open(a.json, "w") as f:
+        json.dump(res, f, indent=1)
 
 
 def versions():
@@ -307,9 +516,18 @@ def main():
     ap.add_argument("--sdpa-positions", type=int, default=5, help="sdpa positions for outputs >= 8192 (--settings)")
     ap.add_argument("--sdpa-steps", type=int, default=7, help="sdpa timed steps per position and pass (--settings)")
     ap.add_argument("--sdpa-passes", type=int, default=2, help="sdpa passes over the positions at its largest batch (--settings)")
+    ap.add_argument("--no-replay", action="store_true", help="sdpa: time the first sight of each KV length (one cold generate())")
+    ap.add_argument("--diagnose", action="store_true", help="why sdpa runs in two modes: generate(), sdpa alone, controlled decode runs")
+    ap.add_argument("--diag-batch", type=int, default=26)
+    ap.add_argument("--diag-context", type=int, default=10240)
+    ap.add_argument("--diag-full", type=int, default=34816, help="context whose cache nearly fills the GPU at --diag-batch")
+    ap.add_argument("--diag-prompt", type=int, default=3000)
     a = ap.parse_args()
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     model, cfg = build(a.model, a.device, seed=1234)
+    if a.diagnose:
+        diagnose(model, cfg, a)
+        return
     if a.settings:
         run_settings(model, cfg, a)
         return

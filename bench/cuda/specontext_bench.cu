@@ -46,6 +46,7 @@
 //
 //   specontext_bench --json out.json [--quick] [--settings 2048:16384,...]
 //       [--search none|all|in:out,...] [--exposed-share 0.1] [--host-gb N]
+//       [--gather-blocks 16] [--offload-only] [--batches 29,31 [--batch-selection drift]]
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -96,6 +97,11 @@ struct Options {
   bool offload_only = false;          // only the host-tier runs (breakdowns)
   std::string slot_path = "device";   // device | host | both
   int gather_blocks = 16;             // persistent gather grid (device path; 16 fill PCIe)
+  // --batches: only these host-tier batches (kind "fixed"), with one selection
+  // source, instead of the rule's and the "max" rows (a gather-grid or other
+  // A/B at a known batch without the calibration runs).
+  std::vector<int> batches;
+  std::string batch_selection = "drift";  // drift | random-head
   cuda::HostPages host_pages = cuda::HostPages::kHuge;  // --host-pages huge|small|cudahostalloc
 };
 
@@ -1175,6 +1181,12 @@ int run(int argc, char** argv) {
     else if (k == "--chunk") o.chunk = std::atoi(v.c_str());
     else if (k == "--slot-path") o.slot_path = v;
     else if (k == "--gather-blocks") o.gather_blocks = std::atoi(v.c_str());
+    else if (k == "--batches") {
+      std::stringstream ss(v);
+      for (std::string item; std::getline(ss, item, ',');)
+        if (!item.empty()) o.batches.push_back(std::atoi(item.c_str()));
+    }
+    else if (k == "--batch-selection") o.batch_selection = v;
     else if (k == "--host-pages") {
       if (v == "huge") o.host_pages = cuda::HostPages::kHuge;
       else if (v == "small") o.host_pages = cuda::HostPages::kSmall;
@@ -1201,6 +1213,10 @@ int run(int argc, char** argv) {
     return fail(Status::Error("--slot-path must be device, host or both"));
   if (o.gather_blocks < 1 || o.gather_blocks > 1024)
     return fail(Status::Error("--gather-blocks must be 1..1024"));
+  if (o.batch_selection != "drift" && o.batch_selection != "random-head")
+    return fail(Status::Error("--batch-selection must be drift or random-head"));
+  for (int R : o.batches)
+    if (R < 1) return fail(Status::Error("--batches takes positive batch sizes"));
   if (!(o.exposed_share >= 0 && o.exposed_share < 1))
     return fail(Status::Error("--exposed-share must be in [0, 1)"));
   if (o.calib_layers < 1 || o.search_step < 1)
@@ -1287,12 +1303,12 @@ int run(int argc, char** argv) {
       p.spec_max = R;
       p.spec_max_host = h;
     }
-    if (o.skip_offload || p.spec_max_host == 0) p.spec_max = p.spec_max_host = 0;
+    if (o.skip_offload || p.spec_max_host == 0 || !o.batches.empty()) p.spec_max = p.spec_max_host = 0;
     p.common = std::min({o.common, p.dense_max, p.spec_dev_max});
     p.search = o.search_all || std::find(o.search.begin(), o.search.end(),
                                          std::make_pair(in, outn)) != o.search.end();
     pool_bytes = std::max(pool_bytes, size_t(p.spec_max_host) * host_layer_bytes(s, p.spec_max, p.cap));
-    if (!o.skip_offload && !o.offload_only && p.spec_dev_max > 0)  // the calibration run
+    if (!o.skip_offload && !o.offload_only && o.batches.empty() && p.spec_dev_max > 0)  // calibration
       pool_bytes = std::max(pool_bytes, size_t(std::max(1, std::min(o.calib_layers, s.layers - 1))) *
                                             host_layer_bytes(s, p.spec_dev_max, p.cap));
     std::printf("setting [%d,%d]: dense max %d, specontext device-only max %d, with host tier %d "
@@ -1443,7 +1459,9 @@ int run(int argc, char** argv) {
     // Calibration for the transfer-aware rule, per selection source: the
     // device-max batch at the end of the range with a few layers forced to
     // the host tier gives the reload fraction and the gather bandwidth.
-    if (o.skip_offload || o.offload_only || p.dev_end.batch < 1 || bn.pool.mem.bytes == 0) continue;
+    if (o.skip_offload || o.offload_only || !o.batches.empty() || p.dev_end.batch < 1 ||
+        bn.pool.mem.bytes == 0)
+      continue;
     const Meas& dev = p.dev_end;
     planner::StepTime stm;
     if (p.common_end.batch > 0 && p.common_end.batch != dev.batch)
@@ -1506,6 +1524,17 @@ int run(int argc, char** argv) {
   std::vector<Cand> cands;
   size_t need = pool_bytes;
   for (const Plan& p : plans) {
+    for (int R : o.batches) {  // --batches: fixed host-tier batches, no rule
+      if (o.skip_offload) break;
+      if (host_layers_for(bn.m, bn.head, bn.mem, R, p.cap, o.budget, bn.num_sms) < 0) {
+        report_fail("--batches", Status::Error("no placement for batch " + std::to_string(R)));
+        continue;
+      }
+      need = std::max(need, host_need(bn.m, bn.head, bn.mem, R, p.cap, o.budget, bn.num_sms));
+      const bool drift = o.batch_selection == "drift";
+      cands.push_back(Cand{&p, R, "fixed", drift ? drift_name : "random-head",
+                           drift ? Selection::kDrift : Selection::kHead});
+    }
     for (const Calibration& c : p.calib) {
       std::vector<int> batches;
       std::ostringstream js;
