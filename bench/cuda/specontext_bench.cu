@@ -96,7 +96,10 @@ struct Options {
   bool skip_dense = false, skip_offload = false;
   bool offload_only = false;          // only the host-tier runs (breakdowns)
   std::string slot_path = "device";   // device | host | both
-  int gather_blocks = 16;             // persistent gather grid (device path; 16 fill PCIe)
+  // Persistent gather grid (device path). 16 fill PCIe; fewer slow the
+  // compute less while gathers run, but at [2k,32k] (drift, batches 29/31) 8
+  // gained only 0.3-0.9% and 4 lost 2.4% at 31 (bench/README.md, session 4).
+  int gather_blocks = 16;
   // --batches: only these host-tier batches (kind "fixed"), with one selection
   // source, instead of the rule's and the "max" rows (a gather-grid or other
   // A/B at a known batch without the calibration runs).
