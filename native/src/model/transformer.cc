@@ -27,7 +27,7 @@ Status Transformer::load(const std::string& dir, Backend* backend,
   const char* graphs = std::getenv("SPX_CUDA_GRAPHS");
   t->graphs_ = graphs == nullptr || std::string(graphs) != "0";
   const char* sparse_graphs = std::getenv("SPX_SPARSE_GRAPHS");
-  t->sparse_graphs_ = sparse_graphs != nullptr && std::string(sparse_graphs) == "1";
+  t->sparse_graphs_ = sparse_graphs == nullptr || std::string(sparse_graphs) != "0";
   auto add = [&](const Tensor& x) { t->weight_bytes_ += x.empty() ? 0 : x.nbytes(); };
   add(t->w_.embed);
   add(t->w_.norm);

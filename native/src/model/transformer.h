@@ -100,8 +100,9 @@ class Transformer {
   // Also record decode steps whose chunks attend to device selections
   // (ForwardChunk::selection_device; no host-tier layer, no hooks): the
   // graph reads the selections in place, so the retrieval head (eager,
-  // before the forward) rewrites them between replays. SPX_SPARSE_GRAPHS=1
-  // at load turns it on (off by default).
+  // before the forward) rewrites them between replays. On by default (every
+  // CUDA suite passed with it on the H200, session 4); SPX_SPARSE_GRAPHS=0 at
+  // load turns it off.
   void set_sparse_step_graphs(bool on) { sparse_graphs_ = on; }
   const StepGraphStats& graph_stats() const { return graph_stats_; }
 
