@@ -64,7 +64,7 @@ model: venv
 # head"): the model's first 10 layers with the committed distilled scoring
 # tensors, written next to the model (<model>-head), where the engine looks for
 # it; without it the engine falls back to the self-derived head (and says so).
-HEAD_TENSORS := test/fixtures/smollm2-head-distilled/qk-k10-sparse.safetensors
+HEAD_TENSORS := test/fixtures/smollm2-head-distilled/qk-k10-spread24.safetensors
 HEAD_DIR := $(MODEL_DIR)-head
 head: model
 	@if [[ ! -f $(MODEL_DIR)/model.safetensors ]]; then \

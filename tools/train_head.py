@@ -406,7 +406,7 @@ def main() -> None:
     ap.add_argument("--val-windows", type=int, default=2)
     ap.add_argument("--positions", type=int, default=1024, help="query positions per window")
     ap.add_argument("--min-pos", type=int, default=1024, help="earliest query position in a window")
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=64, help="query positions per step")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--l2", type=float, default=0.0, help="pull towards the target's weights")
