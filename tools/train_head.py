@@ -314,7 +314,7 @@ def train(args) -> None:
         loss = -(t * lc).sum(-1).mean()  # cross-entropy = KL + const
         if args.miss > 0:
             loss = loss + args.miss * missed_mass(lc, t, args.miss_budget - N_SINK - N_RECENT, args.miss_temp)
-        # A pull towards the target's own weights keeps the small data set from being overfit.
+        # A pull towards the starting weights (the target's, or --init) against overfitting.
         reg = sum(((p - p0) ** 2).sum() for p, p0 in zip(scorer.params, init))
         opt.zero_grad()
         (loss + args.l2 * reg).backward()
@@ -409,7 +409,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=64, help="query positions per step")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--l2", type=float, default=0.0, help="pull towards the target's weights")
+    ap.add_argument("--l2", type=float, default=0.0, help="pull towards the starting weights (the target's, or --init)")
     ap.add_argument("--miss", type=float, default=0.0, help="weight of the missed-mass term (0: cross-entropy only)")
     ap.add_argument("--miss-budget", type=int, default=1024, help="the budget B whose cut the missed-mass term sees")
     ap.add_argument("--miss-temp", type=float, default=0.5, help="its sigmoid's width in log-score units")
