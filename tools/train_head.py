@@ -135,8 +135,8 @@ def features(args) -> tuple[Path, list[int]]:
     ids = Tokenizer.from_file(str(tok)).encode((data_dir() / "data.txt").read_text(encoding="utf-8")).ids
     starts = chosen_starts(args, len(ids))
     cache = CACHE / f"k{args.layers}-{args.pool}-w{args.window}-p{args.positions}-m{args.min_pos}-s{args.seed}"
-    todo = [s for s in starts if not (cache / f"start{s}.safetensors").is_file()]
-    if not todo:
+    missing = [s for s in starts if not (cache / f"start{s}.safetensors").is_file()]
+    if not missing:
         return cache, starts
     cache.mkdir(parents=True, exist_ok=True)
     from transformers import AutoModelForCausalLM
@@ -146,7 +146,7 @@ def features(args) -> tuple[Path, list[int]]:
     H, KVH, D, L = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.num_hidden_layers
     G, W, P = H // KVH, args.window, args.positions
     lo, hi = {"all": (0, L), "sparse": (args.layers - 1, L)}[args.pool]
-    for wi, s in enumerate(todo):
+    for wi, s in enumerate(missing):
         t0 = time.time()
         x = torch.tensor([ids[s : s + W]])
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + s)
@@ -168,7 +168,7 @@ def features(args) -> tuple[Path, list[int]]:
         arrays = {"x": hs[args.layers - 1][0].numpy(), "pos": pos.numpy().astype(np.int64),
                   "target": pooled.numpy().astype(np.float16)}
         save_file(arrays, str(cache / f"start{s}.safetensors"))
-        print(f"features: window {wi + 1}/{len(todo)} (tokens {s}..{s + W}) {time.time() - t0:.0f} s", flush=True)
+        print(f"features: window {wi + 1}/{len(missing)} (tokens {s}..{s + W}) {time.time() - t0:.0f} s", flush=True)
     return cache, starts
 
 

@@ -28,6 +28,7 @@ TEST(CudaSparse, Skipped) { GTEST_SKIP() << "built without CUDA (nvcc not found)
 #include "engine/engine.h"
 #include "retrieval/select.h"
 #include "retrieval/sparse_decoder.h"
+#include "sparse_prefill.h"
 #include "test_util.h"
 
 namespace spx {
@@ -96,12 +97,8 @@ std::vector<Step> decode(const std::string& device, const std::string& dir, int 
   for (int i = 0; i < cap; ++i) tokens[i] = (i * 7919 + 13) % std::min(c.vocab_size, 250);
   const std::vector<uint64_t> ids = {1};
   std::vector<float> logits;
-  ForwardBatch pre;
-  pre.tokens.assign(tokens.begin(), tokens.begin() + prompt);
-  pre.chunks.push_back({kv, 0, prompt, LogitsMode::Last});
-  EXPECT_TRUE(dec->before_forward(ids, &pre).ok);
-  EXPECT_TRUE((st = model->forward(pre, &logits)).ok) << st.message;
-  EXPECT_TRUE(dec->after_forward(ids, pre).ok);
+  st = spx::testing::sparse_prefill(dec.get(), model.get(), kv, 1, tokens, prompt);
+  EXPECT_TRUE(st.ok) << st.message;
   std::vector<Step> out;
   for (int s = 0; s < steps; ++s) {
     ForwardBatch b;

@@ -13,6 +13,7 @@
 #include <cstdlib>
 
 #include "retrieval/sparse_decoder.h"
+#include "sparse_prefill.h"
 #include "test_util.h"
 
 namespace {
@@ -117,12 +118,8 @@ DecodeRun decode(Backend* be, const std::string& name, const HeadChoice& head, i
   for (int i = 0; i < cap; ++i) tokens[i] = (i * 37 + 11) % 250;
   const std::vector<uint64_t> ids = {3};
   std::vector<float> logits;
-  ForwardBatch pre;
-  pre.tokens.assign(tokens.begin(), tokens.begin() + prompt);
-  pre.chunks.push_back({kv, 0, prompt, LogitsMode::Last});
-  EXPECT_TRUE(dec->before_forward(ids, &pre).ok);
-  EXPECT_TRUE(model->forward(pre, &logits).ok);
-  EXPECT_TRUE(dec->after_forward(ids, pre).ok);
+  st = spx::testing::sparse_prefill(dec.get(), model.get(), kv, 3, tokens, prompt);
+  EXPECT_TRUE(st.ok) << st.message;
   for (int s = 0; s < steps; ++s) {
     ForwardBatch b;
     b.tokens = {tokens[prompt + s]};

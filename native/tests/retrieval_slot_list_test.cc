@@ -10,6 +10,7 @@
 #include <set>
 
 #include "retrieval/sparse_decoder.h"
+#include "sparse_prefill.h"
 #include "test_util.h"
 
 namespace {
@@ -36,12 +37,8 @@ TEST_P(SlotList, SelectedTokensSitInTheirSlots) {
   for (int i = 0; i < cap; ++i) tokens[i] = (i * 37 + 11) % 250;
   const std::vector<uint64_t> ids = {3};
   std::vector<float> logits;
-  ForwardBatch pre;
-  pre.tokens.assign(tokens.begin(), tokens.begin() + prompt);
-  pre.chunks.push_back({kv, 0, prompt, LogitsMode::Last});
-  ASSERT_TRUE(dec->before_forward(ids, &pre).ok);
-  ASSERT_TRUE(model->forward(pre, &logits).ok);
-  ASSERT_TRUE(dec->after_forward(ids, pre).ok);
+  Status st = spx::testing::sparse_prefill(dec.get(), model.get(), kv, 3, tokens, prompt);
+  ASSERT_TRUE(st.ok) << st.message;
   std::vector<int32_t> slots;
   const size_t D = static_cast<size_t>(c.head_dim);
   std::vector<float> full(static_cast<size_t>(c.num_kv_heads) * cap * D);

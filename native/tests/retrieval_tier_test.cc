@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "retrieval/sparse_decoder.h"
+#include "sparse_prefill.h"
 #include "test_util.h"
 
 namespace {
@@ -37,12 +38,8 @@ std::vector<std::vector<float>> decode(const std::string& name, int host_layers,
   for (int i = 0; i < cap; ++i) tokens[i] = (i * 29 + 3) % 250;
   std::vector<uint64_t> ids = {5};
   std::vector<float> logits;
-  ForwardBatch pre;
-  pre.tokens.assign(tokens.begin(), tokens.begin() + prompt);
-  pre.chunks.push_back({kv, 0, prompt, LogitsMode::Last});
-  EXPECT_TRUE(dec->before_forward(ids, &pre).ok);
-  EXPECT_TRUE(model->forward(pre, &logits).ok);
-  EXPECT_TRUE(dec->after_forward(ids, pre).ok);
+  Status pst = spx::testing::sparse_prefill(dec.get(), model.get(), kv, 5, tokens, prompt);
+  EXPECT_TRUE(pst.ok) << pst.message;
   std::vector<std::vector<float>> out;
   for (int s = 0; s < steps; ++s) {
     if (s == host_from_step && s > 0) EXPECT_TRUE(dec->set_host_layers(host_layers).ok);

@@ -187,9 +187,10 @@ class Tier final : public CudaTier {
 
   // ---- Device slot maps
   Status open_map(uint64_t id, int budget, int64_t capacity, int kv_heads) override {
-    if (budget <= 0 || budget > 2048 || capacity <= 0 || kv_heads <= 0)
-      return Status::Error("device slot maps: budget " + std::to_string(budget) +
-                           " (at most 2048), capacity " + std::to_string(capacity));
+    if (budget <= 0 || budget > kDeviceSlotMapMaxBudget || capacity <= 0 || kv_heads <= 0)
+      return Status::Error("device slot maps: budget " + std::to_string(budget) + " (at most " +
+                           std::to_string(kDeviceSlotMapMaxBudget) + "), capacity " +
+                           std::to_string(capacity));
     SPX_CUDA_TRY(cudaSetDevice(device_));
     close_map(id);
     Pool& p = pools_[budget];

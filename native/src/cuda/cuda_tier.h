@@ -38,6 +38,10 @@ struct TierRequest {
   Tensor* slot_v;
 };
 
+// The largest budget the device slot maps take (slot_map_update_forward's
+// limit, sparse_ops.h); larger budgets keep their maps on the host.
+constexpr int kDeviceSlotMapMaxBudget = 2048;
+
 // One request's step for the device slot maps (CudaTier::update_maps).
 struct MapRow {
   uint64_t id = 0;                   // a map opened with open_map

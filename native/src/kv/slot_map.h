@@ -67,6 +67,7 @@ class SlotTable {
  public:
   // bytes_per_token: K+V bytes of one token, one head, summed over host layers.
   void configure(int kv_heads, int64_t bytes_per_token);
+  int64_t bytes_per_token() const { return bytes_per_token_; }
   // (Re)starts request r's maps with budget B.
   void open_request(int r, int budget);
   void close_request(int r);

@@ -32,7 +32,6 @@ Status SparseDecoder::make(Transformer* target, Backend* backend, const HeadChoi
 #endif
   d->elem_bytes_ = d->tier_ ? 2 : 4;
   d->slots_.configure(c.num_kv_heads, 2LL * c.head_dim * d->elem_bytes_);
-  d->map_bytes_per_token_ = 2LL * c.head_dim * d->elem_bytes_;  // as slots_ counts them
   if (d->tier_) {
     // Device slot maps need the selection on the device, from the target's
     // own backend (its stream orders the diff after the selection).
@@ -94,7 +93,6 @@ Status SparseDecoder::set_host_layers(int n) {
   host_layers_ = n;
   // Bytes moved per loaded token: K and V rows of every host layer.
   slots_.configure(c.num_kv_heads, 2LL * c.head_dim * elem_bytes_ * n);
-  map_bytes_per_token_ = 2LL * c.head_dim * elem_bytes_ * n;
   return Status::Ok();
 }
 
@@ -137,9 +135,10 @@ Status SparseDecoder::admit(uint64_t id, int capacity, int budget, KvSequence* k
     head_->close(id);
     return st;
   }
-  const bool device = device_maps_ && budget <= 2048;
+  const bool device = device_maps_ && budget <= cuda::kDeviceSlotMapMaxBudget;
   if (device_maps_ && !device && !warned_budget_) {
-    std::fprintf(stderr, "spx: slot maps on the host for budgets over 2048 (budget %d)\n", budget);
+    std::fprintf(stderr, "spx: slot maps on the host for budgets over %d (budget %d)\n",
+                 cuda::kDeviceSlotMapMaxBudget, budget);
     warned_budget_ = true;
   }
   if (device) {
@@ -189,7 +188,7 @@ void SparseDecoder::fold_map_counters(bool wait) {
   d.steps = now.rows - seen_.rows;
   d.loads = now.loads - seen_.loads;
   d.slots = now.slots - seen_.slots;
-  d.bytes = d.loads * static_cast<uint64_t>(map_bytes_per_token_);
+  d.bytes = d.loads * static_cast<uint64_t>(slots_.bytes_per_token());  // as the host maps count
   for (ElasticStats* e : {&stats_.elastic, &stats_.tier}) {
     if (e == &stats_.tier && host_layers_ == 0) continue;
     e->steps += d.steps;

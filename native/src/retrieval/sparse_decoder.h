@@ -168,9 +168,8 @@ class SparseDecoder {
   std::unique_ptr<cuda::CudaTier> tier_;  // CUDA host tier; null on the CPU backend
   bool device_maps_ = false;         // admit() opens device slot maps (CUDA, device selection)
   bool selection_on_device_ = false;  // device maps, no fallback threshold, no SPX_SELECTION_DOWNLOAD=1
-  bool warned_budget_ = false;       // a budget over the device maps' 2048 was logged
+  bool warned_budget_ = false;       // a budget over kDeviceSlotMapMaxBudget was logged
   cuda::MapCounters seen_;           // device counters folded into stats_ so far
-  int64_t map_bytes_per_token_ = 0;  // bytes a device-map load counts (slots_'s figure)
   std::vector<float> row_;           // one K or V row in transit
   std::vector<float> aux_rows_;      // the target's captured hidden states this step (EAGLE-3, prompt_hidden)
 };
