@@ -7,7 +7,7 @@
 #     --dlm-layers 1: the target's layer 0 scores, every layer sparse; a
 #     random checkpoint has no distilled head), prompts of 16k and 32k, 8
 #     requests (and 16 at 32k when time allows), one sparse run with
-#     SPX_SPARSE_GRAPHS=0;
+#     SPX_SPARSE_GRAPHS=0 and one with the recommended head (time allowing);
 #   - specontext_bench (bench_model.cuh's forward with the engine's kernels,
 #     random EAGLE-like head) at the same contexts and batches: its dense
 #     ("ours-dense") and SpeContext rows, every layer on the device.
@@ -92,11 +92,12 @@ bench_path 8 16384:64,32768:64 b8
 
 # ---- the engine: one process per run (load, prefill, decode)
 fail=0
-engine() {  # label, context, requests, new, budget, extra env...
-  local label=$1 ctx=$2 req=$3 new=$4 budget=$5 t0=$SECONDS line rc limit
-  shift 5
+engine() {  # label, context, requests, new, budget, dlm layers (0: recommended head), extra env...
+  local label=$1 ctx=$2 req=$3 new=$4 budget=$5 dlm=$6 t0=$SECONDS line rc limit
+  shift 6
   local args=("$ckpt" --device cuda:0 --context "$ctx" --requests "$req" --new "$new" --chunk "$ctx")
-  [[ $budget -gt 0 ]] && args+=(--budget "$budget" --dlm-layers 1)
+  [[ $budget -gt 0 ]] && args+=(--budget "$budget")
+  [[ $budget -gt 0 && $dlm -gt 0 ]] && args+=(--dlm-layers "$dlm")
   # Never past the call's 10 minutes: what is left, less the report's share.
   limit=$((570 - $(elapsed)))
   ((limit > 240)) && limit=240
@@ -113,21 +114,28 @@ engine() {  # label, context, requests, new, budget, extra env...
   note "engine $label: rc $rc ($((SECONDS - t0)) s) $(echo "$line" | head -c 700)"
 }
 if [[ -f "$ckpt/.ok" ]]; then
-  engine dense-16k-8 16384 8 48 0
-  engine sparse-16k-8 16384 8 48 2048
-  engine dense-32k-8 32768 8 48 0
-  engine sparse-32k-8 32768 8 48 2048
+  engine dense-16k-8 16384 8 48 0 0
+  engine sparse-16k-8 16384 8 48 2048 1
+  engine dense-32k-8 32768 8 48 0 0
+  engine sparse-32k-8 32768 8 48 2048 1
   if [[ $(elapsed) -lt 330 ]]; then
-    engine sparse-32k-8-nographs 32768 8 48 2048 SPX_SPARSE_GRAPHS=0
+    engine sparse-32k-8-nographs 32768 8 48 2048 1 SPX_SPARSE_GRAPHS=0
   else
     note "sparse-32k-8-nographs skipped ($(elapsed) s)"
   fi
   if [[ $(elapsed) -lt 360 ]]; then
-    engine dense-32k-16 32768 16 64 0
-    engine sparse-32k-16 32768 16 64 2048
+    engine dense-32k-16 32768 16 64 0 0
+    engine sparse-32k-16 32768 16 64 2048 1
     bench_path 16 32768:64 b16
   else
     note "batch 16 skipped ($(elapsed) s)"
+  fi
+  # The product's default head for this shape (self-derived, first 8 layers:
+  # layers 0-6 dense), when time is left.
+  if [[ $(elapsed) -lt 440 ]]; then
+    engine sparse-32k-8-default-head 32768 8 48 2048 0
+  else
+    note "sparse-32k-8-default-head skipped ($(elapsed) s)"
   fi
 fi
 

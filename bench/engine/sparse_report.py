@@ -32,14 +32,18 @@ def engine_rows(path):
             rows.append(dict(path="engine", label=e["label"], failed=True, env=e.get("env", "")))
             continue
         sparse = r.get("budget", 0) > 0
-        graphs_off = "SPX_SPARSE_GRAPHS=0" in e.get("env", "")
+        variant = []
+        if "SPX_SPARSE_GRAPHS=0" in e.get("env", ""):
+            variant.append("sparse graphs off")
+        if sparse and r.get("dlm_layers", 0) == 0 and not r.get("dlm_dir"):
+            variant.append("recommended head")
         ms = r["steady_ms_per_step"] or r["decode_ms_per_step"]
         rows.append(
             dict(
                 path="engine",
                 label=e["label"],
                 mode="sparse" if sparse else "dense",
-                variant="sparse graphs off" if graphs_off else "",
+                variant=", ".join(variant),
                 context=r["context"],
                 batch=r["requests"],
                 new_tokens=r["new_tokens"],
