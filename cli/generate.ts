@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { type Command, InvalidArgumentError } from 'commander';
 import type { CpuBenchOptions } from '../bench/cpu/run';
 import { type ChatMessage, type Device, openEngine } from '../engine';
+import { fallbackArg } from './sparse';
 
 export const DEFAULT_MODEL_DIR = 'models/smollm2-135m-instruct';
 
@@ -22,6 +23,9 @@ interface GenerateFlags {
   device: string;
   budget?: number;
   full?: boolean;
+  dlm?: string;
+  dlmLayers?: number;
+  fallback?: number;
   json?: boolean;
 }
 
@@ -59,6 +63,9 @@ async function generate(flags: GenerateFlags): Promise<void> {
     device: flags.device as Device,
     threads: flags.threads,
     maxBatch: 1,
+    dlm: flags.dlm,
+    dlmLayers: flags.dlmLayers,
+    fallback: flags.fallback,
   });
   const controller = new AbortController();
   const onSigint = () => controller.abort();
@@ -132,6 +139,16 @@ export function registerGenerateCommands(program: Command): void {
     .option('--device <d>', 'cpu or cuda:N', 'cpu')
     .option('--budget <b>', 'sparse KV budget (SpeContext); 0: full attention', intArg(0))
     .option('--full', 'full attention (ignores --budget)')
+    .option(
+      '--dlm <dir>',
+      'retrieval head: a distilled model sharing the tokenizer (default: the recommended head)',
+    )
+    .option('--dlm-layers <k>', "retrieval head: the target's first k layers", intArg(1))
+    .option(
+      '--fallback <mass>',
+      "full attention on a step whose selection carries less of the head's mass (default: the head's recommendation; 0: never)",
+      fallbackArg,
+    )
     .option('--json', 'print one JSON object {text, tokens, promptTokens, stats}')
     .action(generate);
 

@@ -22,6 +22,15 @@ function intArg(min: number) {
   };
 }
 
+/** A fallback threshold: a share of the head's mass in [0, 1). */
+export function fallbackArg(value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n < 0 || n >= 1) {
+    throw new InvalidArgumentError('expected a number in [0, 1)');
+  }
+  return n;
+}
+
 function numArg(min: number) {
   return (value: string): number => {
     const n = Number(value);
@@ -253,6 +262,9 @@ function printFidelity(r: NativeFidelityReport): void {
     `head: ${r.head} (scoring layer ${r.scoringLayer}); ${r.headParams.toLocaleString()} of ` +
       `${r.targetParams.toLocaleString()} target parameters (${pct(1 - r.headParams / r.targetParams)} fewer)`,
     `context ${r.context} tokens, ${r.steps} teacher-forced steps, full-attention ppl ${r.pplFull.toFixed(3)}, ${r.seconds.toFixed(0)} s`,
+    r.fallbackMass > 0
+      ? `fallback: full attention when the selection carries under ${r.fallbackMass} of the head's mass`
+      : 'fallback: none',
     'budget  recall(mean±std, p10)  top-1   ppl ratio  reload  fallback',
   ];
   for (const b of r.budgets) {
@@ -340,8 +352,8 @@ export function registerSparseCommands(program: Command): void {
     .option('--recent <n>', 'newest tokens always selected', intArg(0))
     .option(
       '--fallback <mass>',
-      'full attention when the selection carries less head mass',
-      numArg(0),
+      "full attention when the selection carries less of the head's mass (default: the head's recommendation; 0: never)",
+      fallbackArg,
     )
     .option(
       '--sparse-from <layer>',

@@ -21,6 +21,10 @@ export function serviceConfig(env: NodeJS.ProcessEnv = process.env) {
       SPECONTEXT_THREADS: int(0),
       SPECONTEXT_MAX_BATCH: int(4, 1),
       SPECONTEXT_MAX_CONTEXT: int(0),
+      // SpeContext's retrieval head (a distilled model directory; unset: the
+      // recommended head) and fallback threshold (unset: the head's own).
+      SPECONTEXT_DLM: z.string().min(1).optional(),
+      SPECONTEXT_FALLBACK: z.coerce.number().min(0).lt(1).optional(),
       SPECONTEXT_API_HOST: str('127.0.0.1'),
       SPECONTEXT_API_PORT: port(8080),
       SPECONTEXT_MAX_DOCUMENT_BYTES: int(4 * 1024 * 1024, 1),
@@ -61,6 +65,8 @@ export function serviceConfig(env: NodeJS.ProcessEnv = process.env) {
       threads: c.SPECONTEXT_THREADS,
       maxBatch: c.SPECONTEXT_MAX_BATCH,
       maxContext: c.SPECONTEXT_MAX_CONTEXT || undefined,
+      dlm: c.SPECONTEXT_DLM === undefined ? undefined : fromRoot(c.SPECONTEXT_DLM),
+      fallback: c.SPECONTEXT_FALLBACK,
     },
     api: {
       host: c.SPECONTEXT_API_HOST,

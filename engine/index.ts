@@ -53,6 +53,7 @@ export async function openEngine(options: EngineOptions): Promise<Engine> {
     prefillChunk: options.prefillChunk,
     dlmDir: options.dlm,
     dlmLayers: options.dlmLayers,
+    fallbackMass: options.fallback,
   });
   let tokenizer: ModelTokenizer | undefined;
   try {

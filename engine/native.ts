@@ -27,6 +27,8 @@ export interface NativeOpenOptions {
   prefillChunk?: number;
   dlmDir?: string;
   dlmLayers?: number;
+  /** Fallback threshold; < 0 or absent: the head's recommendation, 0: never. */
+  fallbackMass?: number;
 }
 
 export interface NativeRequest {
@@ -144,6 +146,8 @@ export interface NativeFidelityReport {
   steps: number;
   pplFull: number;
   seconds: number;
+  /** The fallback threshold the run used (0: none). */
+  fallbackMass: number;
   budgets: NativeBudgetFidelity[];
 }
 

@@ -16,6 +16,12 @@ export interface EngineOptions {
   /** SpeContext retrieval head: a distilled model dir, or the target's first k layers. */
   dlm?: string;
   dlmLayers?: number;
+  /**
+   * Fallback: a sparse step whose selection carries less than this share of
+   * the head's attention mass attends fully. Absent: the head's own
+   * recommendation (a distilled head's config.json; none otherwise); 0: never.
+   */
+  fallback?: number;
 }
 
 export interface SamplingOptions {

@@ -34,6 +34,10 @@ export function validateOptions(options: EngineOptions): void {
   checkInt('options.maxContext', options.maxContext, 0);
   checkInt('options.prefillChunk', options.prefillChunk, 1);
   checkInt('options.dlmLayers', options.dlmLayers, 0);
+  const f = options.fallback;
+  if (f !== undefined && (typeof f !== 'number' || !Number.isFinite(f) || f < 0 || f >= 1)) {
+    fail(`options.fallback must be a number in [0, 1), got ${String(f)}`);
+  }
 }
 
 export function checkTokenIds(name: string, ids: unknown, vocabSize: number): number[] {

@@ -47,6 +47,56 @@ describe.each(['tiny-llama', 'tiny-qwen2', 'tiny-qwen3'])('%s', (name) => {
   });
 });
 
+// SpeContext through the TypeScript API (the engine's own tests cover the
+// selection itself: native/tests/retrieval_engine_test.cc). A budget covering
+// the whole context is full attention; a fallback threshold above any mass
+// the selection can carry turns every sparse step into a counted fallback.
+describe('sparse decoding options (tiny-llama)', () => {
+  const ref = () => reference('tiny-llama');
+  async function run(options: { fallback?: number }, budget: number) {
+    const engine = await openEngine({
+      model: path.join(FIXTURES, 'tiny-llama'),
+      threads: 1,
+      dlmLayers: 1,
+      ...options,
+    });
+    try {
+      const r = await engine.generate({
+        tokens: ref().prompt_ids,
+        maxTokens: ref().generated_ids.length,
+        stopTokenIds: [],
+        budget,
+      });
+      return { tokens: r.tokens, stats: engine.stats() };
+    } finally {
+      await engine.close();
+    }
+  }
+
+  test('a budget covering the context gives the full-attention tokens', async () => {
+    const r = await run({}, 4096);
+    expect(r.tokens).toEqual(ref().generated_ids);
+    expect(r.stats.fallbackSteps).toBe(0);
+  });
+
+  test('fallback: 0 never falls back, 0.999 falls back on every sparse step', async () => {
+    const budget = 4; // below the prompt: every decode step selects
+    const off = await run({ fallback: 0 }, budget);
+    expect(off.stats.sparseSteps).toBeGreaterThan(0);
+    expect(off.stats.fallbackSteps).toBe(0);
+    const always = await run({ fallback: 0.999 }, budget);
+    expect(always.stats.fallbackSteps).toBeGreaterThan(0);
+    // Full attention on those steps: the reference's tokens again.
+    expect(always.tokens).toEqual(ref().generated_ids);
+  });
+
+  test.each([1, -0.5, Number.NaN])('fallback %s is refused before the model loads', async (f) => {
+    await expect(
+      openEngine({ model: path.join(FIXTURES, 'tiny-llama'), fallback: f }),
+    ).rejects.toThrow(/options\.fallback/);
+  });
+});
+
 describe('bad model directories are ModelLoadErrors', () => {
   async function openFails(dir: string, pattern: RegExp): Promise<void> {
     const err = await openEngine({ model: dir, threads: 1 }).then(

@@ -377,6 +377,11 @@ def assemble(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_file(keep, str(out / "model.safetensors"), metadata={"format": "pt"})
     cfg["num_hidden_layers"] = k
+    if args.fallback is not None:
+        if not 0 <= args.fallback < 1:
+            sys.exit(f"train_head: --fallback {args.fallback} is not in [0, 1)")
+        # The engine's default fallback threshold for this head (config.cc reads it).
+        cfg["specontext_fallback_mass"] = args.fallback
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
@@ -414,6 +419,8 @@ def main() -> None:
     ap.add_argument("--miss-budget", type=int, default=1024, help="the budget B whose cut the missed-mass term sees")
     ap.add_argument("--miss-temp", type=float, default=0.5, help="its sigmoid's width in log-score units")
     ap.add_argument("--init", default=None, help="train: start from these trained tensors, not the target's")
+    ap.add_argument("--fallback", type=float, default=None,
+                    help="assemble: the head's recommended fallback threshold, written to its config.json")
     ap.add_argument("--budgets", type=lambda s: [int(v) for v in s.split(",")], default=[256, 512, 1024, 2048])
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)

@@ -78,6 +78,8 @@ export async function startWorker(c: ServiceConfig, o: WorkerOptions = {}): Prom
       threads: c.engine.threads || undefined,
       maxBatch: c.engine.maxBatch,
       maxContext: c.engine.maxContext,
+      dlm: c.engine.dlm,
+      fallback: c.engine.fallback,
     }));
   const nc = await connectNats(c.nats.url, `specontext-worker-${host}`);
   await ensureStreams(nc);

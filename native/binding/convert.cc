@@ -74,6 +74,7 @@ spx::EngineOptions ToEngineOptions(Napi::Env env, const Napi::Object& js) {
   if (Has(js, "prefillChunk")) o.prefill_chunk = Int(env, js, "prefillChunk");
   if (Has(js, "dlmDir")) o.dlm_dir = String(env, js, "dlmDir");
   if (Has(js, "dlmLayers")) o.dlm_layers = Int(env, js, "dlmLayers");
+  if (Has(js, "fallbackMass")) o.fallback_mass = static_cast<float>(Number(env, js, "fallbackMass"));
   return o;
 }
 

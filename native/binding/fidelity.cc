@@ -50,6 +50,7 @@ class FidelityWorker : public Napi::AsyncWorker {
     o.Set("steps", r.steps);
     o.Set("pplFull", r.ppl_full);
     o.Set("seconds", r.seconds);
+    o.Set("fallbackMass", r.fallback_mass);
     Napi::Array budgets = Napi::Array::New(env, r.budgets.size());
     for (size_t i = 0; i < r.budgets.size(); ++i) {
       const auto& b = r.budgets[i];
@@ -114,8 +115,9 @@ Napi::Value EvalFidelity(const Napi::CallbackInfo& info) {
     if (r != "max" && r != "mean") Throw(env, "evalFidelity: reduce must be max or mean", kInvalidRequest);
     o.select.reduce = r == "max" ? spx::retrieval::GroupReduce::Max : spx::retrieval::GroupReduce::Mean;
   }
+  // Absent: the head's recommendation (eval_fidelity resolves it).
   Napi::Value fm = js.Get("fallbackMass");
-  if (fm.IsNumber()) o.select.fallback_mass = fm.As<Napi::Number>().FloatValue();
+  o.select.fallback_mass = fm.IsNumber() ? fm.As<Napi::Number>().FloatValue() : -1.0f;
   Napi::Value budgets = js.Get("budgets");
   if (!budgets.IsArray()) Throw(env, "evalFidelity: budgets must be an array", kInvalidRequest);
   Napi::Array arr = budgets.As<Napi::Array>();

@@ -79,6 +79,19 @@ TEST(Config, Errors) {
             std::string::npos);
   EXPECT_NE(error_of(with(kLlama, "\"tie_word_embeddings\": true", "\"tie_word_embeddings\": 1")).find("tie_word"),
             std::string::npos);
+  for (const char* bad : {"1", "-0.1", "\"0.9\""})
+    EXPECT_NE(error_of(with(kLlama, "\"rms_norm_eps\"", std::string("\"specontext_fallback_mass\": ") + bad + ", \"rms_norm_eps\""))
+                  .find("specontext_fallback_mass"),
+              std::string::npos)
+        << bad;
+}
+
+TEST(Config, RetrievalHeadFallback) {
+  ModelConfig c;
+  ASSERT_TRUE(parse_model_config(kLlama, &c).ok);
+  EXPECT_EQ(c.spx_fallback_mass, 0.0);  // none unless the head's config says so
+  ASSERT_TRUE(parse_model_config(with(kLlama, "\"rms_norm_eps\"", "\"specontext_fallback_mass\": 0.9, \"rms_norm_eps\""), &c).ok);
+  EXPECT_DOUBLE_EQ(c.spx_fallback_mass, 0.9);
 }
 
 TEST(Json, Basics) {

@@ -19,6 +19,7 @@
 
 #include <unistd.h>
 
+#include "retrieval/fidelity.h"
 #include "retrieval/head_choice.h"
 #include "retrieval/pruned_head.h"
 #include "retrieval/select.h"
@@ -294,6 +295,70 @@ TEST_F(SharedDlm, RecommendedHeadIsTheDistilledOneNextToTheModel) {
   h = recommended(&kind);
   EXPECT_NE(kind.find("does not fit"), std::string::npos) << kind;
   EXPECT_FALSE(h->own_scoring());
+}
+
+// A distilled head's config.json may carry its recommended fallback
+// threshold (tools/train_head.py assemble --fallback): it is the default of
+// generate (SparseDecoder) and eval fidelity, and a threshold given (0
+// included) overrides it.
+TEST_F(SharedDlm, TheHeadsRecommendedFallbackIsTheDefault) {
+  const std::string model = root_ + "/target";
+  write_dlm(model, {}, {});
+  const std::vector<std::string> last = {"model.layers.6.input_layernorm.weight",
+                                         "model.layers.6.self_attn.q_proj.weight",
+                                         "model.layers.6.self_attn.k_proj.weight"};
+  write_dlm(model + "-head", last, {});
+  std::string cfg;
+  {
+    std::ifstream in(model + "-head/config.json");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    cfg = ss.str();
+  }
+  ASSERT_EQ(cfg.find('{'), cfg.find_first_not_of(" \n"));
+  cfg.insert(cfg.find('{') + 1, "\"specontext_fallback_mass\": 0.999, ");
+  std::ofstream(model + "-head/config.json") << cfg;
+
+  HeadChoice rec;
+  rec.model_dir = model;
+  std::unique_ptr<PrunedHead> h;
+  std::string kind;
+  double mass = -1;
+  ASSERT_TRUE(spx::retrieval::make_head(target_.get(), backend_.get(), rec, &dlm_, &h, &kind, &mass).ok);
+  EXPECT_NE(kind.find("distilled"), std::string::npos) << kind;
+  EXPECT_NEAR(mass, 0.999, 1e-9);
+  HeadChoice self;
+  self.dlm_layers = 3;
+  ASSERT_TRUE(spx::retrieval::make_head(target_.get(), backend_.get(), self, &dlm_, &h, &kind, &mass).ok);
+  EXPECT_EQ(mass, 0.0);  // a self-derived head recommends none
+
+  spx::retrieval::SelectOptions unset;
+  unset.fallback_mass = -1;
+  std::unique_ptr<spx::retrieval::SparseDecoder> dec;
+  ASSERT_TRUE(spx::retrieval::SparseDecoder::make(target_.get(), backend_.get(), rec, unset, &dec).ok);
+  EXPECT_NE(dec->head_kind().find("the head's recommendation"), std::string::npos) << dec->head_kind();
+  ASSERT_TRUE(spx::retrieval::SparseDecoder::make(target_.get(), backend_.get(), rec, {}, &dec).ok);
+  EXPECT_EQ(dec->head_kind().find("full attention when"), std::string::npos) << dec->head_kind();
+
+  // eval fidelity: unset -> the head's 0.999 (nearly every step falls back
+  // at B = 16 over 100 tokens); 0 -> never.
+  spx::retrieval::FidelityRequest req;
+  req.model_dir = model;
+  req.threads = 1;
+  req.tokens.assign(tokens_.begin(), tokens_.begin() + 110);
+  req.options.context = 100;
+  req.options.steps = 8;
+  req.options.budgets = {16};
+  req.options.select.fallback_mass = -1;
+  spx::retrieval::FidelityReport with, without;
+  Status st = spx::retrieval::eval_fidelity(req, &with);
+  ASSERT_TRUE(st.ok) << st.message;
+  EXPECT_NEAR(with.fallback_mass, 0.999, 1e-6);
+  EXPECT_GT(with.budgets[0].fallback_rate, 0.5);
+  req.options.select.fallback_mass = 0;
+  ASSERT_TRUE((st = spx::retrieval::eval_fidelity(req, &without)).ok) << st.message;
+  EXPECT_EQ(without.fallback_mass, 0.0f);
+  EXPECT_EQ(without.budgets[0].fallback_rate, 0.0);
 }
 
 }  // namespace

@@ -33,6 +33,11 @@ struct EngineOptions {
   // means the product's recommended default head for the model.
   std::string dlm_dir;
   int dlm_layers = 0;
+  // Fallback: a sparse step whose selection carries less than this share of
+  // the head's attention mass attends fully (counted in fallback_steps).
+  // < 0: the head's recommendation (a distilled head's config.json; else
+  // none); 0: never.
+  float fallback_mass = -1.0f;
   // Adaptive placement (planner/placement_policy.h): device memory in bytes
   // the memory planner may plan with (weights, KV, buffers). As sparse
   // requests grow past its thresholds, the target's last layers move to the

@@ -38,10 +38,10 @@ std::unique_ptr<Engine> EngineImpl::create(const EngineOptions& o, Status* statu
     return nullptr;
   }
   if (o.threads < 0 || o.max_batch <= 0 || o.prefill_chunk <= 0 || o.max_context < 0 ||
-      o.dlm_layers < 0 || o.device_memory_bytes < 0) {
+      o.dlm_layers < 0 || o.device_memory_bytes < 0 || !(o.fallback_mass < 1)) {
     *status = Status::Error(
         "invalid engine options: threads, max_context and device_memory_bytes must be >= 0, "
-        "max_batch and prefill_chunk > 0, dlm_layers >= 0");
+        "max_batch and prefill_chunk > 0, dlm_layers >= 0, fallback_mass < 1");
     return nullptr;
   }
   std::unique_ptr<EngineImpl> e(new EngineImpl());
@@ -77,8 +77,9 @@ std::unique_ptr<Engine> EngineImpl::create(const EngineOptions& o, Status* statu
   head.dlm_dir = o.dlm_dir;
   head.dlm_layers = o.dlm_layers;
   head.model_dir = o.model_dir;  // the recommended distilled head is looked up next to the model
-  *status = retrieval::SparseDecoder::make(e->model_.get(), e->backend_.get(), head,
-                                           retrieval::SelectOptions{}, &e->sparse_);
+  retrieval::SelectOptions select;
+  select.fallback_mass = o.fallback_mass;
+  *status = retrieval::SparseDecoder::make(e->model_.get(), e->backend_.get(), head, select, &e->sparse_);
   if (!status->ok) return nullptr;
   *status = e->configure_placement();
   if (!status->ok) return nullptr;

@@ -136,6 +136,9 @@ Status parse_model_config(const std::string& text, ModelConfig* out) {
   if (!(c.rms_norm_eps > 0)) return Status::Error("config.json: rms_norm_eps must be positive");
   if (!(st = parse_rope(root, &c.rope)).ok) return st;
   if (!(st = get_bool(root, "tie_word_embeddings", &c.tie_word_embeddings)).ok) return st;
+  if (!(st = get_double(root, "specontext_fallback_mass", &c.spx_fallback_mass)).ok) return st;
+  if (!(c.spx_fallback_mass >= 0 && c.spx_fallback_mass < 1))
+    return Status::Error("config.json: specontext_fallback_mass must be in [0, 1)");
 
   // Qwen2 configs carry sliding-window fields; the engine attends over the
   // whole context, so a config that really uses a window is refused.

@@ -40,6 +40,11 @@ struct ModelConfig {
   bool mlp_bias = false;   // Llama with mlp_bias
   bool qk_norm = false;    // Qwen3: RMSNorm over each head of q and k
   std::vector<int32_t> eos_token_ids;
+  // A retrieval head's recommended fallback threshold (config key
+  // "specontext_fallback_mass", written by tools/train_head.py assemble): the
+  // selection mass under which a step attends fully when the user sets none.
+  // 0: no fallback. Ignored on a target.
+  double spx_fallback_mass = 0.0;
 };
 
 // Parses and validates config.json text.

@@ -373,9 +373,16 @@ Status eval_fidelity(const FidelityRequest& req, FidelityReport* report,
   std::string kind;
   HeadChoice choice = req.head;
   if (choice.model_dir.empty()) choice.model_dir = req.model_dir;  // the recommended head lives next to it
-  if (!(st = make_head(target.get(), backend.get(), choice, &dlm, &head, &kind)).ok) return st;
-  st = run_fidelity(target.get(), head.get(), req.tokens, req.options, report, progress);
+  double recommended = 0;
+  if (!(st = make_head(target.get(), backend.get(), choice, &dlm, &head, &kind, &recommended)).ok) return st;
+  // A threshold < 0 (the command's default) is the head's recommendation,
+  // as in `generate --budget`.
+  FidelityOptions options = req.options;
+  options.select.fallback_mass = resolve_fallback(req.options.select.fallback_mass, recommended);
+  if (!(options.select.fallback_mass < 1)) return Status::Error("the fallback threshold must be below 1");
+  st = run_fidelity(target.get(), head.get(), req.tokens, options, report, progress);
   report->head_kind = kind;
+  report->fallback_mass = options.select.fallback_mass;
   return st;
 }
 

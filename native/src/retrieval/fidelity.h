@@ -60,6 +60,7 @@ struct FidelityReport {
   uint64_t head_params = 0, head_model_params = 0, target_params = 0;
   double ppl_full = 0;
   double seconds = 0;
+  float fallback_mass = 0;  // the threshold the run used (0: none)
   std::vector<BudgetFidelity> budgets;
 };
 

@@ -91,8 +91,11 @@ int recommended_pool(const ModelConfig& target) { return 1; }
 
 Status make_head(Transformer* target, Backend* backend, const HeadChoice& choice,
                  std::unique_ptr<Transformer>* dlm_model, std::unique_ptr<PrunedHead>* head,
-                 std::string* kind) {
+                 std::string* kind, double* fallback_mass) {
   const ModelConfig& c = target->config();
+  double unused = 0;
+  if (fallback_mass == nullptr) fallback_mass = &unused;
+  *fallback_mass = 0;
   const int given = (!choice.dlm_dir.empty()) + (choice.oracle_layer >= 0);
   if (given > 1) return Status::Error("give at most one of a DLM directory and an oracle layer");
   if (choice.oracle_layer >= 0) {
@@ -126,6 +129,7 @@ Status make_head(Transformer* target, Backend* backend, const HeadChoice& choice
       return Status::Error("the DLM's attention heads differ from the target's");
     const int k = choice.dlm_layers > 0 ? choice.dlm_layers : d.num_layers;
     if (k > d.num_layers) return Status::Error("dlm layers exceed the DLM's depth");
+    *fallback_mass = d.spx_fallback_mass;
     const int pool = std::max(choice.pool, 1);
     std::string why;
     if (shares_lower_layers(*target, **dlm_model, k - 1, &why)) {
@@ -155,6 +159,7 @@ Status make_head(Transformer* target, Backend* backend, const HeadChoice& choice
       const int s = st.ok ? dlm->config().num_layers - 1 : 0;
       if (st.ok && shares_lower_layers(*target, *dlm, s, &why)) {
         st = PrunedHead::make(target, s, head, 1, &dlm->weights().layers[static_cast<size_t>(s)]);
+        *fallback_mass = dlm->config().spx_fallback_mass;
         *kind = "distilled " + dir + ", first " + std::to_string(s + 1) + " layers, scoring layer " +
                 std::to_string(s) + " (recommended; lower layers the target's own: dense, KV adopted)";
         return st;

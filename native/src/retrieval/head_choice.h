@@ -52,9 +52,17 @@ bool shares_lower_layers(const Transformer& target, const Transformer& dlm, int 
                          std::string* why);
 
 // Builds the head. A DLM is loaded onto `backend` into *dlm_model (kept alive
-// by the caller); `kind` describes the head for reports.
+// by the caller); `kind` describes the head for reports. *fallback_mass (if
+// given) receives the head's recommended fallback threshold: a distilled
+// head's config.json "specontext_fallback_mass", else 0 (none).
 Status make_head(Transformer* target, Backend* backend, const HeadChoice& choice,
                  std::unique_ptr<Transformer>* dlm_model, std::unique_ptr<PrunedHead>* head,
-                 std::string* kind);
+                 std::string* kind, double* fallback_mass = nullptr);
+
+// The fallback threshold a run uses: the one asked for (>= 0), else the
+// head's recommendation.
+inline float resolve_fallback(float asked, double recommended) {
+  return asked >= 0 ? asked : static_cast<float>(recommended);
+}
 
 }  // namespace spx::retrieval

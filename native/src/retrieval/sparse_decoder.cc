@@ -12,8 +12,17 @@ Status SparseDecoder::make(Transformer* target, Backend* backend, const HeadChoi
   auto d = std::unique_ptr<SparseDecoder>(new SparseDecoder());
   d->target_ = target;
   d->select_ = select;
-  Status st = make_head(target, backend, choice, &d->dlm_, &d->head_, &d->kind_);
+  double recommended = 0;
+  Status st = make_head(target, backend, choice, &d->dlm_, &d->head_, &d->kind_, &recommended);
   if (!st.ok) return st;
+  // fallback_mass < 0: the head's own recommendation (0 when it has none).
+  d->select_.fallback_mass = resolve_fallback(select.fallback_mass, recommended);
+  if (d->select_.fallback_mass > 0) {
+    char mass[32];
+    std::snprintf(mass, sizeof mass, "%.3g", d->select_.fallback_mass);
+    d->kind_ += std::string("; full attention when the selection carries under ") + mass + " of its mass" +
+                (select.fallback_mass < 0 ? " (the head's recommendation)" : "");
+  }
   const ModelConfig& c = target->config();
   // The head scores and selects where its K cache lives when the backend can
   // (the CUDA backend; the CPU backend is the reference and has no hook).
@@ -23,7 +32,7 @@ Status SparseDecoder::make(Transformer* target, Backend* backend, const HeadChoi
   const std::string scoring = where ? where : "";
   if (!scoring.empty() && scoring != "host" && scoring != "device")
     return Status::Error("SPX_HEAD_SCORING must be 'host' or 'device', not '" + scoring + "'");
-  if (scoring != "host" && (select.reduce == GroupReduce::Mean || select.fallback_mass <= 0))
+  if (scoring != "host" && (select.reduce == GroupReduce::Mean || d->select_.fallback_mass <= 0))
     d->head_->use_device_select(select.n_sink, select.n_recent, select.reduce == GroupReduce::Max);
 #ifdef SPX_HAVE_CUDA
   // The CUDA backend keeps host-tier caches in pinned memory (cuda_tier.h).
@@ -56,7 +65,7 @@ Status SparseDecoder::make(Transformer* target, Backend* backend, const HeadChoi
     const std::string download = dl ? dl : "";
     if (!download.empty() && download != "0" && download != "1")
       return Status::Error("SPX_SELECTION_DOWNLOAD must be '0' or '1', not '" + download + "'");
-    d->selection_on_device_ = d->device_maps_ && select.fallback_mass <= 0 && download != "1";
+    d->selection_on_device_ = d->device_maps_ && d->select_.fallback_mass <= 0 && download != "1";
   }
   *out = std::move(d);
   return Status::Ok();
