@@ -21,7 +21,9 @@ Three steps, one command each (train runs the other two when needed):
             caches per window the scoring layer's input and the pooled attention target (f16)
   train     the distillation itself; writes the trained tensors (f16 safetensors, < 1 MB)
   assemble  trained tensors + the target checkpoint -> the head folder (numpy + safetensors
-            only, so it runs in the project venv .venv/ too)
+            only, so it runs in the project venv .venv/ too); the head's config.json gets
+            the fallback threshold recorded in the tensors' metadata (or --fallback)
+  set-fallback --fallback m   records m, measured with `eval fidelity`, in the tensors' metadata
 
   nice .venv-ref/bin/python tools/train_head.py train      # features + train + assemble
   .venv/bin/python tools/train_head.py assemble            # from the committed tensors
@@ -350,6 +352,7 @@ def assemble(args) -> None:
     if not (src / "model.safetensors").is_file():
         sys.exit(f"train_head: {src}/model.safetensors not found (make model)")
     cfg = json.loads((src / "config.json").read_text())
+    fallback = args.fallback
     if args.untrained:
         # The self-derived head in the same checkpoint form: the control for the distilled one.
         k, trained = args.layers, {}
@@ -357,8 +360,12 @@ def assemble(args) -> None:
         sys.exit(f"train_head: trained tensors {args.tensors} not found (run train)")
     else:
         with safe_open(str(args.tensors), "np") as f:
-            k = int(f.metadata()["layers"])
+            meta = f.metadata()
+            k = int(meta["layers"])
             trained = {n: f.get_tensor(n).astype(np.float32) for n in f.keys()}
+        # The threshold measured for these tensors travels with them (set-fallback).
+        if fallback is None and "fallback_mass" in meta:
+            fallback = float(meta["fallback_mass"])
     if k > cfg["num_hidden_layers"]:
         sys.exit(f"train_head: the head has {k} layers, the target only {cfg['num_hidden_layers']}")
     keep = {}
@@ -377,21 +384,37 @@ def assemble(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_file(keep, str(out / "model.safetensors"), metadata={"format": "pt"})
     cfg["num_hidden_layers"] = k
-    if args.fallback is not None:
-        if not 0 <= args.fallback < 1:
-            sys.exit(f"train_head: --fallback {args.fallback} is not in [0, 1)")
+    if fallback is not None:
+        if not 0 <= fallback < 1:
+            sys.exit(f"train_head: fallback {fallback} is not in [0, 1)")
         # The engine's default fallback threshold for this head (config.cc reads it).
-        cfg["specontext_fallback_mass"] = args.fallback
+        cfg["specontext_fallback_mass"] = fallback
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copy(src / name, out / name)
-    print(f"assemble: wrote {out} ({k} layers, scoring layer {k - 1})", flush=True)
+    print(f"assemble: wrote {out} ({k} layers, scoring layer {k - 1}"
+          + (f", fallback under {fallback} of the head's mass" if fallback else "") + ")", flush=True)
+
+
+def set_fallback(args) -> None:
+    """Records the fallback threshold measured for trained tensors in their metadata, so
+    that assemble (make head) writes it into the head's config.json."""
+    from safetensors import safe_open
+
+    if args.fallback is None or not 0 <= args.fallback < 1:
+        sys.exit("train_head: set-fallback needs --fallback in [0, 1)")
+    with safe_open(str(args.tensors), "np") as f:
+        meta = dict(f.metadata())
+        tensors = {n: f.get_tensor(n) for n in f.keys()}
+    meta["fallback_mass"] = repr(args.fallback)
+    save_file(tensors, str(args.tensors), metadata=meta)
+    print(f"set-fallback: {args.tensors} recommends {args.fallback}", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["features", "train", "assemble"])
+    ap.add_argument("command", choices=["features", "train", "assemble", "set-fallback"])
     ap.add_argument("--target", default=str(TARGET), help="target checkpoint (HF Llama)")
     ap.add_argument("--out", default=str(OUT), help="head folder to write")
     ap.add_argument("--tensors", default=str(TENSORS), help="trained tensors (f16 safetensors)")
@@ -430,6 +453,8 @@ def main() -> None:
         print(f"features: {cache} ({len(starts)} windows: {starts})")
     elif args.command == "train":
         train(args)
+    elif args.command == "set-fallback":
+        set_fallback(args)
     else:
         assemble(args)
 
