@@ -155,6 +155,13 @@ def main():
             p["engine_dense_over_sparse"] = round(d["ms_per_step"] / r["ms_per_step"], 3)
         if b and bd:
             p["bench_dense_over_sparse"] = round(bd["ms_per_step"] / b["ms_per_step"], 3)
+        if b:
+            # The gap to the bench path, and the part of it the engine's host
+            # argmax alone accounts for (timed apart on the same host).
+            gap = r["ms_per_step"] - b["ms_per_step"]
+            p["gap_ms"] = round(gap, 3)
+            p["host_argmax_ms"] = r["host_argmax_ms_per_step"]
+            p["gap_rest_ms"] = round(gap - r["host_argmax_ms_per_step"], 3)
         pairs.append(p)
 
     doc = dict(
