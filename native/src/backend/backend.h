@@ -161,6 +161,19 @@ class Backend {
   // Recorded decode steps (CUDA graphs), or nullptr: every step runs eagerly.
   virtual StepGraph* step_graph() { return nullptr; }
 
+  // Greedy tokens where the logits are (issue 6): a GPU sends back R ids
+  // instead of R x vocab floats. argmax_rows() queues ids[r] = the argmax of
+  // row r of logits [rows, vocab] into the backend's own buffer, by
+  // sampling::argmax's rules (the first of the largest; NaN never wins; a
+  // row whose element 0 is NaN gives 0); a recorded decode step may hold it.
+  // read_argmax() waits for the latest argmax_rows() and copies its first
+  // `rows` ids out. A backend without them returns false from has_argmax().
+  virtual bool has_argmax() const { return false; }
+  virtual void argmax_rows(const Tensor& logits) {}
+  virtual Status read_argmax(int rows, int32_t* ids) {
+    return Status::Error("backend " + name() + " has no argmax_rows");
+  }
+
   // Raw bytes of a tensor in its own dtype, for KV checkpoints (nothing is
   // widened to f32): `bytes` bytes at byte `offset` of the tensor.
   // read_bytes may run on another thread than the kernels (the checkpoint

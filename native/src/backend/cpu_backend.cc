@@ -1,6 +1,7 @@
 // The CPU backend: f32 tensors in host memory, kernels from kernels/cpu/.
 // Each call binds the backend's own thread pool (util/thread_pool.h) so the
 // kernels run on `threads` threads.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -12,6 +13,7 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/norm.h"
 #include "kernels/cpu/rope.h"
+#include "sampling/greedy.h"
 #include "util/thread_pool.h"
 
 namespace spx {
@@ -140,8 +142,23 @@ class CpuBackend final : public Backend {
       std::memcpy(out->f32() + i * d, x.f32() + rows[i] * d, d * 4);
   }
 
+  bool has_argmax() const override { return true; }
+  void argmax_rows(const Tensor& logits) override {
+    ThreadPool::Bind bind(&pool_);
+    ids_.resize(static_cast<size_t>(logits.dim(0)));
+    spx::argmax_rows(logits.f32(), logits.dim(0), static_cast<int>(logits.row_elems()), ids_.data());
+  }
+  Status read_argmax(int rows, int32_t* ids) override {
+    if (rows < 0 || static_cast<size_t>(rows) > ids_.size())
+      return Status::Error("read_argmax: " + std::to_string(rows) + " rows asked, " +
+                           std::to_string(ids_.size()) + " computed");
+    std::copy_n(ids_.data(), rows, ids);
+    return Status::Ok();
+  }
+
  private:
   ThreadPool pool_;
+  std::vector<int32_t> ids_;  // the latest argmax_rows()
 };
 
 }  // namespace

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "backend/registry.h"
+#include "cuda/argmax_rows.h"
 #include "cuda/check.h"
 #include "cuda/cuda_graph.h"
 #include "cuda/cuda_head_select.h"
@@ -65,6 +66,8 @@ class CudaBackend final : public Backend, public StepGraph {
     cudaFree(scratch_);
     cudaFree(small_dev_);
     cudaFree(ws_);
+    cudaFree(ids_dev_);
+    cudaFreeHost(ids_host_);
     cudaFreeHost(ring_);
     for (int i = 0; i < 2; ++i) {
       cudaFreeHost(stage_[i]);
@@ -451,6 +454,47 @@ class CudaBackend final : public Backend, public StepGraph {
            __FILE__, __LINE__);
   }
 
+  // ---- Greedy tokens on the device (argmax_rows.h): R ids come back
+  // instead of R x vocab floats. The ids buffer keeps its address while it
+  // is large enough, so a recorded decode step can hold the argmax.
+  bool has_argmax() const override { return true; }
+  void argmax_rows(const Tensor& logits) override {
+    if (!err_.ok) return;
+    const int rows = static_cast<int>(logits.dim(0)), vocab = static_cast<int>(logits.row_elems());
+    if (rows > ids_cap_) {
+      if (graph_.recording()) return graph_.fail("the argmax buffer must grow (an eager step sizes it first)");
+      const int cap = std::max({rows, 64, 2 * ids_cap_});
+      sticky(cudaStreamSynchronize(stream_), "cudaStreamSynchronize", __FILE__, __LINE__);
+      cudaFree(ids_dev_);
+      cudaFreeHost(ids_host_);
+      ids_dev_ = ids_host_ = nullptr;
+      ids_cap_ = 0;
+      sticky(cudaMalloc(&ids_dev_, cap * sizeof(int32_t)), "cudaMalloc(argmax ids)", __FILE__, __LINE__);
+      sticky(cudaMallocHost(&ids_host_, cap * sizeof(int32_t)), "cudaMallocHost(argmax ids)", __FILE__,
+             __LINE__);
+      if (!err_.ok) return;
+      ids_cap_ = cap;
+      graph_.drop();  // a recorded step wrote the old buffer
+    }
+    sticky(cuda::argmax_rows_forward(ids_dev_, cbf(logits), rows, vocab, stream_), "argmax_rows_forward",
+           __FILE__, __LINE__);
+  }
+  Status read_argmax(int rows, int32_t* ids) override {
+    if (!err_.ok) return err_;
+    if (graph_.recording()) return not_while_recording("read_argmax");
+    // The rows of the latest argmax_rows(), eager or replayed: the caller's to know.
+    if (rows < 0 || rows > ids_cap_)
+      return Status::Error("read_argmax: " + std::to_string(rows) + " rows asked, room for " +
+                           std::to_string(ids_cap_));
+    if (rows == 0) return Status::Ok();
+    SPX_CUDA_TRY(cudaSetDevice(device_));
+    SPX_CUDA_TRY(cudaMemcpyAsync(ids_host_, ids_dev_, rows * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                                 stream_));
+    SPX_CUDA_TRY(cudaStreamSynchronize(stream_));
+    std::memcpy(ids, ids_host_, rows * sizeof(int32_t));
+    return err_;
+  }
+
   void gather_rows(const Tensor& x, const std::vector<int32_t>& rows, Tensor* out) override {
     const int32_t* d_rows = stage(rows.data(), rows.size() * sizeof(int32_t));
     if (!d_rows) return;
@@ -594,6 +638,9 @@ class CudaBackend final : public Backend, public StepGraph {
   cudaEvent_t read_done_[2] = {nullptr, nullptr};
   void* ws_ = nullptr;  // decode attention partials
   size_t ws_bytes_ = 0;
+  int32_t* ids_dev_ = nullptr;   // argmax_rows() output [ids_cap_]
+  int32_t* ids_host_ = nullptr;  // pinned, read_argmax()'s landing place
+  int ids_cap_ = 0;
   cuda::SparseAttention sparse_;  // SpeContext decode over a selection
   cuda::DeviceHeadSelect head_select_;  // SpeContext retrieval scoring and top-B
   cuda::DecodeGraph graph_;             // the recorded dense decode step

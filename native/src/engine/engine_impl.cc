@@ -420,10 +420,22 @@ void EngineImpl::step() {
     chunk_ids.push_back(w.id);
   }
 
+  // Every sampled row greedy (the common case): the argmax runs where the
+  // logits are and only the ids come back (Transformer::device_argmax;
+  // SPX_DEVICE_ARGMAX=0 keeps the host samplers). A greedy Sampler draws
+  // nothing, so skipping it leaves its state as it was.
+  bool greedy = model_->device_argmax() && !samplers.empty();
+  for (const RequestState* r : samplers) greedy = greedy && !(r->req.sampling.temperature > 0);
+  std::vector<int32_t> greedy_ids;
+  if (greedy) batch.greedy_ids = &greedy_ids;
+
   std::vector<float> logits;
   Status st = sparse_->before_forward(chunk_ids, &batch);
   if (st.ok) st = model_->forward(batch, &logits);
   if (st.ok) st = sparse_->after_forward(chunk_ids, batch);
+  if (st.ok && greedy && greedy_ids.size() != samplers.size())
+    st = Status::Error("the forward returned " + std::to_string(greedy_ids.size()) + " greedy ids for " +
+                       std::to_string(samplers.size()) + " sampled rows");
   if (!st.ok) {
     for (const ScheduledWork& w : plan.work) {
       auto it = requests_.find(w.id);
@@ -442,7 +454,7 @@ void EngineImpl::step() {
   const Clock::time_point sampled_at = Clock::now();
   for (size_t i = 0; i < samplers.size(); ++i) {
     RequestState* r = samplers[i];
-    const int32_t tok = r->sampler.sample(logits.data() + i * static_cast<size_t>(V), V);
+    const int32_t tok = greedy ? greedy_ids[i] : r->sampler.sample(logits.data() + i * static_cast<size_t>(V), V);
     if (r->generated.empty()) r->first_token = sampled_at;
     r->generated.push_back(tok);
     r->sink->on_token(tok);

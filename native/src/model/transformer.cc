@@ -9,6 +9,7 @@
 
 #include "kernels/cpu/rope.h"
 #include "model/checkpoint.h"
+#include "sampling/sampler.h"
 
 namespace spx {
 
@@ -28,6 +29,8 @@ Status Transformer::load(const std::string& dir, Backend* backend,
   t->graphs_ = graphs == nullptr || std::string(graphs) != "0";
   const char* sparse_graphs = std::getenv("SPX_SPARSE_GRAPHS");
   t->sparse_graphs_ = sparse_graphs == nullptr || std::string(sparse_graphs) != "0";
+  const char* argmax = std::getenv("SPX_DEVICE_ARGMAX");
+  t->device_argmax_ = argmax == nullptr || std::string(argmax) != "0";
   auto add = [&](const Tensor& x) { t->weight_bytes_ += x.empty() ? 0 : x.nbytes(); };
   add(t->w_.embed);
   add(t->w_.norm);
@@ -86,7 +89,8 @@ bool Transformer::dense_decode(const ForwardBatch& b, int n_layers_run, int n_la
 }
 
 std::vector<uint64_t> Transformer::step_key(const ForwardBatch& b) const {
-  std::vector<uint64_t> key{b.chunks.size(), ws_generation_};
+  // Greedy steps end in the argmax (its buffer belongs to the backend).
+  std::vector<uint64_t> key{b.chunks.size(), ws_generation_, backend_greedy(b) ? 1u : 0u};
   for (const ForwardChunk& ch : b.chunks) {
     key.push_back(static_cast<uint64_t>(ch.kv->capacity));
     // Device selections: where the recorded attention reads them, and how.
@@ -102,6 +106,17 @@ std::vector<uint64_t> Transformer::step_key(const ForwardBatch& b) const {
 }
 
 Status Transformer::forward(const ForwardBatch& batch, std::vector<float>* logits) {
+  const Status st = forward_rows(batch, logits);
+  if (!st.ok || !batch.greedy_ids || backend_greedy(batch) || logits->empty()) return st;
+  // Greedy ids asked of a backend without argmax_rows: from the downloaded rows.
+  const int V = cfg_.vocab_size;
+  const size_t rows = logits->size() / static_cast<size_t>(V);
+  batch.greedy_ids->resize(rows);
+  for (size_t r = 0; r < rows; ++r) (*batch.greedy_ids)[r] = argmax(logits->data() + r * static_cast<size_t>(V), V);
+  return st;
+}
+
+Status Transformer::forward_rows(const ForwardBatch& batch, std::vector<float>* logits) {
   const ModelConfig& c = cfg_;
   const int n = static_cast<int>(batch.tokens.size());
   int total = 0;
@@ -135,7 +150,9 @@ Status Transformer::forward(const ForwardBatch& batch, std::vector<float>* logit
   const bool dense = dense_decode(batch, n_layers, c.num_layers, sparse_graphs_);
   if (dense && !(st = ensure_decode_logits(n)).ok) return st;
   Backend& be = *backend_;
+  const bool greedy = backend_greedy(batch);
   const int64_t N = n, H = c.hidden_size, D = c.head_dim;
+  if (batch.greedy_ids) batch.greedy_ids->clear();
   std::vector<float> c_host(static_cast<size_t>(N * D / 2)), s_host(c_host.size());
   rope_tables(inv_freq_, positions.data(), N, c_host.data(), s_host.data());
   // After the step's kernels: the caches hold the chunks, the logits come back.
@@ -147,6 +164,10 @@ Status Transformer::forward(const ForwardBatch& batch, std::vector<float>* logit
       return Status::Ok();
     }
     if (!dense) return Status::Ok();
+    if (greedy) {
+      batch.greedy_ids->resize(static_cast<size_t>(N));
+      return be.read_argmax(n, batch.greedy_ids->data());
+    }
     logits->resize(static_cast<size_t>(N * c.vocab_size));
     return be.download(dec_logits_.rows(0, N), logits->data());
   };
@@ -218,6 +239,11 @@ Status Transformer::forward(const ForwardBatch& batch, std::vector<float>* logit
   be.gather_rows(x, logit_rows, &sel);
   be.rmsnorm(sel, w_.norm, eps, &normed);
   be.matmul(normed, w_.lm_head, nullptr, &out);
+  if (greedy) {
+    be.argmax_rows(out);
+    batch.greedy_ids->resize(static_cast<size_t>(R));
+    return be.read_argmax(static_cast<int>(R), batch.greedy_ids->data());
+  }
   logits->resize(static_cast<size_t>(R * c.vocab_size));
   return be.download(out, logits->data());
 }
@@ -330,6 +356,7 @@ Status Transformer::queue_step(const ForwardBatch& batch, int n_layers, bool den
     Tensor normed = dec_normed_.rows(0, N), out = dec_logits_.rows(0, N);
     be.rmsnorm(x, w_.norm, eps, &normed);
     be.matmul(normed, w_.lm_head, nullptr, &out);
+    if (backend_greedy(batch)) be.argmax_rows(out);  // finish() reads the ids
   }
   return Status::Ok();
 }

@@ -67,6 +67,13 @@ struct ForwardBatch {
   // layer, before the final norm), concatenated in list order.
   std::vector<int> aux_layers;
   std::vector<float>* aux_hidden = nullptr;
+  // Greedy sampling where the logits are (issue 6): when set, it receives the
+  // argmax (sampling::argmax) of every logits row, in row order, and the
+  // logits are not downloaded (`logits` comes back empty). The backend's
+  // argmax_rows() runs after the LM head (inside a recorded decode step) and
+  // only the ids cross to the host; a backend without it gets the argmax of
+  // the downloaded rows here.
+  std::vector<int32_t>* greedy_ids = nullptr;
 };
 
 // CUDA graphs of the dense decode step (backend.h, StepGraph), since load.
@@ -104,6 +111,12 @@ class Transformer {
   // CUDA suite passed with it on the H200, session 4); SPX_SPARSE_GRAPHS=0 at
   // load turns it off.
   void set_sparse_step_graphs(bool on) { sparse_graphs_ = on; }
+  // Whether the engine asks for greedy ids instead of logits when every row
+  // of a step is greedy (ForwardBatch::greedy_ids): on unless
+  // SPX_DEVICE_ARGMAX=0 at load (then the logits go to the host samplers,
+  // the reference path).
+  bool device_argmax() const { return device_argmax_; }
+  void set_device_argmax(bool on) { device_argmax_ = on; }
   const StepGraphStats& graph_stats() const { return graph_stats_; }
 
  private:
@@ -111,6 +124,8 @@ class Transformer {
     int capacity = 0;
     Tensor x, h, q, k, v, attn, tmp, gate, up, cos, sin;
   };
+  // forward() but for the host argmax of a backend without argmax_rows.
+  Status forward_rows(const ForwardBatch& batch, std::vector<float>* logits);
   Status ensure_workspace(int n);
   // Final-norm and logits rows of dense decode steps, kept across steps so
   // a recorded step writes where the next replay writes.
@@ -124,6 +139,10 @@ class Transformer {
   // decode) or to the last layer's output; `recording` takes the RoPE tables
   // from the step graph's inputs.
   Status queue_step(const ForwardBatch& batch, int n_layers, bool dense, bool recording);
+  // The batch asks for greedy ids and the backend computes them.
+  bool backend_greedy(const ForwardBatch& batch) const {
+    return batch.greedy_ids != nullptr && backend_->has_argmax();
+  }
 
   ModelConfig cfg_;
   Backend* backend_ = nullptr;
@@ -135,6 +154,7 @@ class Transformer {
   uint64_t ws_generation_ = 0;  // bumped whenever a step buffer moves
   bool graphs_ = true;
   bool sparse_graphs_ = false;
+  bool device_argmax_ = true;
   std::vector<uint64_t> warm_key_;  // the shape of the last eager dense decode step
   StepGraphStats graph_stats_;
   uint64_t weight_bytes_ = 0;
