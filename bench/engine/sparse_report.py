@@ -227,7 +227,7 @@ def main():
             notes.append(f"{r['steady_steps']} steps, median {r['median_ms_per_step']}")
             if r.get("variant") == HOST_ARGMAX:
                 notes.append(f"argmax alone {r['host_argmax_ms_per_step']:.2f} ms")
-            elif p.get("device_argmax_saves_ms") is not None and r["path"] == "engine":
+            elif not r.get("variant") and p.get("device_argmax_saves_ms") is not None:
                 notes.append(f"device argmax saves {p['device_argmax_saves_ms']:.2f} ms")
             if r["mode"] == "sparse":
                 notes.append(
