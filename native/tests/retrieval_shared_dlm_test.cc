@@ -354,6 +354,7 @@ TEST_F(SharedDlm, TheHeadsRecommendedFallbackIsTheDefault) {
   Status st = spx::retrieval::eval_fidelity(req, &with);
   ASSERT_TRUE(st.ok) << st.message;
   EXPECT_NEAR(with.fallback_mass, 0.999, 1e-6);
+  EXPECT_NE(with.head_kind.find("the head's recommendation"), std::string::npos) << with.head_kind;
   EXPECT_GT(with.budgets[0].fallback_rate, 0.5);
   req.options.select.fallback_mass = 0;
   ASSERT_TRUE((st = spx::retrieval::eval_fidelity(req, &without)).ok) << st.message;

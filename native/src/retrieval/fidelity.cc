@@ -381,7 +381,7 @@ Status eval_fidelity(const FidelityRequest& req, FidelityReport* report,
   options.select.fallback_mass = resolve_fallback(req.options.select.fallback_mass, recommended);
   if (!(options.select.fallback_mass < 1)) return Status::Error("the fallback threshold must be below 1");
   st = run_fidelity(target.get(), head.get(), req.tokens, options, report, progress);
-  report->head_kind = kind;
+  report->head_kind = kind + fallback_note(options.select.fallback_mass, req.options.select.fallback_mass);
   report->fallback_mass = options.select.fallback_mass;
   return st;
 }

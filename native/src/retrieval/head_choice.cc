@@ -65,6 +65,14 @@ bool shares_lower_layers(const Transformer& target, const Transformer& dlm, int 
   return true;
 }
 
+std::string fallback_note(float used, float asked) {
+  if (!(used > 0)) return "";
+  char mass[32];
+  std::snprintf(mass, sizeof mass, "%.3g", used);
+  return std::string("; full attention when the selection carries under ") + mass + " of its mass" +
+         (asked < 0 ? " (the head's recommendation)" : "");
+}
+
 std::string recommended_dlm_dir(const std::string& model_dir) {
   std::string d = model_dir;
   while (d.size() > 1 && d.back() == '/') d.pop_back();

@@ -64,5 +64,7 @@ Status make_head(Transformer* target, Backend* backend, const HeadChoice& choice
 inline float resolve_fallback(float asked, double recommended) {
   return asked >= 0 ? asked : static_cast<float>(recommended);
 }
+// What a head's description adds for the threshold a run uses ("" for none).
+std::string fallback_note(float used, float asked);
 
 }  // namespace spx::retrieval

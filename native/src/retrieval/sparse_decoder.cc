@@ -17,12 +17,7 @@ Status SparseDecoder::make(Transformer* target, Backend* backend, const HeadChoi
   if (!st.ok) return st;
   // fallback_mass < 0: the head's own recommendation (0 when it has none).
   d->select_.fallback_mass = resolve_fallback(select.fallback_mass, recommended);
-  if (d->select_.fallback_mass > 0) {
-    char mass[32];
-    std::snprintf(mass, sizeof mass, "%.3g", d->select_.fallback_mass);
-    d->kind_ += std::string("; full attention when the selection carries under ") + mass + " of its mass" +
-                (select.fallback_mass < 0 ? " (the head's recommendation)" : "");
-  }
+  d->kind_ += fallback_note(d->select_.fallback_mass, select.fallback_mass);
   const ModelConfig& c = target->config();
   // The head scores and selects where its K cache lives when the backend can
   // (the CUDA backend; the CPU backend is the reference and has no hook).
