@@ -68,6 +68,11 @@ describe.skipIf(!haveModel)('distilled retrieval head (SmolLM2-135M)', () => {
     const self = await run(path.join(dir, 'self'));
     expect(distilled.head).toContain('recommended');
     expect(distilled.head).toContain('target-head');
+    // Its measured fallback threshold travels in the tensors' metadata into its
+    // config.json and is the default with no --fallback; the untrained control has none.
+    expect(distilled.fallbackMass).toBeCloseTo(0.85, 6);
+    expect(distilled.head).toContain("the head's recommendation");
+    expect(self.fallbackMass).toBe(0);
     expect(distilled.scoringLayer).toBe(SCORING_LAYER);
     // Both run their lower layers dense (they are the target's own).
     expect(self.head).toContain("shares the target's lower layers");
