@@ -21,29 +21,25 @@ struct EngineRun {
   ModelInfo info;
 };
 
-// Opens an engine with `o`, submits request i with budgets[i], n_new tokens and
-// prompt_of(i, the model's vocabulary size), waits for all and closes it.
-inline EngineRun run_requests(const EngineOptions& o, const std::vector<int>& budgets, int n_new,
-                              const std::function<std::vector<int32_t>(int, int)>& prompt_of) {
+// Opens an engine with `o`, submits request_of(i, the model's vocabulary
+// size) for i in [0, n), waits up to wait_s seconds for each and closes it.
+inline EngineRun run_built(const EngineOptions& o, int n,
+                           const std::function<GenerateRequest(int, int)>& request_of, int wait_s = 60) {
   Status st;
   auto e = Engine::open(o, &st);
   EXPECT_TRUE(st.ok) << st.message;
   if (!e) return {};
   const int vocab = e->info().vocab_size;
   std::vector<std::shared_ptr<CollectSink>> sinks;
-  for (size_t i = 0; i < budgets.size(); ++i) {
-    GenerateRequest r;
-    r.prompt = prompt_of(static_cast<int>(i), vocab);
-    r.max_new_tokens = n_new;
-    r.budget = budgets[i];
+  for (int i = 0; i < n; ++i) {
     auto sink = std::make_shared<CollectSink>();
-    e->submit(r, sink, &st);
+    e->submit(request_of(i, vocab), sink, &st);
     EXPECT_TRUE(st.ok) << st.message;
     sinks.push_back(sink);
   }
   EngineRun out;
   for (auto& s : sinks) {
-    EXPECT_TRUE(s->wait());
+    EXPECT_TRUE(s->wait(wait_s));
     EXPECT_EQ(s->error(), "");
     out.tokens.push_back(s->tokens());
   }
@@ -51,6 +47,18 @@ inline EngineRun run_requests(const EngineOptions& o, const std::vector<int>& bu
   out.info = e->info();
   e->close();
   return out;
+}
+
+// run_built with request i: budgets[i], n_new tokens, prompt_of(i, vocab).
+inline EngineRun run_requests(const EngineOptions& o, const std::vector<int>& budgets, int n_new,
+                              const std::function<std::vector<int32_t>(int, int)>& prompt_of) {
+  return run_built(o, static_cast<int>(budgets.size()), [&](int i, int vocab) {
+    GenerateRequest r;
+    r.prompt = prompt_of(i, vocab);
+    r.max_new_tokens = n_new;
+    r.budget = budgets[static_cast<size_t>(i)];
+    return r;
+  });
 }
 
 // run_requests on one device with prompt i = (t * 31 + 7 * i) % min(vocab, 250)

@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "collect_sink.h"
 #include "engine/engine.h"
+#include "engine_run.h"
 
 namespace spx::testing {
 
@@ -61,10 +61,7 @@ inline std::vector<float> hard_rows(int rows, int vocab, uint32_t seed) {
   return v;
 }
 
-struct SwitchRun {
-  std::vector<std::vector<int32_t>> tokens;  // per request
-  EngineStats stats;
-};
+using SwitchRun = EngineRun;
 
 // Five requests on one engine (at most 4 at once, prefill chunks of 64, so
 // prefills share steps with decodes and a request waits for a free row):
@@ -80,36 +77,22 @@ inline SwitchRun run_greedy_switch(const std::string& device, const std::string&
   o.device = device;
   o.max_batch = 4;
   o.prefill_chunk = 64;
-  Status st;
-  auto e = Engine::open(o, &st);
+  SwitchRun out = run_built(
+      o, 5,
+      [&](int i, int vocab) {
+        GenerateRequest r;
+        const int len = prompt + 13 * i - 20;
+        for (int t = 0; t < len; ++t) r.prompt.push_back((t * 37 + 11 * i + 5) % vocab);
+        r.max_new_tokens = i == 2 ? 9 : 18 + 5 * i;
+        r.budget = budgets[static_cast<size_t>(i) % budgets.size()];
+        if (i == 2) {
+          r.sampling.temperature = 0.8f;
+          r.sampling.seed = 1234;
+        }
+        return r;
+      },
+      120);
   unsetenv("SPX_DEVICE_ARGMAX");
-  EXPECT_TRUE(st.ok) << st.message;
-  SwitchRun out;
-  if (!e) return out;
-  const int vocab = e->info().vocab_size;
-  std::vector<std::shared_ptr<CollectSink>> sinks;
-  for (int i = 0; i < 5; ++i) {
-    GenerateRequest r;
-    const int len = prompt + 13 * i - 20;
-    for (int t = 0; t < len; ++t) r.prompt.push_back((t * 37 + 11 * i + 5) % vocab);
-    r.max_new_tokens = i == 2 ? 9 : 18 + 5 * i;
-    r.budget = budgets[static_cast<size_t>(i) % budgets.size()];
-    if (i == 2) {
-      r.sampling.temperature = 0.8f;
-      r.sampling.seed = 1234;
-    }
-    auto sink = std::make_shared<CollectSink>();
-    e->submit(r, sink, &st);
-    EXPECT_TRUE(st.ok) << st.message;
-    sinks.push_back(sink);
-  }
-  for (auto& s : sinks) {
-    EXPECT_TRUE(s->wait(120));
-    EXPECT_EQ(s->error(), "");
-    out.tokens.push_back(s->tokens());
-  }
-  out.stats = e->stats();
-  e->close();
   return out;
 }
 

@@ -116,7 +116,6 @@ class Transformer {
   // SPX_DEVICE_ARGMAX=0 at load (then the logits go to the host samplers,
   // the reference path).
   bool device_argmax() const { return device_argmax_; }
-  void set_device_argmax(bool on) { device_argmax_ = on; }
   const StepGraphStats& graph_stats() const { return graph_stats_; }
 
  private:
