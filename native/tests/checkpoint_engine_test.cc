@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "checkpoint/kv_checkpoint.h"
 #include "collect_sink.h"
@@ -80,6 +81,14 @@ std::vector<int32_t> run(Engine* e, const GenerateRequest& r, RequestStats* stat
 // least `kill_after` generated tokens lands, copies the file aside (what
 // survives the process) and cancels the request. Returns the tokens it had
 // generated at that checkpoint.
+//
+// A tiny model decodes its whole request in ~100 ms, and on a loaded 2-core
+// machine (ctest -j 2 beside the SmolLM2 suites) the writer thread can be
+// starved that long, so no checkpoint past `kill_after` would land before the
+// end. Past `kill_after` tokens each token therefore waits up to 25 ms for
+// it (on the engine thread, which is where the event is delivered, so the
+// wait is a bounded sleep, not a condition the engine thread would have to
+// signal itself).
 std::vector<int32_t> run_until_killed(Engine* e, GenerateRequest r, const std::string& path,
                                       const std::string& saved, int every, int kill_after,
                                       CheckpointEvent* at) {
@@ -94,6 +103,10 @@ std::vector<int32_t> run_until_killed(Engine* e, GenerateRequest r, const std::s
     *at = ev;
     std::filesystem::copy_file(path, saved, std::filesystem::copy_options::overwrite_existing);
     e->cancel(id);
+  };
+  sink->on_each = [&](int32_t, size_t n) {
+    if (!killed && n >= static_cast<size_t>(kill_after))
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
   };
   Status st;
   id = e->submit(r, sink, &st);
