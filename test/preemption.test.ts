@@ -16,7 +16,7 @@ import { batchJobWorkflow } from '../workflows';
 import { batchItemJobId } from '../workflows/batch';
 import type { BatchItem } from '../workflows/types';
 import { SMOLLM2 } from './engine-helpers';
-import { ASK, DOC, OPTIONS, PreemptRig, randomStep } from './helpers/preempt-rig';
+import { ASK, DEAD_WORKER_MS, DOC, OPTIONS, PreemptRig, randomStep } from './helpers/preempt-rig';
 import { compileWorkerEntry, kill, running, startWorkerProcess } from './helpers/worker-process';
 import { storedEvents, testServiceConfig, waitFor } from './service-helpers';
 
@@ -139,7 +139,7 @@ describe.skipIf(!haveModel)('preemption (real Temporal, NATS, workers, SmolLM2)'
         instructions: [ASK],
         options: { ...OPTIONS, maxTokens: 24 + 4 * i },
         truncation: 'reject',
-        heartbeatTimeoutMs: 4_000,
+        heartbeatTimeoutMs: DEAD_WORKER_MS,
       },
     }));
     const docRef = await rig.blobs.put(DOC);

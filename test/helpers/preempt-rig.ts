@@ -16,6 +16,13 @@ import type { GenerationOptions } from '../../workflows/types';
 import { SMOLLM2 } from '../engine-helpers';
 import { waitFor } from '../service-helpers';
 
+/**
+ * The jobs' heartbeat timeout: how soon Temporal retries an attempt whose worker was killed.
+ * Short keeps the tests quick; 4 s proved too short on a loaded 2-core machine, where a live
+ * worker's heartbeats were late and its attempts timed out over and over.
+ */
+export const DEAD_WORKER_MS = 10_000;
+
 // Answers are short and greedy, so the CPU keeps up (CI has two cores).
 export const OPTIONS: GenerationOptions = { maxTokens: 56, temperature: 0, seed: 0 };
 export const DOC =
@@ -76,7 +83,7 @@ export class PreemptRig {
     return (await this.view(id)).progress?.instructions[0]?.tokensDone ?? 0;
   }
 
-  /** Starts the job (DOC, ASK) on the service's task queue; a dead worker shows in 4 s. */
+  /** Starts the job (DOC, ASK) on the service's task queue; a dead worker shows in DEAD_WORKER_MS. */
   async startJob(id: string): Promise<void> {
     await this.client.workflow.start(documentJobWorkflow, {
       taskQueue: this.config.temporal.taskQueue,
@@ -88,7 +95,7 @@ export class PreemptRig {
           instructions: [ASK],
           options: OPTIONS,
           truncation: 'reject',
-          heartbeatTimeoutMs: 4_000,
+          heartbeatTimeoutMs: DEAD_WORKER_MS,
         },
       ],
     });
