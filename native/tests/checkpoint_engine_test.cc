@@ -85,10 +85,9 @@ std::vector<int32_t> run(Engine* e, const GenerateRequest& r, RequestStats* stat
 // A tiny model decodes its whole request in ~100 ms, and on a loaded 2-core
 // machine (ctest -j 2 beside the SmolLM2 suites) the writer thread can be
 // starved that long, so no checkpoint past `kill_after` would land before the
-// end. Past `kill_after` tokens each token therefore waits up to 25 ms for
-// it (on the engine thread, which is where the event is delivered, so the
-// wait is a bounded sleep, not a condition the engine thread would have to
-// signal itself).
+// end. Past `kill_after` tokens each token therefore sleeps 25 ms on the
+// engine thread, which gives the writer time. (A wait on the event itself
+// would deadlock: the engine thread is the one that delivers it.)
 std::vector<int32_t> run_until_killed(Engine* e, GenerateRequest r, const std::string& path,
                                       const std::string& saved, int every, int kill_after,
                                       CheckpointEvent* at) {
